@@ -1,0 +1,5 @@
+import sys
+
+from sharplab.cli import main
+
+sys.exit(main())

@@ -1,0 +1,54 @@
+"""Keep freed memory in the process instead of returning it to the OS (glibc only).
+
+On this class of machine, glibc's default malloc returns large freed blocks to the kernel (``mmap`` for
+blocks above a dynamic threshold, ``trim`` of the heap top), and touching fresh pages again is slow:
+per-example gradients under ``vmap`` and large activations then run up to 2x slower (see
+``shared/perf-notes.md``). Raising the mmap and trim thresholds with ``mallopt`` keeps the memory in the
+heap, as a caching allocator would. Done once at ``import sharplab``; opt out with
+``SHARPLAB_NO_MALLOC_TUNING=1``. Settings given by the user through ``MALLOC_MMAP_THRESHOLD_`` /
+``MALLOC_TRIM_THRESHOLD_`` are respected.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+# glibc caps M_MMAP_THRESHOLD at HEAP_MAX/2 = 32 MiB on 64-bit; larger values are rejected.
+MMAP_THRESHOLD = 32 * 1024 * 1024
+TRIM_THRESHOLD = 1024 * 1024 * 1024
+
+_state: str | None = None
+
+
+def tune_allocator() -> str:
+    """Raise glibc's mmap/trim thresholds once; return a one-line description of what is in force."""
+    global _state
+    if _state is not None:
+        return _state
+    if os.environ.get("SHARPLAB_NO_MALLOC_TUNING"):
+        _state = "glibc defaults (SHARPLAB_NO_MALLOC_TUNING set)"
+    elif os.environ.get("MALLOC_MMAP_THRESHOLD_") or os.environ.get("MALLOC_TRIM_THRESHOLD_"):
+        _state = "user MALLOC_*_THRESHOLD_ environment"
+    else:
+        _state = _mallopt()
+    return _state
+
+
+def _mallopt() -> str:
+    name = ctypes.util.find_library("c")
+    if not name:
+        return "unchanged (no libc found)"
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return "unchanged (not glibc)"
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    ok = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    if not ok:
+        return "unchanged (mallopt refused)"
+    return f"mallopt mmap_threshold={MMAP_THRESHOLD >> 20}MiB trim_threshold={TRIM_THRESHOLD >> 20}MiB"

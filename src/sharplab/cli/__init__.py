@@ -1,0 +1,61 @@
+"""The ``sharplab`` command. Each sub-command lives in its own module under ``sharplab.cli``.
+
+A module in :data:`COMMAND_MODULES` defines ``register(subparsers)``, which adds its parser(s) and sets
+``func=handler`` with ``handler(args) -> int``. User errors (:class:`~sharplab.errors.SharplabError`)
+print one line ``error: ...`` and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from sharplab import __version__
+from sharplab.errors import SharplabError
+
+COMMAND_MODULES: tuple[str, ...] = (
+    "sharplab.cli.demo",
+    "sharplab.cli.runner",  # run, status, report, export, sweep, labs
+    "sharplab.cli.data",  # data info, data download
+    "sharplab.cli.implicit_bias",  # diag-net, relu-1d, convergence
+    "sharplab.cli.feature_quality",  # feature-probe, mechanisms
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sharplab",
+        description="Sharpness-Aware Minimization: optimizers and labs that show what SAM does.",
+    )
+    parser.add_argument("--version", action="version", version=f"sharplab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:  # a command module not written yet during development
+            if exc.name == name:
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except SharplabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

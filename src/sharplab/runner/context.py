@@ -1,0 +1,86 @@
+"""The object a lab's ``run`` function receives: where to write, the seed, checkpoints, metrics, progress.
+
+A lab never touches the results store or the file layout directly; it calls these methods. The runner
+(``sharplab run``) builds a context whose ``on_metrics`` writes to the SQLite store; CLI commands and
+notebooks can build a plain one with ``RunContext(run_dir, seed=0)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sharplab.io import atomic_torch_save
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+@dataclass
+class RunContext:
+    """Per-run services for a lab.
+
+    Attributes:
+        run_dir: folder owned by this run (created if missing); checkpoints and artifacts go here.
+        seed: the run's seed; the lab seeds every generator it uses from it.
+        device: where to train (``"cpu"`` unless the config asks for another device).
+        quiet: suppress progress bars (also when the ``CI`` environment variable is set).
+        on_metrics: callback ``(step, metrics)`` receiving per-epoch/per-eval metrics (the store's writer).
+        should_stop: callback polled by long loops; returns True to request a clean stop (not used for crashes).
+    """
+
+    run_dir: Path
+    seed: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    quiet: bool = False
+    on_metrics: Callable[[int, dict[str, float]], None] | None = None
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("sharplab.run"))
+
+    def __post_init__(self) -> None:
+        self.run_dir = Path(self.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.device = torch.device(self.device)
+        self.quiet = self.quiet or bool(os.environ.get("CI"))
+        self.history: list[tuple[int, dict[str, float]]] = []
+
+    # --- metrics -----------------------------------------------------------------------------------
+    def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        """Record metrics at ``step`` (an epoch or iteration index chosen by the lab)."""
+        clean = {k: float(v) for k, v in metrics.items()}
+        self.history.append((step, clean))
+        if self.on_metrics is not None:
+            self.on_metrics(step, clean)
+        self.logger.info("step %d: %s", step, " ".join(f"{k}={v:.6g}" for k, v in clean.items()))
+
+    # --- checkpoints -------------------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / CHECKPOINT_NAME
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        """Write ``state`` atomically (temp file + rename). Tensors, numbers, strings, lists, dicts only."""
+        atomic_torch_save(self.checkpoint_path, state)
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        """The last checkpoint written by this run, or None. Loaded with ``weights_only=True``."""
+        if not self.checkpoint_path.exists():
+            return None
+        return torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+
+    # --- artifacts and progress --------------------------------------------------------------------
+    def artifact(self, name: str) -> Path:
+        """Path of a file this run writes (figures, arrays), inside ``run_dir``."""
+        path = self.run_dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def progress(self, iterable: Iterable | None = None, *, total: int | None = None, desc: str = ""):
+        """A tqdm progress bar (disabled when quiet)."""
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, total=total, desc=desc, disable=self.quiet, leave=False, dynamic_ncols=True)
