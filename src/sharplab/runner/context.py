@@ -31,7 +31,6 @@ class RunContext:
         device: where to train (``"cpu"`` unless the config asks for another device).
         quiet: suppress progress bars (also when the ``CI`` environment variable is set).
         on_metrics: callback ``(step, metrics)`` receiving per-epoch/per-eval metrics (the store's writer).
-        should_stop: callback polled by long loops; returns True to request a clean stop (not used for crashes).
     """
 
     run_dir: Path
