@@ -19,7 +19,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "sharplab.cli.runner",  # run, status, report, export, sweep, labs
     "sharplab.cli.data",  # data info, data download
     "sharplab.cli.implicit_bias",  # diag-net, relu-1d, convergence
-    "sharplab.cli.feature_quality",  # feature-probe, mechanisms
+    "sharplab.cli.feature_quality",  # feature-probe
+    "sharplab.cli.mechanisms",  # mechanisms
 )
 
 
