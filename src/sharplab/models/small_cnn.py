@@ -1,0 +1,48 @@
+"""The small CNN of *SAM Enhances Feature Quality via Balanced Learning* (Springer et al., ICLR 2024).
+
+Conv2d(c,32,5,s2,p2)-ReLU-Conv2d(32,64,3,s2,p1)-ReLU-Conv2d(64,128,3,s2,p1)-ReLU-Flatten-Linear.
+The penultimate representation is the flattened conv output (``128 * ceil(H/8) * ceil(W/8)`` values:
+2048 for 32x32, 3584 for 56x28).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sharplab.models.base import FeatureModel
+from sharplab.models.registry import MODELS
+
+
+def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+@MODELS.register("small-cnn")
+class SmallCNN(FeatureModel):
+    """Three strided convolutions and a linear head.
+
+    Args:
+        in_channels: image channels (3 for CIFAR, 1 for MNIST-style dominoes).
+        num_classes: outputs of the head.
+        input_size: ``(H, W)`` of the input, which fixes the head's input width.
+    """
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10, input_size: tuple[int, int] = (32, 32)):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, 32, 5, stride=2, padding=2),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(64, 128, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+        )
+        h, w = input_size
+        for k, p in ((5, 2), (3, 1), (3, 1)):
+            h, w = _conv_out(h, k, 2, p), _conv_out(w, k, 2, p)
+        self.head = nn.Linear(128 * h * w, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
