@@ -10,7 +10,7 @@ Registered sets (:func:`list_datasets`): ``toy``, ``fmnist-mnist`` (the offline 
 :mod:`sharplab.data.sources` for where data are looked up and :mod:`sharplab.data.download` for getting them.
 """
 
-from sharplab.data import dominoes, toy  # noqa: F401  (register the data sets)
+from sharplab.data import domainbed, dominoes, spurious, toy  # noqa: F401  (register the data sets)
 from sharplab.data.core import (
     DATASETS,
     DECORRELATED_SPLITS,

@@ -1,0 +1,124 @@
+"""``sharplab data {list,info,download}``: the two-feature data sets on the command line.
+
+* ``sharplab data list``: registered data sets with a one-line summary.
+* ``sharplab data info NAME [--root DIR] [--seed S] [--set KEY=VALUE ...] [--json]``: per split the number
+  of examples and the count of each (easy, hard) pair; ``--json`` prints one object per split and line,
+  ``{"split": ..., "n": ..., "pair_counts": {"easy,hard": count}}``.
+* ``sharplab data download NAME --root DIR [--base-url URL]``: see :mod:`sharplab.data.download`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import types
+import typing
+
+from sharplab.errors import ConfigError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("data", help="list, inspect and download the two-feature data sets")
+    sub = p.add_subparsers(dest="data_command", metavar="ACTION")
+    p.set_defaults(func=lambda args: (p.print_help(), 0)[1])
+
+    ls = sub.add_parser("list", help="list the registered data sets")
+    ls.set_defaults(func=cmd_list)
+
+    info = sub.add_parser("info", help="split sizes and (easy, hard) pair counts of a data set")
+    info.add_argument("name", help="data set name (see 'sharplab data list')")
+    info.add_argument("--root", default=None, help="data root (else $SHARPLAB_DATA, then offline sources)")
+    info.add_argument("--seed", type=int, default=0)
+    info.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE",
+                      help="data-set option, e.g. --set limit=1000 (repeatable)")
+    info.add_argument("--json", action="store_true", help="one JSON object per split")
+    info.set_defaults(func=cmd_info)
+
+    dl = sub.add_parser("download", help="download a data set into a data root (needs internet)")
+    dl.add_argument("name", help="data set (e.g. fmnist-mnist) or file group (mnist, fashion-mnist, cifar10)")
+    dl.add_argument("--root", required=True, help="data root to download into")
+    dl.add_argument("--base-url", default=None, help="fetch every file from this URL folder (a mirror)")
+    dl.add_argument("--timeout", type=float, default=30.0, help="network timeout in seconds")
+    dl.add_argument("--quiet", action="store_true", help="no progress bar")
+    dl.set_defaults(func=cmd_download)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from sharplab.data import DATASETS, list_datasets
+
+    for name in list_datasets():
+        print(f"{name:14s} {DATASETS.get(name).summary}")
+    return 0
+
+
+def parse_options(name: str, pairs: list[str]) -> dict[str, typing.Any]:
+    """``KEY=VALUE`` strings -> typed option values, using the data set's options dataclass."""
+    from sharplab.data import DATASETS
+
+    entry = DATASETS.get(name)
+    hints = typing.get_type_hints(entry.options)
+    fields = {f.name for f in dataclasses.fields(entry.options)}
+    out: dict[str, typing.Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in fields:
+            raise ConfigError(f"bad --set {pair!r}: use KEY=VALUE, KEY one of: {', '.join(sorted(fields))}")
+        out[key] = _convert(key, raw.strip(), hints[key])
+    return out
+
+
+def _convert(key: str, raw: str, hint: typing.Any) -> typing.Any:
+    args = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) else (hint,)
+    if type(None) in args and raw.lower() in ("none", "null", ""):
+        return None
+    for t in (int, float, str):
+        if t in args:
+            try:
+                return t(raw)
+            except ValueError:
+                continue
+    raise ConfigError(f"option {key}={raw!r} is not a valid {hint}")
+
+
+def pair_records(data) -> list[dict[str, typing.Any]]:
+    from sharplab.data import SPLITS
+
+    records = []
+    for split in SPLITS:
+        s = data.splits[split]
+        counts = s.pair_counts()
+        records.append({"split": split, "n": len(s),
+                        "pair_counts": {f"{a},{b}": c for (a, b), c in sorted(counts.items())}})
+    return records
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from sharplab.data import load_two_feature
+
+    options = parse_options(args.name, args.options)
+    data = load_two_feature(args.name, root=args.root, seed=args.seed, **options)
+    records = pair_records(data)
+    if args.json:
+        for r in records:
+            print(json.dumps(r, sort_keys=True))
+        return 0
+    print(f"{data.name}: input {'x'.join(map(str, data.input_shape))}, {data.num_classes} classes, "
+          f"easy {data.num_easy_classes} / hard {data.num_hard_classes} feature classes")
+    for key in ("easy_feature", "hard_feature", "hard_source", "digit_source", "test_domain"):
+        if key in data.meta:
+            print(f"  {key}: {data.meta[key]}")
+    for r in records:
+        pairs = " ".join(f"({k}):{v}" for k, v in r["pair_counts"].items())
+        print(f"{r['split']:12s} n={r['n']:<7d} easy,hard pairs {pairs}")
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from sharplab.data.download import download
+
+    paths = download(args.name, args.root, base_url=args.base_url, timeout=args.timeout, quiet=args.quiet)
+    for path in paths:
+        print(path)
+    return 0

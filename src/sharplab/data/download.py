@@ -1,0 +1,246 @@
+"""``sharplab data download NAME --root DIR``: official URLs, checksums, resume, safe extraction.
+
+Each file is fetched into ``<dest>.part``; an interrupted download resumes with an HTTP ``Range`` request
+(a server that ignores it restarts the file), an incomplete transfer keeps the ``.part`` file for the next
+run, and a complete file is verified against its checksum before it is renamed into place (a mismatch
+deletes it). Archives are unpacked with :func:`sharplab.data.archives.safe_extract`.
+
+Checksums: MNIST, Fashion-MNIST and CIFAR-10 use their long-published MD5s; the four CelebA files use the
+MD5s published with torchvision's CelebA loader. Waterbirds (Stanford NLP server) and the DomainBed sets
+(Google Drive IDs as listed in DomainBed's ``download.py``) have no published checksum, so only the length
+announced by the server is verified; those IDs are unverified here (no internet on the build machine).
+Google Drive serves a confirmation web page instead of large files; that case stops with a message to
+fetch the file by hand. ``base_url`` replaces every URL's folder (mirrors, tests on 127.0.0.1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import shutil
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from sharplab.data.archives import safe_extract
+from sharplab.errors import SharplabError
+from sharplab.registry import Registry
+
+CHUNK = 1 << 16
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """``url`` (absolute); ``checksum`` ``"md5:<hex>"``/``"sha256:<hex>"`` or None; ``dest`` relative to root;
+    ``extract_to`` (folder under root) for archives; ``creates``: the path whose presence means done."""
+
+    url: str
+    dest: str
+    checksum: str | None = None
+    extract_to: str | None = None
+    creates: str | None = None
+    rename: tuple[str, str] | None = None  # (from, to) under root after extraction
+
+    @property
+    def filename(self) -> str:
+        return Path(self.dest).name
+
+
+@dataclass(frozen=True)
+class DownloadSpec:
+    name: str
+    files: tuple[RemoteFile, ...]
+    note: str = ""
+
+
+DOWNLOADS: Registry[DownloadSpec] = Registry("download")
+
+_MNIST = "https://ossci-datasets.s3.amazonaws.com/mnist/"  # the mirror torchvision uses; yann.lecun.com 403s
+_FMNIST = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+_IDX_MD5 = {
+    "mnist": {"train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+              "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+              "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+              "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c"},
+    "fashion-mnist": {"train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+                      "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+                      "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+                      "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310"},
+}
+
+
+def _drive(file_id: str) -> str:
+    return f"https://drive.google.com/uc?export=download&id={file_id}"
+
+
+def _register_all() -> None:
+    for name, base in (("mnist", _MNIST), ("fashion-mnist", _FMNIST)):
+        DOWNLOADS.add(name, DownloadSpec(name, tuple(
+            RemoteFile(base + f, f"{name}/{f}", f"md5:{md5}") for f, md5 in _IDX_MD5[name].items())))
+    DOWNLOADS.add("cifar10", DownloadSpec("cifar10", (RemoteFile(
+        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "cifar-10-python.tar.gz",
+        "md5:c58f30108f718f92721af3b95e74349a", extract_to=".", creates="cifar-10-batches-py"),)))
+    DOWNLOADS.add("celeba", DownloadSpec("celeba", (
+        RemoteFile(_drive("0B7EVK8r0v71pblRyaVFSWGxPY0U"), "celeba/list_attr_celeba.txt",
+                   "md5:75e246fa4810816ffd6ee81facbd244c"),
+        RemoteFile(_drive("0B7EVK8r0v71pY0NSMzRuSXJEVkk"), "celeba/list_eval_partition.txt",
+                   "md5:d32c9cbf5e040fd4025c592c306e6668"),
+        RemoteFile(_drive("0B7EVK8r0v71pZjFTYXZWM3FlRnM"), "celeba/img_align_celeba.zip",
+                   "md5:00d2c5bc6d35e252742224ab0c1e8fcb", extract_to="celeba",
+                   creates="celeba/img_align_celeba"),
+    ), note="Google Drive; the 1.4 GB image zip may need a manual download"))
+    DOWNLOADS.add("waterbirds", DownloadSpec("waterbirds", (RemoteFile(
+        "https://downloads.cs.stanford.edu/nlp/data/dro/waterbird_complete95_forest2water2.tar.gz",
+        "waterbird_complete95_forest2water2.tar.gz", None, extract_to=".",
+        creates="waterbird_complete95_forest2water2"),), note="no published checksum"))
+    for name, folder, fid, archive, inner in (
+        ("pacs", "PACS", "1JFr8f805nMUelQWWmfnJR3y4_SYoN5Pd", "PACS.zip", "kfold"),
+        ("vlcs", "VLCS", "1skwblH1_okBwxWxmRsp9_qi15hyPpxg8", "VLCS.tar.gz", "VLCS"),
+        ("officehome", "OfficeHome", "1uY0pj7oFsjMxRwaD3Sxy0jgel0fsYXLC", "office_home.zip",
+         "OfficeHomeDataset_10072016"),
+    ):
+        DOWNLOADS.add(name, DownloadSpec(name, (RemoteFile(
+            _drive(fid), archive, None, extract_to=".", creates=folder,
+            rename=(inner, folder) if inner != folder else None),),
+            note="Google Drive; no published checksum"))
+
+
+_register_all()
+
+#: data-set names -> the downloads they need
+DATASET_DOWNLOADS = {"fmnist-mnist": ("fashion-mnist", "mnist"), "cifar-mnist": ("cifar10", "mnist")}
+
+
+def download_names(name: str) -> tuple[str, ...]:
+    """Resolve a data-set or download name to download names (``fmnist-mnist`` -> fashion-mnist, mnist)."""
+    key = name.strip().lower().replace("_", "-")
+    if key in DATASET_DOWNLOADS:
+        return DATASET_DOWNLOADS[key]
+    DOWNLOADS.get(key)  # raises a one-line error listing the known names
+    return (key,)
+
+
+def file_digest(path: Path, algo: str) -> str:
+    h = hashlib.new(algo)
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify(path: Path, checksum: str | None) -> tuple[bool, str]:
+    """(ok, actual digest) of ``path`` against ``"algo:hex"``; always ok when ``checksum`` is None."""
+    if checksum is None:
+        return True, ""
+    algo, _, want = checksum.partition(":")
+    got = file_digest(path, algo)
+    return got == want.lower(), got
+
+
+def with_base(url: str, base_url: str | None, filename: str) -> str:
+    """``url``, or ``base_url/filename`` when a base URL overrides the official host."""
+    return url if not base_url else base_url.rstrip("/") + "/" + filename
+
+
+def fetch(url: str, dest: Path, checksum: str | None = None, timeout: float = 30.0, quiet: bool = False
+          ) -> Path:
+    """Download ``url`` to ``dest`` via ``dest.part`` (resumed with HTTP Range), verify, rename."""
+    if dest.exists() and verify(dest, checksum)[0]:
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    offset = part.stat().st_size if part.exists() else 0
+    headers = {"User-Agent": "sharplab-data/1"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    host = urllib.parse.urlsplit(url).netloc or url
+    try:
+        resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and offset:  # nothing left to fetch: the .part file is already whole
+            resp = None
+        else:
+            raise SharplabError(f"download of {url} failed: HTTP {exc.code} {exc.reason}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise SharplabError(f"cannot reach {host} ({reason}); check the network connection, or download "
+                            f"{url} by hand to {dest}") from None
+    if resp is not None:
+        with resp:
+            ctype = resp.headers.get("Content-Type", "")
+            if ctype.startswith("text/html") and not dest.name.endswith(".html"):
+                raise SharplabError(f"{host} returned a web page instead of {dest.name} (Google Drive asks "
+                                    f"to confirm large files); download {url} in a browser to {dest}, rerun")
+            resumed = resp.status == 206 and _range_start(resp) == offset
+            if not resumed:
+                offset = 0
+            length = resp.headers.get("Content-Length")
+            total = offset + int(length) if length is not None else None
+            _copy(resp, part, "ab" if resumed else "wb", offset, total, dest.name, quiet)
+        size = part.stat().st_size
+        if total is not None and size < total:
+            raise SharplabError(f"download of {dest.name} stopped at {size} of {total} bytes; "
+                                "run the same command again to resume")
+    ok, got = verify(part, checksum)
+    if not ok:
+        part.unlink()
+        raise SharplabError(f"checksum mismatch for {dest.name}: expected {checksum}, got {got}; "
+                            "the file was deleted, run the command again")
+    os.replace(part, dest)
+    return dest
+
+
+def _range_start(resp) -> int | None:
+    cr = resp.headers.get("Content-Range", "")  # "bytes START-END/TOTAL"
+    try:
+        return int(cr.split()[1].split("-")[0])
+    except (IndexError, ValueError):
+        return None
+
+
+def _copy(resp, part: Path, mode: str, offset: int, total: int | None, label: str, quiet: bool) -> None:
+    from tqdm import tqdm
+
+    disable = quiet or bool(os.environ.get("CI"))
+    with part.open(mode) as f, tqdm(total=total, initial=offset, unit="B", unit_scale=True, desc=label,
+                                    disable=disable, leave=False) as bar:
+        try:
+            for chunk in iter(lambda: resp.read(CHUNK), b""):
+                f.write(chunk)
+                bar.update(len(chunk))
+        except (http.client.IncompleteRead, ConnectionError, TimeoutError) as exc:
+            if isinstance(exc, http.client.IncompleteRead):
+                f.write(exc.partial)
+            # fall through: the caller compares the size with the announced total
+
+
+def download(name: str, root: str | os.PathLike, base_url: str | None = None, timeout: float = 30.0,
+             quiet: bool = False) -> list[Path]:
+    """Download (and unpack) data set or download ``name`` under ``root``; returns the paths created.
+
+    Files already present (``creates`` exists, or a file whose checksum matches) are skipped.
+    """
+    root = Path(root).expanduser()
+    done = []
+    for key in download_names(name):
+        for rf in DOWNLOADS.get(key).files:
+            creates = root / (rf.creates or rf.dest)
+            if creates.exists() and (rf.creates or verify(creates, rf.checksum)[0]):
+                done.append(creates)
+                continue
+            url = with_base(rf.url, base_url, rf.filename)
+            path = fetch(url, root / rf.dest, rf.checksum, timeout, quiet)
+            if rf.extract_to is not None:
+                safe_extract(path, root / rf.extract_to)
+                if rf.rename is not None:
+                    src = root / rf.rename[0]
+                    if not src.exists():
+                        raise SharplabError(f"{path.name} did not unpack to {rf.rename[0]}/; "
+                                            f"move its content to {creates} by hand")
+                    shutil.move(str(src), str(creates))
+                path.unlink()
+            done.append(creates)
+    return done
