@@ -31,6 +31,9 @@ class RunContext:
         device: where to train (``"cpu"`` unless the config asks for another device).
         quiet: suppress progress bars (also when the ``CI`` environment variable is set).
         on_metrics: callback ``(step, metrics)`` receiving per-epoch/per-eval metrics (the store's writer).
+        rank, world_size: this process's place in a ``torchrun`` launch (0 and 1 when not distributed);
+            the runner has initialised ``torch.distributed`` when ``world_size > 1``. Only rank 0
+            writes checkpoints.
     """
 
     run_dir: Path
@@ -39,6 +42,8 @@ class RunContext:
     quiet: bool = False
     on_metrics: Callable[[int, dict[str, float]], None] | None = None
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("sharplab.run"))
+    rank: int = 0
+    world_size: int = 1
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir)
@@ -46,6 +51,11 @@ class RunContext:
         self.device = torch.device(self.device)
         self.quiet = self.quiet or bool(os.environ.get("CI"))
         self.history: list[tuple[int, dict[str, float]]] = []
+
+    @property
+    def is_main(self) -> bool:
+        """True on the process that records results (rank 0)."""
+        return self.rank == 0
 
     # --- metrics -----------------------------------------------------------------------------------
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
@@ -62,7 +72,11 @@ class RunContext:
         return self.run_dir / CHECKPOINT_NAME
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
-        """Write ``state`` atomically (temp file + rename). Tensors, numbers, strings, lists, dicts only."""
+        """Write ``state`` atomically (temp file + rename). Tensors, numbers, strings, lists, dicts only.
+
+        Only rank 0 writes; other ranks return at once (their state is identical under DDP)."""
+        if not self.is_main:
+            return
         atomic_torch_save(self.checkpoint_path, state)
 
     def load_checkpoint(self) -> dict[str, Any] | None:

@@ -1,0 +1,212 @@
+"""Runner commands: ``run``, ``status``, ``report``, ``export``, ``sweep``, ``labs``."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+
+from sharplab.errors import SharplabError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run every configuration of a study file (resumes unfinished runs)")
+    p.add_argument("study", help="study file (.toml): lab, [config], [grid]")
+    p.add_argument("--out", default=None, help="output folder (default: runs/<study name>)")
+    p.add_argument("--jobs", type=int, default=1, help="configurations run at once, one process each")
+    p.add_argument("--nproc", type=int, default=1, help="processes per run under torchrun (DDP; gloo on CPU)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per process (default: cpus/jobs)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (also when CI is set)")
+    p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars per run")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("status", help="table of the runs in an output folder")
+    p.add_argument("out", help="output folder of `sharplab run`")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("report", help="write report.md, report.html and figures for an output folder")
+    p.add_argument("out", help="output folder of `sharplab run`")
+    p.add_argument("--title", default=None)
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("export", help="one row per run (config, status, final metrics) to stdout")
+    p.add_argument("out", help="output folder of `sharplab run`")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--csv", dest="format", action="store_const", const="csv", help="CSV (default)")
+    fmt.add_argument("--json", dest="format", action="store_const", const="json", help="JSON lines")
+    p.set_defaults(func=cmd_export, format="csv")
+
+    p = sub.add_parser("sweep", help="Optuna hyperparameter search over the study's [sweep] space")
+    p.add_argument("study", help="study file with a [sweep] table")
+    p.add_argument("--trials", type=int, required=True, help="completed trials the study should reach")
+    p.add_argument("--storage", default=None,
+                   help="Optuna RDB URL (default sqlite:///<out>/optuna.db); postgresql://... for many hosts")
+    p.add_argument("--out", default=None, help="output folder for the runs (default: runs/sweep-<name>)")
+    p.add_argument("--study-name", default=None, help="Optuna study name (default: the study file's name)")
+    p.add_argument("--sampler-seed", type=int, default=None, help="TPE sampler seed (default: random)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("labs", help="list registered labs, or the config fields of one")
+    p.add_argument("name", nargs="?", help="a lab name: show its config fields, defaults and allowed values")
+    p.set_defaults(func=cmd_labs)
+
+
+def _quiet(args: argparse.Namespace) -> bool:
+    import os
+
+    return bool(args.quiet or os.environ.get("CI"))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from sharplab.runner.config import load_study
+    from sharplab.runner.execute import RunOptions, run_study
+
+    study = load_study(args.study)
+    out = Path(args.out or Path("runs") / study.name)
+    if args.threads is not None and args.threads < 1:
+        raise SharplabError(f"--threads {args.threads} must be >= 1")
+    options = RunOptions(quiet=_quiet(args), tensorboard=args.tensorboard, threads=args.threads)
+    n = len(study.runs(args.nproc))
+    print(f"study {study.name!r}: lab {study.lab}, {n} runs -> {out}", file=sys.stderr)
+    counts = run_study(study, out, jobs=args.jobs, nproc=args.nproc, options=options)
+    summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+    print(f"{summary}. Next: sharplab status {out}; sharplab report {out}")
+    if counts.get("failed"):
+        print(f"{counts['failed']} runs failed: see `sharplab status {out}` and runs/<id>/run.log",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _fmt(v: object) -> str:
+    if isinstance(v, float):
+        return "-" if math.isnan(v) else f"{v:.4g}"
+    return "-" if v is None else str(v)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from sharplab.runner.aggregate import params, varying_keys
+    from sharplab.runner.store import ResultsStore
+
+    with ResultsStore(args.out, create=False) as store:
+        runs = store.runs()
+    if not runs:
+        print(f"no runs in {args.out}")
+        return 0
+    keys = varying_keys(runs)
+    metric_names = list(dict.fromkeys(k for r in runs for k in r.metrics))[:3]
+    header = ["run", "lab", "status", *keys, "seed", "epoch", *metric_names, "time", "note"]
+    rows = []
+    for r in runs:
+        p = params(r)
+        note = r.error or ""
+        if r.status == "diverged":
+            note = f"step {r.diverged_step}: {note}"
+        rows.append([r.run_id, r.lab, r.display_status, *[_fmt(p.get(k)) for k in keys], str(r.seed),
+                     _fmt(r.last_step), *[_fmt(r.metrics.get(m)) for m in metric_names],
+                     f"{r.seconds:.0f}s", note[:60]])
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    for row in [header, *rows]:
+        print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
+    counts = Counter(r.display_status for r in runs)
+    order = ["done", "running", "interrupted", "pending", "failed", "diverged"]
+    print("\n" + ", ".join(f"{counts[s]} {s}" for s in order if counts[s]))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from sharplab.runner.report import build_report
+
+    paths = build_report(args.out, args.title).write(args.out)
+    print(f"report: {paths['html']}\n        {paths['markdown']}")
+    return 0
+
+
+def export_rows(out: str | Path) -> tuple[list[str], list[dict[str, object]]]:
+    """Columns and rows of ``sharplab export``: identity, config keys, status, timing, final metrics."""
+    from sharplab.runner.store import ResultsStore
+
+    with ResultsStore(out, create=False) as store:
+        runs = store.runs(history=False)
+    fixed = ["run_id", "lab", "study", "seed", "nproc", "status", "seconds", "diverged_step", "error"]
+    config_keys = list(dict.fromkeys(k for r in runs for k in r.config if k not in fixed))
+    taken = set(fixed) | set(config_keys)
+    metric_keys = list(dict.fromkeys(k for r in runs for k in r.metrics))
+    metric_cols = {m: (f"final_{m}" if m in taken else m) for m in metric_keys}
+    rows = []
+    for r in runs:
+        row: dict[str, object] = {"run_id": r.run_id, "lab": r.lab, "study": r.study, "seed": r.seed,
+                                  "nproc": r.nproc, "status": r.status, "seconds": round(r.seconds, 3),
+                                  "diverged_step": r.diverged_step, "error": r.error}
+        row.update({k: json.dumps(v) if isinstance(v, list) else v for k, v in r.config.items()})
+        row.update({metric_cols[m]: v for m, v in r.metrics.items()})
+        rows.append(row)
+    return [*fixed[:6], *config_keys, *metric_cols.values(), *fixed[6:]], rows
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    columns, rows = export_rows(args.out)
+    if args.format == "json":
+        for row in rows:
+            print(json.dumps({c: row.get(c) for c in columns}, default=str))
+        return 0
+    writer = csv.DictWriter(sys.stdout, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    try:
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+        sys.stdout.flush()
+    except BrokenPipeError:  # `sharplab export DIR | head`
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from sharplab.runner.config import load_study
+    from sharplab.runner.execute import RunOptions
+    from sharplab.runner.sweep import run_sweep
+
+    study = load_study(args.study)
+    out = Path(args.out or Path("runs") / f"sweep-{study.name}")
+    storage = args.storage or f"sqlite:///{out / 'optuna.db'}"
+    ostudy = run_sweep(study, out, args.trials, storage, args.study_name, args.sampler_seed,
+                       RunOptions(quiet=_quiet(args)))
+    from optuna.trial import TrialState
+
+    complete = ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    print(f"study {ostudy.study_name!r}: {len(complete)} completed trials in {storage}")
+    if complete:
+        best = ostudy.best_trial
+        print(f"best value {best.value:.6g} (trial {best.number}): {json.dumps(best.params)}")
+    print(f"runs: {out}; next: sharplab report {out}")
+    return 0
+
+
+def cmd_labs(args: argparse.Namespace) -> int:
+    from sharplab.labs import LABS, get_lab, load_all
+
+    load_all()
+    if args.name is None:
+        width = max((len(n) for n in LABS.names()), default=0)
+        for name in LABS.names():
+            print(f"{name.ljust(width)}  {LABS.get(name).description}")
+        return 0
+    import dataclasses
+
+    from sharplab.runner.config import allowed, config_fields
+
+    lab = get_lab(args.name)
+    print(f"{lab.name}: {lab.description}\n")
+    for name, (typ, f) in config_fields(lab.config_cls).items():
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        text = f"  {name} = {json.dumps(default, default=str)}  ({allowed(typ, f.metadata)})"
+        print(f"{text}  {f.metadata.get('help', '')}")
+    return 0

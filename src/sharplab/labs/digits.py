@@ -1,0 +1,214 @@
+"""The digits lab: an MLP on scikit-learn's bundled 8x8 handwritten digits, trained with SGD or SAM.
+
+Data: ``sklearn.datasets.load_digits`` (1,797 images, 64 pixels scaled to [0, 1], 10 classes; ships with
+scikit-learn, no download), split once by a fixed permutation into 1,347 training and 450 test images.
+Model: :class:`sharplab.models.MLP` with ``depth`` hidden layers of ``width`` units.
+
+Optimizer: ``optimizer = "sgd"`` is ``torch.optim.SGD``; ``"sam"`` is :class:`sharplab.optim.SAM` with the
+same SGD as base (Foret et al., 2021, arXiv:2010.01412):
+
+    eps = rho * g / ||g||_2,   g = grad L_B(w);      w <- w - lr * SGD-momentum(grad L_B(w + eps)).
+
+Each epoch draws a fresh permutation from a private generator and uses ``n_train // batch_size`` full
+batches (the last partial batch is dropped, so every step sees exactly ``batch_size`` examples).
+Metrics per epoch: ``train_loss`` (mean mini-batch loss at w), ``test_loss``, ``test_error``.
+
+Resume: a checkpoint after every epoch (and every ``checkpoint_every`` steps) holds model, optimizer
+(SAM's base state), all RNG states, the data-order generator, the epoch's permutation and the position
+in it, so a resumed run on CPU ends with the same weights, bit for bit, as an uninterrupted one.
+
+DDP (``sharplab run --nproc N``): each rank takes its contiguous 1/N of every global batch
+(``batch_size`` is the global batch and must divide by N). With ``sync_ascent = true`` the ascent gradient
+is averaged over ranks before the norm, which equals a single process with the same global batch; with
+``sync_ascent = false`` each rank perturbs with its own gradient, i.e. m-sharpness with
+m = batch_size / N (Andriushchenko & Flammarion, 2022), which is a different algorithm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sharplab.errors import ConfigError, Diverged
+from sharplab.io import atomic_torch_save
+from sharplab.labs.registry import Lab, register_lab
+from sharplab.runner.checkpoint import capture_rng, restore_rng
+from sharplab.runner.context import RunContext
+
+N_TOTAL, N_TEST = 1797, 450
+N_TRAIN = N_TOTAL - N_TEST
+
+
+def _f(default: Any, help: str, **meta: Any) -> Any:
+    return field(default=default, metadata={"help": help, **meta})
+
+
+@dataclass(frozen=True)
+class DigitsConfig:
+    optimizer: str = _f("sam", "sgd or sam (SAM wrapping the same SGD)", choices=["sgd", "sam"])
+    rule: str = _f("sam", "SAM perturbation rule", choices=["sam", "usam", "asam", "random"])
+    rho: float = _f(0.05, "SAM neighbourhood radius rho", min=0.0)
+    lr: float = _f(0.1, "learning rate", min=0.0)
+    momentum: float = _f(0.9, "SGD momentum", min=0.0, max=1.0)
+    weight_decay: float = _f(5e-4, "coupled L2 weight decay of SGD", min=0.0)
+    batch_size: int = _f(64, "global batch size", min=1, max=N_TRAIN)
+    epochs: int = _f(10, "passes over the training set", min=1)
+    width: int = _f(128, "hidden units per layer", min=1)
+    depth: int = _f(2, "hidden layers", min=1, max=8)
+    train_size: int = _f(0, "use only the first N training images (0 = all 1,347)", min=0, max=N_TRAIN)
+    checkpoint_every: int = _f(0, "also checkpoint every N steps (0 = after each epoch only)", min=0)
+    sync_ascent: bool = _f(False, "DDP: average the ascent gradient over ranks (else m-sharpness per rank)")
+    dtype: str = _f("float32", "parameter and data precision", choices=["float32", "float64"])
+    device: str = _f("cpu", "cpu, cuda, or auto (cuda when available)", choices=["cpu", "cuda", "auto"])
+
+    def __post_init__(self) -> None:
+        n = self.train_size or N_TRAIN
+        if self.batch_size > n:
+            raise ValueError(f"batch_size = {self.batch_size} exceeds the {n} training images; lower it")
+
+
+def load_digits_tensors(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(x_train, y_train, x_test, y_test)``: pixels / 16, fixed split (permutation seed 0)."""
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    order = np.random.RandomState(0).permutation(len(y))
+    x = torch.as_tensor(x[order] / 16.0, dtype=dtype)
+    y = torch.as_tensor(y[order], dtype=torch.long)
+    return x[N_TEST:], y[N_TEST:], x[:N_TEST], y[:N_TEST]
+
+
+def build_optimizer(cfg: DigitsConfig, model: torch.nn.Module, net: torch.nn.Module) -> torch.optim.Optimizer:
+    sgd = {"lr": cfg.lr, "momentum": cfg.momentum, "weight_decay": cfg.weight_decay}
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), **sgd)
+    from sharplab.optim import SAM
+
+    ddp = {"model": net, "sync_ascent": cfg.sync_ascent} if net is not model else {}
+    return SAM(model.parameters(), torch.optim.SGD, rho=cfg.rho, rule=cfg.rule, **ddp, **sgd)
+
+
+def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    model.eval()
+    with torch.no_grad():
+        logits = model(x)
+        out = {"test_loss": F.cross_entropy(logits, y).item(),
+               "test_error": (logits.argmax(1) != y).double().mean().item()}
+    model.train()
+    return out
+
+
+def run(cfg: DigitsConfig, ctx: RunContext) -> dict[str, float]:
+    """Train, logging metrics each epoch and checkpointing; resume from ``ctx``'s checkpoint if present."""
+    from sharplab.models import MLP
+
+    dtype = getattr(torch, cfg.dtype)
+    world, rank = ctx.world_size, ctx.rank
+    if cfg.batch_size % world:
+        raise ConfigError(f"batch_size = {cfg.batch_size} must divide by the {world} processes of --nproc")
+    torch.manual_seed(ctx.seed)
+    np.random.seed(ctx.seed)
+    x_train, y_train, x_test, y_test = (t.to(ctx.device) for t in load_digits_tensors(dtype))
+    if cfg.train_size:
+        x_train, y_train = x_train[: cfg.train_size], y_train[: cfg.train_size]
+    model = MLP(64, 10, hidden=(cfg.width,) * cfg.depth).to(device=ctx.device, dtype=dtype)
+    net: torch.nn.Module = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        net = DistributedDataParallel(model, device_ids=ids)
+    opt = build_optimizer(cfg, model, net)
+    order = torch.Generator().manual_seed(ctx.seed)
+    n, bs = len(y_train), cfg.batch_size
+    steps_per_epoch = n // bs
+    epoch, pos, step, perm, loss_sum = 0, 0, 0, None, 0.0
+    metrics: dict[str, float] = {}
+
+    ckpt = ctx.load_checkpoint()
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        order.set_state(ckpt["order"])
+        restore_rng(ckpt["rng"])
+        epoch, pos, step, perm = ckpt["epoch"], ckpt["pos"], ckpt["step"], ckpt["perm"]
+        loss_sum = ckpt["loss_sum"]
+        metrics = ckpt["metrics"]
+        ctx.logger.info("resumed from checkpoint at epoch %d, step %d", epoch, step)
+
+    def save() -> None:
+        ctx.save_checkpoint({
+            "model": model.state_dict(), "optimizer": opt.state_dict(), "order": order.get_state(),
+            "rng": capture_rng(), "epoch": epoch, "pos": pos, "step": step, "perm": perm,
+            "loss_sum": loss_sum, "metrics": metrics,
+        })
+
+    model.train()
+    bar = ctx.progress(total=cfg.epochs * steps_per_epoch, desc="digits")
+    bar.update(epoch * steps_per_epoch + pos)
+    while epoch < cfg.epochs:
+        if perm is None:
+            perm = torch.randperm(n, generator=order)
+        while pos < steps_per_epoch:
+            idx = perm[pos * bs : (pos + 1) * bs].tensor_split(world)[rank].to(ctx.device)
+            loss = _train_step(cfg, net, opt, x_train[idx], y_train[idx])
+            if world > 1:
+                import torch.distributed as dist
+
+                dist.all_reduce(loss)
+                loss /= world
+            value = loss.item()
+            if not np.isfinite(value):
+                raise Diverged(step)
+            loss_sum += value
+            pos, step = pos + 1, step + 1
+            bar.update(1)
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and pos < steps_per_epoch:
+                save()
+        metrics = {"train_loss": loss_sum / steps_per_epoch, **evaluate(model, x_test, y_test)}
+        ctx.log_metrics(epoch + 1, metrics)
+        epoch, pos, perm, loss_sum = epoch + 1, 0, None, 0.0
+        save()
+    bar.close()
+    if ctx.is_main:
+        atomic_torch_save(ctx.artifact("model.pt"), model.state_dict())
+    return metrics
+
+
+def _train_step(cfg: DigitsConfig, net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
+                y: torch.Tensor) -> torch.Tensor:
+    """One update; returns the (local) mini-batch loss at w, detached."""
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        return loss
+
+    if cfg.optimizer == "sgd":
+        loss = closure()
+        opt.step()
+    else:
+        loss = opt.step(closure)
+    return loss.detach().clone()
+
+
+def report(runs: list[Any], builder: Any) -> None:
+    """Test error vs rho, one line per optimizer (mean and 95% CI over seeds), and learning curves.
+
+    (The runner's generic section already tabulates every final metric over seeds.)"""
+    from sharplab.runner.aggregate import plot_history, plot_metric_vs
+
+    done = [r for r in runs if r.status == "done"]
+    if not done:
+        return
+    builder.add_figure("Digits: test error vs rho", plot_metric_vs(done, "test_error", x="rho"))
+    builder.add_figure("Digits: test error per epoch", plot_history(done, "test_error"))
+
+
+register_lab(Lab("digits", DigitsConfig, run, report,
+                 "MLP on scikit-learn's 8x8 digits with SGD or SAM (quick, offline, DDP-capable)"))

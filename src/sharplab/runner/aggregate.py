@@ -1,0 +1,147 @@
+"""Aggregation over seeds for reports: grouping, mean ± std and 95% CI, and standard plots.
+
+For values ``v_1..v_n`` of one configuration over ``n`` seeds: mean ``m``, sample standard deviation
+``s`` (ddof = 1) and the half-width of the Student-t 95% confidence interval of the mean,
+``t_{0.975, n-1} * s / sqrt(n)`` (undefined for ``n = 1``).
+
+Runs are grouped by the configuration keys whose values differ among the runs (``seed`` never counts;
+``nproc`` counts when it varies), so a table lists exactly what the study varied.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Summary:
+    n: int
+    mean: float
+    std: float
+    ci95: float
+
+    def fmt(self, digits: int = 4) -> str:
+        if self.n == 0:
+            return "–"
+        if self.n == 1:
+            return f"{self.mean:.{digits}g}"
+        return f"{self.mean:.{digits}g} ± {self.std:.2g}"
+
+
+def t_critical(df: int, level: float = 0.95) -> float:
+    """Two-sided Student-t critical value (scipy when available, else a normal approximation)."""
+    try:
+        from scipy.stats import t
+
+        return float(t.ppf(0.5 + level / 2, df))
+    except ImportError:  # pragma: no cover - scipy comes with scikit-learn
+        return 1.959964 * (1 + 1 / (4 * df))
+
+
+def summarize(values: Iterable[float]) -> Summary:
+    """Mean, sample std and 95% CI half-width of the finite values."""
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=float)
+    n = len(v)
+    if n == 0:
+        return Summary(0, math.nan, math.nan, math.nan)
+    if n == 1:
+        return Summary(1, float(v[0]), math.nan, math.nan)
+    std = float(v.std(ddof=1))
+    return Summary(n, float(v.mean()), std, t_critical(n - 1) * std / math.sqrt(n))
+
+
+def params(run: Any) -> dict[str, Any]:
+    """The run's configuration plus ``nproc`` (lists made hashable)."""
+    out = {k: tuple(v) if isinstance(v, list) else v for k, v in run.config.items()}
+    out["nproc"] = run.nproc
+    return out
+
+
+def varying_keys(runs: Sequence[Any], exclude: Sequence[str] = ("seed",)) -> list[str]:
+    """Configuration keys (in config order) that take more than one value among ``runs``."""
+    keys: list[str] = []
+    for run in runs:
+        keys += [k for k in params(run) if k not in keys]
+    return [k for k in keys if k not in exclude and len({params(r).get(k) for r in runs}) > 1]
+
+
+def group_runs(runs: Sequence[Any], by: Sequence[str] | None = None) -> dict[tuple, list[Any]]:
+    """``{(value of each key in by): [runs]}``, insertion-ordered; ``by`` defaults to the varying keys."""
+    by = varying_keys(runs) if by is None else list(by)
+    groups: dict[tuple, list[Any]] = {}
+    for run in runs:
+        p = params(run)
+        groups.setdefault(tuple(p.get(k) for k in by), []).append(run)
+    return groups
+
+
+def metric_table(runs: Sequence[Any], metrics: Sequence[str],
+                 by: Sequence[str] | None = None) -> dict[str, Any]:
+    """Rows ``{key..., metric: "mean ± std", metric 95% CI: "± h", n}`` for ``ReportBuilder.add_table``."""
+    by = varying_keys(runs) if by is None else list(by)
+    rows = []
+    for key, group in group_runs(runs, by).items():
+        row: dict[str, Any] = dict(zip(by, key))
+        for m in metrics:
+            s = summarize(r.metrics.get(m, math.nan) for r in group)
+            row[m] = s.fmt()
+            row[f"{m} 95% CI"] = "–" if math.isnan(s.ci95) else f"± {s.ci95:.2g}"
+        row["seeds"] = len(group)
+        rows.append(row)
+    columns = [*by, *[c for m in metrics for c in (m, f"{m} 95% CI")], "seeds"]
+    return {"rows": rows, "columns": columns}
+
+
+def _label(keys: Sequence[str], values: tuple) -> str:
+    return ", ".join(f"{k}={v}" for k, v in zip(keys, values)) or "all runs"
+
+
+def plot_metric_vs(runs: Sequence[Any], metric: str, x: str, by: Sequence[str] | None = None):
+    """A figure of ``metric`` (mean, 95% CI error bars) against config key ``x``, one line per group of
+    the other varying keys."""
+    from matplotlib.figure import Figure
+
+    by = [k for k in (varying_keys(runs) if by is None else by) if k != x]
+    fig = Figure(figsize=(5.5, 3.6))
+    ax = fig.add_subplot()
+    for key, group in group_runs(runs, by).items():
+        xs = sorted({params(r).get(x) for r in group}, key=lambda v: (v is None, v))
+        stats = [summarize(r.metrics.get(metric, math.nan) for r in group if params(r).get(x) == v)
+                 for v in xs]
+        ax.errorbar(xs, [s.mean for s in stats], yerr=[0 if math.isnan(s.ci95) else s.ci95 for s in stats],
+                    marker="o", capsize=3, label=_label(by, key))
+    ax.set_xlabel(x)
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    if by:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_history(runs: Sequence[Any], metric: str, by: Sequence[str] | None = None):
+    """Per-epoch ``metric`` (mean over seeds, shaded 95% CI), one line per group."""
+    from matplotlib.figure import Figure
+
+    by = varying_keys(runs) if by is None else list(by)
+    fig = Figure(figsize=(5.5, 3.6))
+    ax = fig.add_subplot()
+    for key, group in group_runs(runs, by).items():
+        steps = sorted({s for r in group for s in r.history if metric in r.history[s]})
+        stats = [summarize(r.history.get(s, {}).get(metric, math.nan) for r in group) for s in steps]
+        mean = np.array([s.mean for s in stats])
+        half = np.array([0 if math.isnan(s.ci95) else s.ci95 for s in stats])
+        (line,) = ax.plot(steps, mean, label=_label(by, key))
+        ax.fill_between(steps, mean - half, mean + half, alpha=0.2, color=line.get_color())
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    if by:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,290 @@
+"""Study files: TOML -> validated, typed run specifications.
+
+A study file names a lab, a base configuration and a grid whose cartesian product gives the runs::
+
+    lab = "digits"
+    name = "quick"
+    [config]            # fields of the lab's frozen config dataclass
+    epochs = 3
+    [grid]              # every combination is one run; `seed` goes to RunContext.seed
+    rho = [0.0, 0.05]
+    seed = [0, 1]
+
+Every value is checked against the lab's config dataclass before anything runs: unknown keys, wrong types
+and values outside a field's ``metadata`` (``min``, ``max``, ``choices``) raise a one-line
+:class:`~sharplab.errors.ConfigError` naming the key, the value and what is allowed.
+
+A run is identified by a hash of (lab, full resolved config, seed, number of processes): the same
+configuration in any study file maps to the same run, which is how re-running finishes only what is missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import itertools
+import json
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sharplab.errors import ConfigError, SharplabError
+
+TOP_LEVEL_KEYS = ("lab", "name", "description", "config", "grid", "sweep")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One configuration to run: lab name, resolved config (as a plain dict), seed, processes."""
+
+    lab: str
+    config: dict[str, Any]
+    seed: int = 0
+    nproc: int = 1
+    study: str = ""
+
+    @property
+    def run_id(self) -> str:
+        return config_hash(self.lab, self.config, self.seed, self.nproc)
+
+    def build_config(self) -> Any:
+        """The lab's frozen config object for this run."""
+        from sharplab.labs import get_lab
+
+        return validate_config(get_lab(self.lab).config_cls, self.config, where="config")
+
+
+@dataclass(frozen=True)
+class Study:
+    """A parsed study file: the runs it defines plus the raw ``[sweep]`` table (for ``sharplab sweep``)."""
+
+    lab: str
+    name: str
+    base: dict[str, Any]
+    grid: dict[str, list[Any]]
+    seeds: tuple[int, ...]
+    sweep: dict[str, Any]
+    description: str = ""
+
+    def runs(self, nproc: int = 1) -> list[RunSpec]:
+        """Every combination of the grid (seed varying fastest), validated."""
+        from sharplab.labs import get_lab
+
+        cls = get_lab(self.lab).config_cls
+        keys = list(self.grid)
+        specs = []
+        for combo in itertools.product(*(self.grid[k] for k in keys)):
+            raw = {**self.base, **dict(zip(keys, combo))}
+            cfg = validate_config(cls, raw, where="grid")
+            for seed in self.seeds:
+                specs.append(RunSpec(self.lab, config_to_dict(cfg), seed, nproc, self.name))
+        return specs
+
+
+def config_hash(lab: str, config: dict[str, Any], seed: int, nproc: int = 1) -> str:
+    """12 hex digits of sha256 over the canonical JSON of the run's identity."""
+    ident: dict[str, Any] = {"lab": lab, "config": config, "seed": seed}
+    if nproc != 1:
+        ident["nproc"] = nproc
+    blob = json.dumps(ident, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """A config dataclass as a JSON-friendly dict (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+# --- loading -----------------------------------------------------------------------------------------
+def _toml_loads(text: str) -> dict[str, Any]:
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        try:
+            import tomli as tomllib  # type: ignore[no-redef]
+        except ImportError:
+            raise SharplabError("reading TOML on Python 3.10 needs tomli: pip install tomli") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"study file is not valid TOML: {exc}") from None
+
+
+def load_study(path: str | Path) -> Study:
+    """Parse and validate a study file (every grid combination is checked here, before any run)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SharplabError(f"study file {str(path)!r} not found; pass the path of a .toml file")
+    return parse_study(_toml_loads(path.read_text(encoding="utf-8")), default_name=path.stem)
+
+
+def parse_study(doc: dict[str, Any], default_name: str = "study") -> Study:
+    from sharplab.labs import get_lab
+
+    for key in doc:
+        if key not in TOP_LEVEL_KEYS:
+            raise ConfigError(f"unknown top-level key {key!r} in study file; "
+                              f"allowed: {', '.join(TOP_LEVEL_KEYS)}")
+    if "lab" not in doc or not isinstance(doc["lab"], str):
+        raise ConfigError('study file needs lab = "<name>" at the top; see `sharplab labs`')
+    lab = get_lab(doc["lab"])
+    name = doc.get("name", default_name)
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"name = {name!r} must be a non-empty string")
+    base = dict(_table(doc, "config"))
+    grid_raw = dict(_table(doc, "grid"))
+    seeds: list[Any] = [0]
+    if "seed" in base:
+        seeds = [base.pop("seed")]
+    if "seed" in grid_raw:
+        seeds = grid_raw.pop("seed")
+        if not isinstance(seeds, list) or not seeds:
+            raise ConfigError(f"[grid] seed = {seeds!r} must be a non-empty list of integers, e.g. [0, 1, 2]")
+    for s in seeds:
+        if not isinstance(s, int) or isinstance(s, bool) or s < 0:
+            raise ConfigError(f"seed = {s!r} is not allowed; seeds are integers >= 0")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"[grid] seed = {seeds!r} repeats a seed; list each seed once")
+    grid: dict[str, list[Any]] = {}
+    for key, values in grid_raw.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"[grid] {key} = {values!r} must be a non-empty list of values, "
+                              f"e.g. {key} = [...]")
+        grid[key] = values
+    cls = lab.config_cls
+    validate_config(cls, base, where="config")
+    for key, values in grid.items():  # check each grid value alone first: the message names it exactly
+        for v in values:
+            validate_config(cls, {**base, key: v}, where="grid")
+    study = Study(lab.name, name, base, grid, tuple(seeds), dict(_table(doc, "sweep")),
+                  str(doc.get("description", "")))
+    study.runs()  # combinations can still fail the config class's own cross-field checks
+    return study
+
+
+def _table(doc: dict[str, Any], key: str) -> dict[str, Any]:
+    value = doc.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key} must be a table: write [{key}] on its own line, then key = value lines")
+    return value
+
+
+# --- validation --------------------------------------------------------------------------------------
+def config_fields(cls: type) -> dict[str, tuple[Any, dataclasses.Field]]:
+    """``name -> (resolved type, field)`` of a config dataclass."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: (hints[f.name], f) for f in dataclasses.fields(cls) if f.init}
+
+
+def validate_config(cls: type, values: dict[str, Any], where: str = "config") -> Any:
+    """Build ``cls(**values)`` after checking every key, type and range; raise one-line ConfigError."""
+    fields = config_fields(cls)
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(
+                f"[{where}] unknown key {key!r}{hint}; allowed keys: {', '.join(fields) or 'none'}"
+            )
+        typ, field = fields[key]
+        kwargs[key] = check_value(f"[{where}] {key}", value, typ, field.metadata)
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"[{where}] {exc}".splitlines()[0]) from None
+
+
+def describe_type(typ: Any) -> str:
+    origin = typing.get_origin(typ)
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in typing.get_args(typ))
+    if origin in (tuple, list):
+        args = typing.get_args(typ)
+        inner = describe_type(args[0]) if args else "value"
+        return f"list of {inner}"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(describe_type(a) for a in typing.get_args(typ) if a is not type(None))
+    return getattr(typ, "__name__", str(typ))
+
+
+def allowed(typ: Any, meta: Any) -> str:
+    """Human description of what a field accepts (used in messages and ``sharplab labs NAME``)."""
+    if "choices" in meta:
+        return "one of " + ", ".join(repr(c) for c in meta["choices"])
+    parts = [describe_type(typ)]
+    if "min" in meta:
+        parts.append(f">= {meta['min']}")
+    if "max" in meta:
+        parts.append(f"<= {meta['max']}")
+    return " ".join(parts)
+
+
+def check_value(name: str, value: Any, typ: Any, meta: Any) -> Any:
+    """Coerce ``value`` to ``typ`` (int -> float, list -> tuple) and check ``meta`` ranges, or raise."""
+    try:
+        out = _coerce(value, typ)
+    except TypeError:
+        raise ConfigError(f"{name} = {value!r} has the wrong type; allowed: {allowed(typ, meta)}") from None
+    if "choices" in meta and out not in meta["choices"]:
+        raise ConfigError(f"{name} = {value!r} is not allowed; allowed: {allowed(typ, meta)}")
+    items = out if isinstance(out, tuple) else (out,)
+    for item in items:
+        if isinstance(item, (int, float)) and not isinstance(item, bool):
+            if ("min" in meta and item < meta["min"]) or ("max" in meta and item > meta["max"]):
+                raise ConfigError(f"{name} = {value!r} is out of range; allowed: {allowed(typ, meta)}")
+            if item != item:  # NaN
+                raise ConfigError(f"{name} = {value!r} is not a number; allowed: {allowed(typ, meta)}")
+    return out
+
+
+def _coerce(value: Any, typ: Any) -> Any:
+    origin = typing.get_origin(typ)
+    if typ is Any:
+        return value
+    if origin is typing.Literal:
+        if value in typing.get_args(typ) and type(value) in {type(a) for a in typing.get_args(typ)}:
+            return value
+        raise TypeError
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(typ):
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg)
+            except TypeError:
+                pass
+        raise TypeError
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise TypeError
+        args = typing.get_args(typ)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise TypeError
+            items = [_coerce(v, a) for v, a in zip(value, args)]
+        else:
+            items = [_coerce(v, args[0]) if args else v for v in value]
+        return tuple(items) if origin is tuple else items
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        raise TypeError
+    if typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise TypeError
+    if typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise TypeError
+    if typ is str:
+        if isinstance(value, str):
+            return value
+        raise TypeError
+    if isinstance(typ, type) and isinstance(value, typ):
+        return value
+    raise TypeError

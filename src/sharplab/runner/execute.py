@@ -1,0 +1,292 @@
+"""Running configurations: one run in this process, or a whole study in parallel processes.
+
+Layout of an output folder::
+
+    DIR/results.sqlite          the results store (sharplab.runner.store)
+    DIR/studies/<name>.json     each study file run into DIR, as parsed
+    DIR/runs/<run_id>/run.json  resolved config, seed, versions, machine, git revision (atomic)
+    DIR/runs/<run_id>/run.log   the run's log;  checkpoint.pt, model.pt and other artifacts of the lab
+
+A run is claimed in the store (status ``running``, pid, host) before it starts and finished in one
+transaction. ``done`` and ``diverged`` runs are never re-run; ``pending``, ``failed`` and interrupted
+(``running`` whose process is gone) runs are started again, and the lab resumes from its checkpoint.
+
+Parallelism: ``jobs=1, nproc=1`` runs everything in this process. Otherwise each run is a child process
+(``python -m sharplab.runner.worker``), or ``nproc`` of them under ``torchrun`` (DDP, gloo on CPU), with
+``jobs`` runs at a time and ``cpu_count // (jobs * nproc)`` threads each.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sharplab.errors import Diverged, SharplabError
+from sharplab.io import atomic_write_json
+from sharplab.runner.config import RunSpec, Study
+from sharplab.runner.context import RunContext
+from sharplab.runner.env import environment
+from sharplab.runner.store import FINISHED, ResultsStore, pid_alive
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How runs execute (not part of a run's identity)."""
+
+    quiet: bool = False
+    tensorboard: bool = False
+    threads: int | None = None  # torch threads per process; None = leave as is
+    watch_pid: int | None = None  # stop (exit 3) once this process is gone: a killed parent `sharplab run`
+
+
+def run_dir_of(out_dir: str | os.PathLike, run_id: str) -> Path:
+    return Path(out_dir) / "runs" / run_id
+
+
+def require_tensorboard() -> None:
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        msg = "--tensorboard needs the tensorboard package: pip install 'sharplab[tensorboard]'"
+        raise SharplabError(msg) from None
+
+
+def _resolve_device(cfg: Any, local_rank: int) -> torch.device:
+    name = str(getattr(cfg, "device", "cpu"))
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise SharplabError("config asks for device = 'cuda' but no CUDA GPU is visible; use cpu or auto")
+        return torch.device("cuda", local_rank)
+    return torch.device(name)
+
+
+def _run_logger(run_id: str, path: Path) -> tuple[logging.Logger, logging.Handler]:
+    logger = logging.getLogger(f"sharplab.run.{run_id}")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    return logger, handler
+
+
+def execute_run(out_dir: str | os.PathLike, spec: RunSpec, options: RunOptions = RunOptions(),
+                rank: int = 0, world_size: int = 1, local_rank: int = 0) -> str:
+    """Run one configuration here; return its final status (or ``"finished"``/``"busy"`` if not run).
+
+    Rank 0 claims the run, records it and writes results; other ranks (under torchrun) only train.
+    """
+    from sharplab.labs import get_lab
+
+    out_dir = Path(out_dir)
+    lab = get_lab(spec.lab)
+    cfg = spec.build_config()
+    run_id = spec.run_id
+    run_dir = run_dir_of(out_dir, run_id)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    main = rank == 0
+    store = ResultsStore(out_dir) if main else None
+    handler: logging.Handler | None = None
+    writer = None
+    try:
+        claim = store.claim(run_id) if store is not None else "claimed"
+        if world_size > 1:  # every rank must agree to start, or the others would wait in collectives forever
+            claim = _agree(claim, _resolve_device(cfg, local_rank))
+        if claim != "claimed":
+            return claim
+        if store is not None:
+            attempt = store.get(run_id).attempts
+            atomic_write_json(run_dir / "run.json", {
+                "run_id": run_id, "lab": spec.lab, "study": spec.study, "seed": spec.seed,
+                "nproc": spec.nproc, "config": spec.config, "attempt": attempt, "environment": environment(),
+            })
+        log_name = "run.log" if main else f"run.rank{rank}.log"
+        logger, handler = _run_logger(run_id, run_dir / log_name)
+        logger.info("start %s run %s seed %d (rank %d/%d): %s", spec.lab, run_id, spec.seed, rank, world_size,
+                    spec.config)
+        if options.threads:
+            torch.set_num_threads(options.threads)
+        if options.tensorboard and main:
+            require_tensorboard()
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(run_dir / "tensorboard"))
+        on_metrics = _metrics_sink(store, run_id, writer, options.watch_pid)
+        ctx = RunContext(run_dir, seed=spec.seed, device=_resolve_device(cfg, local_rank),
+                         quiet=options.quiet or not main, on_metrics=on_metrics, logger=logger, rank=rank,
+                         world_size=world_size)
+        try:
+            metrics = lab.run(cfg, ctx)
+        except Diverged as exc:
+            logger.warning("diverged: %s", exc)
+            if store is not None:
+                store.finish(run_id, "diverged", error=str(exc), diverged_step=exc.step)
+            return "diverged"
+        except KeyboardInterrupt:
+            if store is not None:
+                store.finish(run_id, "failed", error="interrupted by the user (Ctrl-C); re-run to resume")
+            raise
+        except Exception as exc:
+            logger.exception("failed")
+            if store is None:
+                raise
+            message = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+            store.finish(run_id, "failed", error=message)
+            return "failed"
+        if store is not None:
+            store.finish(run_id, "done", metrics={k: float(v) for k, v in (metrics or {}).items()})
+        logger.info("done: %s", metrics)
+        return "done"
+    finally:
+        if writer is not None:
+            writer.close()
+        if handler is not None:
+            logging.getLogger(f"sharplab.run.{run_id}").removeHandler(handler)
+            handler.close()
+        if store is not None:
+            store.close()
+
+
+def _agree(claim: str, device: torch.device) -> str:
+    """Rank 0's claim outcome, broadcast to every rank."""
+    import torch.distributed as dist
+
+    outcomes = ("claimed", "finished", "busy")
+    flag = torch.tensor([outcomes.index(claim)], device=device)
+    dist.broadcast(flag, 0)
+    return outcomes[int(flag.item())]
+
+
+def _metrics_sink(store: ResultsStore | None, run_id: str, writer: Any,
+                  watch_pid: int | None) -> Callable[[int, dict[str, float]], None] | None:
+    if store is None:
+        return None
+
+    def sink(step: int, metrics: dict[str, float]) -> None:
+        if watch_pid and not pid_alive(watch_pid):  # the `sharplab run` that started us was killed
+            os._exit(3)
+        store.log_epoch(run_id, step, metrics)
+        if writer is not None:
+            for k, v in metrics.items():
+                writer.add_scalar(k, v, step)
+
+    return sink
+
+
+# --- studies -----------------------------------------------------------------------------------------
+def run_study(study: Study, out_dir: str | os.PathLike, jobs: int = 1, nproc: int = 1,
+              options: RunOptions = RunOptions()) -> Counter:
+    """Run every configuration of ``study`` not finished yet in ``out_dir``; return a status count."""
+    from tqdm.auto import tqdm
+
+    if jobs < 1 or nproc < 1:
+        raise SharplabError(f"--jobs {jobs} / --nproc {nproc}: both must be >= 1")
+    if options.tensorboard:
+        require_tensorboard()
+    out_dir = Path(out_dir)
+    specs = study.runs(nproc)
+    with ResultsStore(out_dir) as store:
+        store.add_runs(specs)
+        status = {r.run_id: r.status for r in store.runs(history=False)}
+    atomic_write_json(out_dir / "studies" / f"{study.name}.json",
+                      {**asdict(study), "run_ids": [s.run_id for s in specs], "nproc": nproc})
+    todo = [s for s in specs if status[s.run_id] not in FINISHED]
+    counts: Counter = Counter(status[s.run_id] for s in specs if status[s.run_id] in FINISHED)
+    quiet = options.quiet or bool(os.environ.get("CI"))
+    bar = tqdm(total=len(specs), initial=len(specs) - len(todo), desc=f"study {study.name}", disable=quiet,
+               dynamic_ncols=True)
+    threads = options.threads or max(1, (os.cpu_count() or 1) // (jobs * nproc))
+    if jobs == 1 and nproc == 1:
+        run_one = _in_process(out_dir, options)
+    else:
+        run_one = _in_child(out_dir, nproc, RunOptions(True, options.tensorboard, threads, os.getpid()))
+    try:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            futures = [pool.submit(_until_claimed, out_dir, spec, run_one) for spec in todo]
+            for fut in as_completed(futures):
+                counts[fut.result()] += 1
+                bar.update(1)
+                bar.set_postfix({k: v for k, v in counts.items()})
+    finally:
+        bar.close()
+    return counts
+
+
+def _until_claimed(out_dir: Path, spec: RunSpec, run_one: Callable[[RunSpec], str]) -> str:
+    """Run ``spec``; if another live process holds it, wait for that process and take over if needed."""
+    while True:
+        result = run_one(spec)
+        if result != "busy":
+            break
+        time.sleep(1.0)
+    if result == "finished":
+        with ResultsStore(out_dir) as store:
+            result = store.get(spec.run_id).status
+    return result
+
+
+def _in_process(out_dir: Path, options: RunOptions) -> Callable[[RunSpec], str]:
+    def run_one(spec: RunSpec) -> str:
+        threads = torch.get_num_threads()
+        try:
+            return execute_run(out_dir, spec, options)
+        finally:
+            torch.set_num_threads(threads)
+
+    return run_one
+
+
+def _in_child(out_dir: Path, nproc: int, options: RunOptions) -> Callable[[RunSpec], str]:
+    def run_one(spec: RunSpec) -> str:
+        with ResultsStore(out_dir) as store:
+            rec = store.get(spec.run_id)
+        if rec.status in FINISHED:
+            return "finished"
+        if rec.status == "running" and not rec.stale and rec.pid is not None:
+            return "busy"
+        run_dir = run_dir_of(out_dir, spec.run_id)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cmd = worker_command(out_dir, spec.run_id, nproc, options)
+        env = {**os.environ, "OMP_NUM_THREADS": str(options.threads or 1)}
+        with open(run_dir / "worker.log", "ab") as log:
+            rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+        with ResultsStore(out_dir) as store:
+            rec = store.get(spec.run_id)
+            if rec.status in ("done", "diverged", "failed"):
+                return rec.status
+            if rec.status == "running" and not rec.stale:
+                return "busy"  # another process took it over meanwhile
+            store.finish(spec.run_id, "failed",
+                         error=f"worker exited with code {rc}; see {run_dir}/worker.log")
+        return "failed"
+
+    return run_one
+
+
+def worker_command(out_dir: Path, run_id: str, nproc: int, options: RunOptions) -> list[str]:
+    """``python -m sharplab.runner.worker ...``, under ``torch.distributed.run`` when ``nproc > 1``."""
+    args = ["-m", "sharplab.runner.worker", str(out_dir), run_id]
+    if options.quiet:
+        args.append("--quiet")
+    if options.tensorboard:
+        args.append("--tensorboard")
+    if options.threads:
+        args += ["--threads", str(options.threads)]
+    if options.watch_pid:
+        args += ["--watch-pid", str(options.watch_pid)]
+    if nproc == 1:
+        return [sys.executable, *args]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]

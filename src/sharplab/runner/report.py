@@ -1,0 +1,181 @@
+"""Reports: a builder labs add tables, figures and text to, written as Markdown + self-contained HTML.
+
+``sharplab report DIR`` reads the results store, writes a summary of run statuses, then for every lab
+present a generic table of final metrics aggregated over seeds followed by the lab's own ``report(runs,
+builder)`` section. Output: ``DIR/report.md``, ``DIR/report.html`` (figures embedded as base64 PNG data
+URIs, no external files needed) and ``DIR/figures/*.png``; each written atomically.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import os
+import re
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sharplab.io import atomic_write_bytes, atomic_write_text
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}
+table{border-collapse:collapse;margin:.5rem 0 1.5rem;font-size:.9rem}
+th,td{border:1px solid #ccc;padding:.25rem .6rem;text-align:left}th{background:#f3f3f3}
+img{max-width:100%;border:1px solid #eee}figure{margin:1rem 0 2rem}figcaption{font-weight:600}
+pre{background:#f6f6f6;padding:.5rem}"""
+
+
+@dataclass
+class _Block:
+    kind: str  # "heading" | "text" | "table" | "figure"
+    title: str = ""
+    text: str = ""
+    columns: Sequence[str] = ()
+    rows: Sequence[Sequence[Any]] = ()
+    png: bytes = b""
+    name: str = ""
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "figure"
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return "–" if math.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+class ReportBuilder:
+    """Collects report content in order; :meth:`write` renders it.
+
+    Example::
+
+        b = ReportBuilder("my study")
+        b.add_table("errors", rows=[{"rho": 0.0, "error": 0.1}])
+        b.add_figure("error vs rho", fig)      # a matplotlib Figure; rendered to PNG at once
+        b.write("runs/my-study")
+    """
+
+    def __init__(self, title: str) -> None:
+        self.title = title
+        self.blocks: list[_Block] = []
+
+    def add_heading(self, title: str) -> None:
+        self.blocks.append(_Block("heading", title=title))
+
+    def add_text(self, text: str) -> None:
+        """A paragraph (plain text; HTML-escaped in the HTML page)."""
+        self.blocks.append(_Block("text", text=text))
+
+    def add_table(self, title: str, rows: Sequence[Mapping[str, Any] | Sequence[Any]],
+                  columns: Sequence[str] | None = None) -> None:
+        """A table from dict rows (columns default to the keys in order) or sequence rows plus ``columns``."""
+        if columns is None:
+            columns = []
+            for row in rows:
+                if not isinstance(row, Mapping):
+                    raise ValueError("add_table: sequence rows need columns=[...]")
+                columns += [k for k in row if k not in columns]
+        cells = [[row.get(c, "") for c in columns] if isinstance(row, Mapping) else list(row) for row in rows]
+        self.blocks.append(_Block("table", title=title, columns=list(columns), rows=cells))
+
+    def add_figure(self, title: str, figure: Any, dpi: int = 110) -> None:
+        """A matplotlib figure, rendered to PNG now (and closed if it belongs to pyplot)."""
+        buf = io.BytesIO()
+        figure.savefig(buf, format="png", dpi=dpi)
+        import sys
+
+        if "matplotlib.pyplot" in sys.modules:
+            sys.modules["matplotlib.pyplot"].close(figure)
+        n = sum(b.kind == "figure" for b in self.blocks) + 1
+        name = f"fig{n:02d}-{_slug(title)}.png"
+        self.blocks.append(_Block("figure", title=title, png=buf.getvalue(), name=name))
+
+    # --- rendering ---------------------------------------------------------------------------------
+    def to_markdown(self, figure_dir: str = "figures") -> str:
+        out = [f"# {self.title}", ""]
+        for b in self.blocks:
+            if b.kind == "heading":
+                out += [f"## {b.title}", ""]
+            elif b.kind == "text":
+                out += [b.text, ""]
+            elif b.kind == "table":
+                out += [f"**{b.title}**", "", "| " + " | ".join(map(str, b.columns)) + " |",
+                        "|" + "---|" * len(b.columns)]
+                out += ["| " + " | ".join(_cell(c).replace("|", "\\|") for c in row) + " |" for row in b.rows]
+                out.append("")
+            else:
+                out += [f"**{b.title}**", "", f"![{b.title}]({figure_dir}/{b.name})", ""]
+        return "\n".join(out)
+
+    def to_html(self) -> str:
+        e = html.escape
+        out = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+               f"<title>{e(self.title)}</title>", f"<style>{_CSS}</style>", "</head>", "<body>",
+               f"<h1>{e(self.title)}</h1>"]
+        for b in self.blocks:
+            if b.kind == "heading":
+                out.append(f"<h2>{e(b.title)}</h2>")
+            elif b.kind == "text":
+                out += [f"<p>{e(p)}</p>" for p in b.text.split("\n\n") if p.strip()]
+            elif b.kind == "table":
+                out += [f"<h3>{e(b.title)}</h3>", "<table>", "<thead><tr>"
+                        + "".join(f"<th>{e(str(c))}</th>" for c in b.columns) + "</tr></thead>", "<tbody>"]
+                out += ["<tr>" + "".join(f"<td>{e(_cell(c))}</td>" for c in row) + "</tr>" for row in b.rows]
+                out += ["</tbody>", "</table>"]
+            else:
+                data = base64.b64encode(b.png).decode("ascii")
+                out += ["<figure>", f"<figcaption>{e(b.title)}</figcaption>",
+                        f'<img alt="{e(b.title)}" src="data:image/png;base64,{data}">', "</figure>"]
+        out += ["</body>", "</html>", ""]
+        return "\n".join(out)
+
+    def write(self, out_dir: str | os.PathLike) -> dict[str, Path]:
+        """Write ``report.md``, ``report.html`` and ``figures/*.png`` into ``out_dir``; return the paths."""
+        out_dir = Path(out_dir)
+        paths = {"markdown": out_dir / "report.md", "html": out_dir / "report.html"}
+        for b in self.blocks:
+            if b.kind == "figure":
+                atomic_write_bytes(out_dir / "figures" / b.name, b.png)
+        atomic_write_text(paths["markdown"], self.to_markdown())
+        atomic_write_text(paths["html"], self.to_html())
+        return paths
+
+
+def build_report(out_dir: str | os.PathLike, title: str | None = None) -> ReportBuilder:
+    """The standard report of an output folder: status summary, then per lab a generic metrics table
+    and the lab's registered section."""
+    from sharplab.labs import get_lab
+    from sharplab.runner.aggregate import metric_table
+    from sharplab.runner.store import ResultsStore
+
+    with ResultsStore(out_dir, create=False) as store:
+        runs = store.runs()
+    builder = ReportBuilder(title or f"sharplab report: {Path(out_dir).resolve().name}")
+    counts = Counter(r.display_status for r in runs)
+    builder.add_text(f"{len(runs)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+                     + f". Generated {time.strftime('%Y-%m-%d %H:%M')} from {Path(out_dir).resolve()}.")
+    troubled = [r for r in runs if r.status in ("failed", "diverged")]
+    if troubled:
+        builder.add_table("Runs that did not finish", [
+            {"run": r.run_id, "lab": r.lab, "seed": r.seed, "status": r.status,
+             "step": "" if r.diverged_step is None else r.diverged_step, "error": r.error or ""}
+            for r in troubled])
+    for lab_name in dict.fromkeys(r.lab for r in runs):
+        lab_runs = [r for r in runs if r.lab == lab_name]
+        done = [r for r in lab_runs if r.status == "done"]
+        builder.add_heading(f"Lab: {lab_name}")
+        if done:
+            metrics = list(dict.fromkeys(k for r in done for k in r.metrics))
+            builder.add_table(f"{lab_name}: final metrics over seeds (mean ± std, 95% CI)",
+                              **metric_table(done, metrics))
+        lab = get_lab(lab_name)
+        if lab.report is not None:
+            lab.report(lab_runs, builder)
+    return builder

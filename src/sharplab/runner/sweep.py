@@ -1,0 +1,179 @@
+"""Hyperparameter sweeps with Optuna over an RDB storage (SQLite by default, PostgreSQL for many machines).
+
+A study file gains a ``[sweep]`` table; ``[config]`` stays the base configuration::
+
+    [sweep]
+    metric = "test_error"        # a final metric the lab returns
+    direction = "minimize"       # or "maximize"
+    seeds = [0]                  # each trial runs these seeds; the objective is the mean over them
+    [sweep.space]
+    lr = { low = 0.01, high = 0.5, log = true }   # float field -> suggest_float; int field -> suggest_int
+    rho = { low = 0.0, high = 0.2 }               # optional: step = ...
+    optimizer = ["sgd", "sam"]                    # a list -> suggest_categorical
+
+Every trial's runs go through the normal runner into ``--out`` (results store, checkpoints, report), so a
+configuration already run is reused, not trained again. ``--trials N`` is the number of *completed*
+trials the Optuna study should reach: re-running the same command after a crash, or running it on several
+machines at once against one storage, stops once the study holds N completed trials (each worker may
+finish the trial it is in). Several workers share a study simply by running the same command with the same
+``--storage`` and study name; see ``docs/runner.md`` for PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sharplab.errors import ConfigError, SharplabError
+from sharplab.runner.config import RunSpec, Study, check_value, config_fields, config_to_dict, validate_config
+from sharplab.runner.execute import RunOptions, _in_process, _until_claimed
+from sharplab.runner.store import ResultsStore
+
+SWEEP_KEYS = ("metric", "direction", "seeds", "space")
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    kind: str  # "float" | "int" | "categorical"
+    low: float = 0.0
+    high: float = 0.0
+    log: bool = False
+    step: float | None = None
+    choices: tuple[Any, ...] = ()
+
+    def suggest(self, trial: Any) -> Any:
+        if self.kind == "categorical":
+            return trial.suggest_categorical(self.name, list(self.choices))
+        if self.kind == "int":
+            return trial.suggest_int(self.name, int(self.low), int(self.high), step=int(self.step or 1),
+                                     log=self.log)
+        return trial.suggest_float(self.name, self.low, self.high, step=self.step, log=self.log)
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    metric: str
+    direction: str
+    seeds: tuple[int, ...]
+    space: tuple[Param, ...]
+
+
+def parse_sweep(study: Study) -> SweepSpec:
+    """Validate ``[sweep]`` against the lab's config class (one-line ConfigError on any problem)."""
+    from sharplab.labs import get_lab
+
+    table = study.sweep
+    if not table:
+        raise ConfigError("study file has no [sweep] table; add [sweep] metric = ... and [sweep.space]")
+    for key in table:
+        if key not in SWEEP_KEYS:
+            raise ConfigError(f"[sweep] unknown key {key!r}; allowed: {', '.join(SWEEP_KEYS)}")
+    metric = table.get("metric")
+    if not isinstance(metric, str):
+        raise ConfigError('[sweep] metric = "<final metric name>" is required, e.g. metric = "test_error"')
+    direction = table.get("direction", "minimize")
+    if direction not in ("minimize", "maximize"):
+        raise ConfigError(f"[sweep] direction = {direction!r} is not allowed; use 'minimize' or 'maximize'")
+    seeds = table.get("seeds", list(study.seeds))
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
+        raise ConfigError(f"[sweep] seeds = {seeds!r} must be a non-empty list of integers >= 0")
+    fields = config_fields(get_lab(study.lab).config_cls)
+    space_raw = table.get("space")
+    if not isinstance(space_raw, dict) or not space_raw:
+        raise ConfigError("[sweep.space] is missing or empty; add e.g. lr = { low = 0.01, high = 0.5 }")
+    space = []
+    for name, spec in space_raw.items():
+        where = f"[sweep.space] {name}"
+        if name not in fields:
+            raise ConfigError(f"{where}: unknown config key; allowed keys: {', '.join(fields)}")
+        typ, field = fields[name]
+        if isinstance(spec, list):
+            if not spec:
+                raise ConfigError(f"{where} = [] needs at least one choice")
+            space.append(Param(name, "categorical", choices=tuple(check_value(where, v, typ, field.metadata)
+                                                                  for v in spec)))
+            continue
+        keys = set(spec) if isinstance(spec, dict) else set()
+        if not isinstance(spec, dict) or keys - {"low", "high", "log", "step"} or not {"low", "high"} <= keys:
+            raise ConfigError(f"{where} = {spec!r}: write a list of choices or {{ low = .., high = .. }}")
+        if typ not in (int, float):
+            raise ConfigError(f"{where}: a range needs an int or float field; give a list of choices instead")
+        low = check_value(f"{where}.low", spec["low"], typ, field.metadata)
+        high = check_value(f"{where}.high", spec["high"], typ, field.metadata)
+        log = spec.get("log", False)
+        if low >= high or not isinstance(log, bool) or (log and low <= 0):
+            raise ConfigError(f"{where} = {spec!r}: need low < high, and low > 0 when log = true")
+        space.append(Param(name, "int" if typ is int else "float", low, high, log, spec.get("step")))
+    return SweepSpec(metric, direction, tuple(seeds), tuple(space))
+
+
+def make_storage(url: str) -> Any:
+    """An Optuna ``RDBStorage``; SQLite gets a long lock timeout so that workers can share the file."""
+    import optuna
+
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+    elif "://" not in url:
+        raise SharplabError(f"--storage {url!r} is not a database URL; use sqlite:///path.db or postgresql://...")
+    try:
+        return optuna.storages.RDBStorage(url, **kwargs)
+    except ImportError as exc:
+        raise SharplabError(f"--storage {url!r} needs a database driver: {exc}".splitlines()[0]) from None
+
+
+def run_sweep(study: Study, out_dir: str | os.PathLike, trials: int, storage: str,
+              study_name: str | None = None, sampler_seed: int | None = None,
+              options: RunOptions | None = None) -> Any:
+    """Optimise until the Optuna study holds ``trials`` completed trials; return the Optuna study."""
+    import optuna
+    from optuna.study import MaxTrialsCallback
+    from optuna.trial import TrialState
+
+    if trials < 1:
+        raise SharplabError(f"--trials {trials} must be >= 1")
+    sweep = parse_sweep(study)
+    cls = _config_cls(study.lab)
+    out_dir = Path(out_dir)
+    if (options and options.quiet) or os.environ.get("CI"):
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    ostudy = optuna.create_study(
+        study_name=study_name or study.name, storage=make_storage(storage), direction=sweep.direction,
+        sampler=optuna.samplers.TPESampler(seed=sampler_seed), load_if_exists=True,
+    )
+    run_one = _in_process(out_dir, options or RunOptions())
+
+    def objective(trial: optuna.Trial) -> float:
+        values = {p.name: p.suggest(trial) for p in sweep.space}
+        cfg = validate_config(cls, {**study.base, **values}, where="sweep")
+        specs = [RunSpec(study.lab, config_to_dict(cfg), seed, 1, study.name) for seed in sweep.seeds]
+        with ResultsStore(out_dir) as store:
+            store.add_runs(specs)
+        statuses = [_until_claimed(out_dir, spec, run_one) for spec in specs]
+        trial.set_user_attr("run_ids", [s.run_id for s in specs])
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        if any(s != "done" for s in statuses):
+            trial.set_user_attr("statuses", statuses)
+            raise optuna.TrialPruned(f"runs ended {statuses}")
+        with ResultsStore(out_dir) as store:
+            scores = [store.get(s.run_id).metrics.get(sweep.metric) for s in specs]
+        if any(v is None for v in scores):
+            raise SharplabError(f"[sweep] metric {sweep.metric!r} is not among the lab's final metrics")
+        return float(sum(scores) / len(scores))
+
+    done = (TrialState.COMPLETE,)
+    if len(ostudy.get_trials(deepcopy=False, states=done)) < trials:
+        ostudy.optimize(objective, n_trials=trials, callbacks=[MaxTrialsCallback(trials, states=done)],
+                        catch=())
+    return ostudy
+
+
+def _config_cls(lab: str) -> type:
+    from sharplab.labs import get_lab
+
+    return get_lab(lab).config_cls

@@ -1,0 +1,55 @@
+"""Child-process entry point: run one stored configuration (``python -m sharplab.runner.worker DIR RUN_ID``).
+
+Started by ``sharplab run --jobs N`` (one process per run) and, under ``torchrun``, by ``--nproc N``: each
+rank reads the run's spec from the results store, the process group is initialised here (gloo on CPU,
+NCCL on CUDA), and :func:`sharplab.runner.execute.execute_run` does the rest (rank 0 records results).
+Exit code 0 when the run ended done or diverged, 1 when it failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+from sharplab.runner.config import RunSpec
+from sharplab.runner.execute import RunOptions, execute_run
+from sharplab.runner.store import ResultsStore
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sharplab.runner.worker")
+    parser.add_argument("out_dir")
+    parser.add_argument("run_id")
+    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--tensorboard", action="store_true")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--watch-pid", type=int, default=None)
+    args = parser.parse_args(argv)
+    with ResultsStore(args.out_dir, create=False) as store:
+        rec = store.get(args.run_id)
+    spec = RunSpec(rec.lab, rec.config, rec.seed, rec.nproc, rec.study)
+    rank = int(os.environ.get("RANK", 0))
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    options = RunOptions(args.quiet, args.tensorboard, args.threads, args.watch_pid)
+    if world > 1:
+        import torch.distributed as dist
+
+        cuda = str(rec.config.get("device", "cpu")) in ("cuda", "auto") and torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl" if cuda else "gloo")
+        try:
+            status = execute_run(args.out_dir, spec, options, rank, world, local_rank)
+        finally:
+            dist.destroy_process_group()
+    else:
+        status = execute_run(args.out_dir, spec, options)
+    return 1 if status == "failed" else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
