@@ -1,0 +1,99 @@
+"""What must not change between SAM's two passes: BatchNorm running statistics and the RNG stream.
+
+*BatchNorm.* A SAM step runs the model twice. With ``bn_policy="once"`` (the default) only the pass at
+the real parameters w updates ``running_mean``, ``running_var`` and ``num_batches_tracked``: the buffers
+are saved before the ascent-point pass and restored after it (zeroing the momentum would not do, since
+``num_batches_tracked`` still counts and ``momentum=None`` layers use it). The normalisation itself is
+untouched: both passes use the batch statistics, as in training mode. ``bn_policy="every"`` lets both
+passes update the statistics (the behaviour of the original SAM code).
+
+*Randomness.* The pass at w + eps replays the RNG state of the pass at w, so dropout draws the same
+masks and the perturbation is measured on the same function; afterwards the RNG is where a single pass
+would have left it, so a SAM run and an SGD run consume the same random stream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+BN_POLICIES = ("once", "every")
+
+
+def check_bn_policy(policy: str) -> str:
+    if policy not in BN_POLICIES:
+        from sharplab.errors import SharplabError
+
+        raise SharplabError(f"bn_policy must be one of {BN_POLICIES}, got {policy!r}")
+    return policy
+
+
+def _tracking(module: nn.Module) -> bool:
+    return isinstance(module, _BatchNorm) and module.training and module.track_running_stats
+
+
+def _save(module: nn.Module, saved: dict[nn.Module, list[torch.Tensor | None]]) -> None:
+    if module not in saved:
+        saved[module] = [
+            None if b is None else b.clone()
+            for b in (module.running_mean, module.running_var, module.num_batches_tracked)
+        ]
+
+
+def _restore(saved: dict[nn.Module, list[torch.Tensor | None]]) -> None:
+    with torch.no_grad():
+        for module, bufs in saved.items():
+            for name, value in zip(("running_mean", "running_var", "num_batches_tracked"), bufs):
+                current = getattr(module, name)
+                if value is not None and current is not None:
+                    current.copy_(value)
+
+
+@contextlib.contextmanager
+def frozen_bn_stats(model: nn.Module | None = None, enabled: bool = True) -> Iterator[None]:
+    """Undo every BatchNorm running-statistics update made inside the block.
+
+    With ``model`` given, its BatchNorm layers are saved up front. Without it (``SAM.step(closure)``
+    where the optimizer never sees the model), a module forward pre-hook saves each BatchNorm layer the
+    first time it runs inside the block; the hook is removed on exit.
+    """
+    if not enabled:
+        yield
+        return
+    saved: dict[nn.Module, list[torch.Tensor | None]] = {}
+    handle = None
+    if model is not None:
+        for module in model.modules():
+            if _tracking(module):
+                _save(module, saved)
+    else:
+
+        def hook(module: nn.Module, args: object) -> None:
+            if _tracking(module):
+                _save(module, saved)
+
+        handle = nn.modules.module.register_module_forward_pre_hook(hook)
+    try:
+        yield
+    finally:
+        if handle is not None:
+            handle.remove()
+        _restore(saved)
+
+
+class RNGSnapshot:
+    """The CPU RNG state and that of every CUDA device holding one of ``tensors``."""
+
+    def __init__(self, tensors: list[torch.Tensor]) -> None:
+        self.cpu = torch.get_rng_state()
+        devices = sorted({t.device.index or 0 for t in tensors if t.device.type == "cuda"})
+        self.cuda = {d: torch.cuda.get_rng_state(d) for d in devices}
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.cpu)
+        for d, state in self.cuda.items():
+            torch.cuda.set_rng_state(state, d)

@@ -1,0 +1,271 @@
+"""``sam_grad``: fill ``p.grad`` with a SAM gradient, for any model, loss and base optimizer.
+
+For a model f(x; w) and a mean loss L(w) = l(f(x; w), y), one SAM gradient is (Foret et al., 2021,
+eq. 3, dropping the second-order term)
+
+    eps = rule(grad L(w)),    w~ = w + eps,    g_SAM = grad L(w~) = J(w~)^T dl/df(w~),
+
+where J is the Jacobian of the outputs with respect to the parameters. The mechanism-isolating variants
+of Springer et al. (ICLR 2024, sec. 4) take only one factor at the phantom parameter w~:
+
+    iw_only  (importance weighting only):   g = J(w)^T  dl/df(w~)
+    lr_only  (learning-rate scaling only):  g = J(w~)^T dl/df(w)
+
+m-sharpness (Foret et al., 2021, sec. 4; Andriushchenko & Flammarion, 2022, eq. 5) splits the batch into
+micro-batches S_1..S_k of size m and averages their own SAM gradients,
+
+    g = (1/k) sum_j grad L_{S_j}(w + eps_j),    eps_j = rule(grad L_{S_j}(w)),
+
+computed for all j at once with ``torch.func`` (``vmap`` of ``grad``), so m = 1 (1-SAM) costs a few
+vectorised passes instead of a Python loop over examples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, grad_and_value, vjp, vmap
+
+from sharplab.errors import Diverged, SharplabError
+from sharplab.optim._distributed import allreduce_mean_, no_sync, unwrap
+from sharplab.optim._passes import RNGSnapshot, check_bn_policy, frozen_bn_stats
+from sharplab.optim.rules import PerturbationRule, global_norm, make_rule
+
+MECHANISMS = ("full", "iw_only", "lr_only")
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def sam_grad(
+    model: nn.Module,
+    loss_fn: LossFn,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    rho: float = 0.05,
+    m: int | None = None,
+    rule: str | PerturbationRule = "sam",
+    mechanism: str = "full",
+    *,
+    perturb: Iterable[torch.Tensor] | None = None,
+    bn_policy: str = "once",
+    ascent_steps: int = 1,
+    sync_ascent: bool = False,
+    chunk_size: int | None = None,
+    step: int | None = None,
+) -> torch.Tensor:
+    """Add the SAM gradient of ``loss_fn(model(inputs), targets)`` to the parameters' ``.grad``.
+
+    Like ``loss.backward()`` it accumulates into ``.grad`` (zero the gradients first, or call it once per
+    micro-batch to accumulate), and it never changes the parameter values.
+
+    Args:
+        model: any ``nn.Module`` returning outputs (logits) for ``inputs``; may be wrapped in DDP.
+        loss_fn: ``loss_fn(outputs, targets) -> scalar`` mean loss.
+        inputs, targets: the batch.
+        rho: perturbation radius rho >= 0; ``rho = 0`` is exactly one plain backward pass.
+        m: micro-batch size for m-sharpness (must divide the batch); ``None`` = the whole batch.
+        rule: ``"sam"``, ``"usam"``, ``"asam"``, ``"random"`` or a :class:`PerturbationRule`.
+        mechanism: ``"full"``, ``"iw_only"`` or ``"lr_only"`` (see module docstring).
+        perturb: the parameters to perturb (others stay at w, e.g. ``model.head.parameters()`` for
+            last-layer SAM); ``None`` perturbs all.
+        bn_policy: ``"once"`` (only the pass at w updates BatchNorm statistics) or ``"every"``.
+            With ``m`` set, BatchNorm uses per-micro-batch batch statistics inside the vectorised passes
+            and the running statistics are updated once per step by a forward at w on the whole batch.
+        ascent_steps: k > 1 runs k projected ascent steps (:class:`~sharplab.optim.rules.MultiStep`).
+        sync_ascent: under DDP, average the ascent gradient over workers (default: local ascent).
+        chunk_size: with ``m``, process this many micro-batches at a time in ``vmap`` (bounds memory).
+        step: optional step index, used only in error messages.
+
+    Returns:
+        The loss at w (detached).
+
+    Raises:
+        SharplabError: negative rho, ``m`` not dividing the batch, unknown rule or mechanism.
+        Diverged: the ascent gradient norm is not finite.
+
+    Example:
+        >>> import torch, torch.nn.functional as F
+        >>> model = torch.nn.Linear(4, 3)
+        >>> base = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+        >>> base.zero_grad()
+        >>> loss = sam_grad(model, F.cross_entropy, x, y, rho=0.05)
+        >>> base.step()
+    """
+    if rho < 0:
+        raise SharplabError(f"rho must be >= 0, got {rho}")
+    if mechanism not in MECHANISMS:
+        raise SharplabError(f"unknown mechanism {mechanism!r}; choose one of: {', '.join(MECHANISMS)}")
+    check_bn_policy(bn_policy)
+    rule_obj = make_rule(rule, ascent_steps)
+    core, ddp = unwrap(model)
+    named = [(n, p) for n, p in core.named_parameters() if p.requires_grad]
+    if not named:
+        raise SharplabError("the model has no parameters with requires_grad=True")
+    chosen = None if perturb is None else {id(p) for p in perturb}
+    pert = [(n, p) for n, p in named if chosen is None or id(p) in chosen]
+    if not pert:
+        raise SharplabError("perturb selects none of the model's trainable parameters")
+    batch = inputs.shape[0]
+    if m is not None and (m < 1 or batch % m):
+        raise SharplabError(f"m={m} must be a positive divisor of the batch size {batch}")
+
+    if rho == 0 and mechanism == "full":
+        with no_sync(ddp):
+            loss = loss_fn(model(inputs), targets)
+            new = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
+    elif m is None or m == batch:
+        loss, new = _whole_batch(model, core, ddp, loss_fn, inputs, targets, rho, rule_obj, mechanism,
+                                 named, pert, bn_policy, sync_ascent, step)
+    else:
+        loss, new = _micro_batches(core, loss_fn, inputs, targets, rho, m, rule_obj, mechanism, named,
+                                   pert, chunk_size, step)
+    grads = [torch.zeros_like(p) if g is None else g for g, (_, p) in zip(new, named)]
+    allreduce_mean_(grads)
+    with torch.no_grad():
+        for g, (_, p) in zip(grads, named):
+            if p.grad is None:
+                p.grad = g.detach().clone()
+            else:
+                p.grad.add_(g)
+    return loss.detach()
+
+
+def check_finite(norm: torch.Tensor, step: int | None) -> None:
+    if not torch.isfinite(norm).all():
+        where = f" at step {step}" if step is not None else ""
+        raise Diverged(-1 if step is None else step, f"ascent gradient norm ({norm.max().item()}){where}")
+
+
+def _whole_batch(model, core, ddp, loss_fn, x, y, rho, rule, mechanism, named, pert, bn_policy,
+                 sync_ascent, step):
+    """Plain-autograd SAM step on the whole batch; the phantom point is evaluated with functional_call."""
+    params = [p for _, p in named]
+    pert_params = [p for _, p in pert]
+    rng = RNGSnapshot(params)
+    with no_sync(ddp):
+        out = model(x)
+    loss = loss_fn(out, y)
+    wanted = pert_params + ([out] if mechanism == "lr_only" else [])
+    first = torch.autograd.grad(loss, wanted, retain_graph=mechanism == "iw_only", allow_unused=True)
+    g = [torch.zeros_like(p) if gi is None else gi for gi, p in zip(first, pert_params)]
+    if sync_ascent:
+        allreduce_mean_(g)
+    check_finite(global_norm(g), step)
+    rhos = [rho] * len(g)
+    eps = rule.update(None, g, pert_params, rhos)
+
+    def at(eps_list: list[torch.Tensor], detach: bool) -> dict[str, torch.Tensor]:
+        """Parameters at w + eps; gradients flow to w unless ``detach``."""
+        return {n: (p.detach() if detach else p) + e for (n, p), e in zip(pert, eps_list)}
+
+    for _ in range(rule.steps - 1):  # extra ascent steps (MultiStep)
+        rng.restore()
+        phantom = {n: t.requires_grad_() for n, t in at(eps, detach=True).items()}
+        with frozen_bn_stats(core):
+            lj = loss_fn(functional_call(core, phantom, (x,)), y)
+        gj = list(torch.autograd.grad(lj, list(phantom.values()), allow_unused=True))
+        gj = [torch.zeros_like(p) if t is None else t for t, p in zip(gj, pert_params)]
+        if sync_ascent:
+            allreduce_mean_(gj)
+        check_finite(global_norm(gj), step)
+        eps = rule.update(eps, gj, pert_params, rhos)
+
+    rng.restore()
+    eps = [e.detach() for e in eps]
+    with frozen_bn_stats(core, enabled=bn_policy == "once"):
+        if mechanism == "iw_only":
+            with torch.no_grad():
+                out_t = functional_call(core, at(eps, detach=True), (x,))
+            out_t.requires_grad_()
+            (dl_df_t,) = torch.autograd.grad(loss_fn(out_t, y), out_t)
+            new = torch.autograd.grad(out, params, grad_outputs=dl_df_t, allow_unused=True)
+        else:
+            out_t = functional_call(core, at(eps, detach=False), (x,))
+            if mechanism == "lr_only":
+                new = torch.autograd.grad(out_t, params, grad_outputs=first[-1], allow_unused=True)
+            else:
+                new = torch.autograd.grad(loss_fn(out_t, y), params, allow_unused=True)
+    return loss, new
+
+
+def _micro_batches(core, loss_fn, x, y, rho, m, rule, mechanism, named, pert, chunk_size, step):
+    """Vectorised m-sharpness: every micro-batch ascends on its own gradient (torch.func.vmap)."""
+    k = x.shape[0] // m
+    xs, ys = x.reshape(k, m, *x.shape[1:]), y.reshape(k, m, *y.shape[1:])
+    pert_names = [n for n, _ in pert]
+    pert_params = [p for _, p in pert]
+    all_w = {n: p.detach() for n, p in named}
+    buffers = dict(core.named_buffers())
+    rhos = [rho] * len(pert)
+    rng = RNGSnapshot(pert_params)
+
+    def f(params: dict[str, torch.Tensor], xj: torch.Tensor) -> torch.Tensor:
+        return functional_call(core, (params, buffers), (xj,))
+
+    def loss_at(pert_w: dict[str, torch.Tensor], rest: dict[str, torch.Tensor], xj, yj):
+        return loss_fn(f({**rest, **pert_w}, xj), yj)
+
+    def ascent(xj, yj):
+        """(loss at w, eps_j) for one micro-batch."""
+        w_p = {n: all_w[n] for n in pert_names}
+        rest = {n: t for n, t in all_w.items() if n not in w_p}
+        g, loss = grad_and_value(loss_at)(w_p, rest, xj, yj)
+        gl = [g[n] for n in pert_names]
+        eps = rule.update(None, gl, pert_params, rhos)
+        for _ in range(rule.steps - 1):
+            shifted = {n: w_p[n] + e for n, e in zip(pert_names, eps)}
+            gj = grad(loss_at)(shifted, rest, xj, yj)
+            eps = rule.update(eps, [gj[n] for n in pert_names], pert_params, rhos)
+        return loss, global_norm(gl), eps
+
+    def descent(eps, xj, yj):
+        """This micro-batch's gradient of all parameters under the chosen mechanism."""
+        phantom = {**all_w, **{n: all_w[n] + e for n, e in zip(pert_names, eps)}}
+        if mechanism == "full":
+            return grad(lambda w: loss_fn(f(w, xj), yj))(phantom)
+        if mechanism == "iw_only":
+            dl_df = grad(lambda o: loss_fn(o, yj))(f(phantom, xj))
+            _, pullback = vjp(lambda w: f(w, xj), all_w)
+        else:  # lr_only
+            dl_df = grad(lambda o: loss_fn(o, yj))(f(all_w, xj))
+            _, pullback = vjp(lambda w: f(w, xj), phantom)
+        return pullback(dl_df)[0]
+
+    with _batch_statistics_only(core):
+        losses, norms, eps = vmap(ascent, randomness="different", chunk_size=chunk_size)(xs, ys)
+        check_finite(norms, step)
+        rng.restore()
+        per_micro = vmap(descent, randomness="different", chunk_size=chunk_size)(eps, xs, ys)
+    if _tracks_running_stats(core):
+        with torch.no_grad():
+            core(x)  # one running-statistics update per step, from the whole batch at w
+    new = [per_micro[n].mean(0) for n, _ in named]
+    return losses.mean(), new
+
+
+def _tracks_running_stats(core: nn.Module) -> bool:
+    return any(
+        isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.training and mod.track_running_stats
+        for mod in core.modules()
+    )
+
+
+class _batch_statistics_only:
+    """Inside vmap, BatchNorm layers in training mode normalise with their micro-batch's statistics and
+    leave the running statistics alone (stock BatchNorm would update them in place, which vmap rejects)."""
+
+    def __init__(self, core: nn.Module) -> None:
+        self.layers = [
+            mod for mod in core.modules()
+            if isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.training and mod.track_running_stats
+        ]
+
+    def __enter__(self) -> None:
+        for mod in self.layers:
+            mod.track_running_stats = False
+
+    def __exit__(self, *exc: object) -> None:
+        for mod in self.layers:
+            mod.track_running_stats = True

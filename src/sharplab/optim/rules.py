@@ -1,0 +1,193 @@
+"""Perturbation rules: how the ascent step eps is computed from the gradient g at w.
+
+A rule maps the gradients of the perturbed tensors to a perturbation of the same shapes. Norms are
+global over all perturbed tensors (one L2 norm across the whole model, as in Foret et al.), and each
+tensor uses the ``rho`` of its parameter group.
+
+=========  ===========================================================  ==============================
+name       eps                                                          reference
+=========  ===========================================================  ==============================
+``sam``    rho * g / ||g||                                              Foret et al. 2021, eq. (2)
+``usam``   rho * g                                                      Andriushchenko & Flammarion 2022
+``asam``   rho * T^2 g / ||T g||,  T = |w| + eta (elementwise)          Kwon et al. 2021, eq. (9)
+``random`` rho * z / ||z||,  z ~ N(0, I)                                random-perturbation baseline
+=========  ===========================================================  ==============================
+
+:class:`MultiStep` composes any rule into k projected ascent steps
+``eps_{j+1} = Proj_{||eps|| <= rho}(eps_j + rule(g(w + eps_j); rho / k))``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from sharplab.registry import Registry
+
+Tensors = Sequence[torch.Tensor]
+
+#: Added to norms before dividing, so a zero gradient gives a zero perturbation instead of NaN.
+NORM_EPS = 1e-12
+
+
+def global_norm(tensors: Tensors) -> torch.Tensor:
+    """sqrt(sum_i ||t_i||^2), accumulated in float32 or wider; works under ``torch.func.vmap``."""
+    if not tensors:
+        return torch.zeros(())
+    wide = [t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in tensors]
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in wide]))
+
+
+class PerturbationRule:
+    """Base class. ``perturbation(grads, params, rhos)`` returns eps for each perturbed tensor."""
+
+    name: str = "rule"
+    #: Number of ascent steps (gradient evaluations before the descent gradient).
+    steps: int = 1
+
+    def perturbation(self, grads: Tensors, params: Tensors, rhos: Sequence[float]) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def update(
+        self, eps: list[torch.Tensor] | None, grads: Tensors, params: Tensors, rhos: Sequence[float]
+    ) -> list[torch.Tensor]:
+        """One ascent step from the current perturbation (``None`` at the start)."""
+        return self.perturbation(grads, params, rhos)
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def _scale(tensors: Tensors, rhos: Sequence[float], denom: torch.Tensor) -> list[torch.Tensor]:
+    return [t * (rho / (denom.to(t.device) + NORM_EPS)).to(t.dtype) for t, rho in zip(tensors, rhos)]
+
+
+class SAMRule(PerturbationRule):
+    """Normalised ascent, eps = rho * g / ||g||_2 (Foret et al., 2021, eq. 2)."""
+
+    name = "sam"
+
+    def perturbation(self, grads, params, rhos):
+        return _scale(grads, rhos, global_norm(grads))
+
+
+class USAMRule(PerturbationRule):
+    """Unnormalised ascent, eps = rho * g (Andriushchenko & Flammarion, 2022, eq. 3)."""
+
+    name = "usam"
+
+    def perturbation(self, grads, params, rhos):
+        return [g * rho for g, rho in zip(grads, rhos)]
+
+
+@dataclass
+class ASAMRule(PerturbationRule):
+    """Adaptive SAM, eps = rho * T^2 g / ||T g||_2 with T = |w| + eta (Kwon et al., 2021, eq. 9).
+
+    The scaling is applied to every perturbed tensor, weights and biases alike (as in the reference
+    implementation of davda54/sam); restrict the perturbed set to exclude biases if wanted.
+
+    Args:
+        eta: offset keeping T positive for zero weights (0.01 as in Kwon et al.).
+    """
+
+    eta: float = 0.01
+    name = "asam"
+
+    def perturbation(self, grads, params, rhos):
+        scales = [p.detach().abs() + self.eta for p in params]
+        scaled = [s * g for s, g in zip(scales, grads)]
+        return _scale([s * tg for s, tg in zip(scales, scaled)], rhos, global_norm(scaled))
+
+
+class RandomRule(PerturbationRule):
+    """Random direction of norm rho: eps = rho * z / ||z||, z ~ N(0, I). Ignores the gradient.
+
+    Draws from its own generator (seeded at construction, saved in ``state_dict``), so it neither
+    disturbs nor depends on the global RNG that drives data order and dropout.
+    """
+
+    name = "random"
+
+    def __init__(self, seed: int | None = None) -> None:
+        self.generator = torch.Generator()
+        self.generator.manual_seed(torch.initial_seed() + 7919 if seed is None else seed)
+
+    def perturbation(self, grads, params, rhos):
+        z = [torch.randn(g.shape, generator=self.generator, dtype=torch.float32).to(g) for g in grads]
+        return _scale(z, rhos, global_norm(z))
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "generator" in state:
+            self.generator.set_state(state["generator"])
+
+
+class MultiStep(PerturbationRule):
+    """k projected ascent steps of an inner rule (a PGD-style inner maximisation).
+
+    ``eps_1 = rule(g(w); a)``, ``eps_{j+1} = Proj_rho(eps_j + rule(g(w + eps_j); a))``, with step radius
+    ``a = rho / k`` by default (``step_size`` scales it: ``a = step_size * rho``) and ``Proj_rho`` the
+    projection on the global L2 ball whose radius is the largest group rho. With ``steps = 1`` it is the inner rule.
+    """
+
+    def __init__(self, inner: PerturbationRule | str = "sam", steps: int = 2, step_size: float | None = None):
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        self.inner = make_rule(inner)
+        self.steps = steps
+        self.step_size = 1.0 / steps if step_size is None else step_size
+        self.name = f"{self.inner.name}-x{steps}"
+
+    def update(self, eps, grads, params, rhos):
+        if self.steps == 1:
+            return self.inner.perturbation(grads, params, rhos)
+        step = self.inner.perturbation(grads, params, [r * self.step_size for r in rhos])
+        new = step if eps is None else [e + s for e, s in zip(eps, step)]
+        return _project(new, rhos)
+
+    def perturbation(self, grads, params, rhos):
+        return self.inner.perturbation(grads, params, rhos)
+
+    def state_dict(self) -> dict:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.inner.load_state_dict(state)
+
+
+def _project(eps: list[torch.Tensor], rhos: Sequence[float]) -> list[torch.Tensor]:
+    """Scale eps back onto the global L2 ball ||eps|| <= max(rho) when it lies outside."""
+    radius = max(rhos) if rhos else 0.0
+    norm = global_norm(eps)
+    factor = torch.clamp(radius / (norm + NORM_EPS), max=1.0)
+    return [e * factor.to(e.device, e.dtype) for e in eps]
+
+
+RULES: Registry[type[PerturbationRule]] = Registry("perturbation rule")
+RULES.add("sam", SAMRule)
+RULES.add("usam", USAMRule)
+RULES.add("asam", ASAMRule)
+RULES.add("random", RandomRule)
+
+
+def make_rule(rule: PerturbationRule | str, ascent_steps: int = 1) -> PerturbationRule:
+    """A rule object from a name (``"sam"``, ``"usam"``, ``"asam"``, ``"random"``) or an instance.
+
+    ``ascent_steps > 1`` wraps it in :class:`MultiStep`.
+    """
+    obj = RULES.get(rule)() if isinstance(rule, str) else rule
+    if not isinstance(obj, PerturbationRule):
+        raise TypeError(f"rule must be a name or a PerturbationRule, got {type(rule).__name__}")
+    if ascent_steps < 1:
+        from sharplab.errors import SharplabError
+
+        raise SharplabError(f"ascent_steps must be >= 1, got {ascent_steps}")
+    return MultiStep(obj, ascent_steps) if ascent_steps > 1 else obj

@@ -1,0 +1,266 @@
+"""``SAM``: a drop-in ``torch.optim.Optimizer`` that wraps any base optimizer.
+
+Foret et al., *Sharpness-Aware Minimization for Efficiently Improving Generalization*, ICLR 2021
+(arXiv:2010.01412); shape after davda54/sam. One step (eq. 3 of the paper, first-order):
+
+    eps = rule(grad L(w))                 # e.g. rho * g / ||g||
+    w  <- w - lr * base_update(grad L(w + eps))
+
+The base optimizer (SGD, AdamW, ...) owns the update, weight decay, momentum and its state; SAM owns
+only the perturbation. Param groups are shared, so schedulers attached to either act on both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from sharplab.errors import Diverged, SharplabError
+from sharplab.optim._distributed import no_sync, unwrap
+from sharplab.optim._passes import RNGSnapshot, check_bn_policy, frozen_bn_stats
+from sharplab.optim.functional import MECHANISMS, LossFn, sam_grad
+from sharplab.optim.rules import PerturbationRule, global_norm, make_rule
+
+
+class SAM(torch.optim.Optimizer):
+    r"""Sharpness-Aware Minimization around a base optimizer.
+
+    .. math::
+        \hat\epsilon = \mathrm{rule}(\nabla L(w)),\qquad
+        w \leftarrow \mathrm{base}(w, \nabla L(w + \hat\epsilon))
+
+    with the rules of :mod:`sharplab.optim.rules` (``sam``: :math:`\rho g/\|g\|_2`; ``usam``:
+    :math:`\rho g`; ``asam``: :math:`\rho T^2 g/\|Tg\|_2`, :math:`T=|w|+\eta`; ``random``).
+
+    Two ways to drive it:
+
+    * ``step(closure)`` -- the closure zeroes the gradients, runs forward and backward, and returns the
+      loss. SAM calls it at w (under ``enable_grad``), perturbs, calls it at w + eps, restores w from
+      saved copies and lets the base optimizer step. Returns the loss at w. ``first_step()`` and
+      ``second_step()`` are public for loops that run the two passes themselves.
+    * ``step(inputs=x, targets=y)`` -- needs ``model=`` and ``loss_fn=``; computes the gradient with
+      :func:`~sharplab.optim.sam_grad`, which also offers m-sharpness (``m``) and the
+      mechanism-isolating variants (``mechanism="iw_only" | "lr_only"``).
+
+    Args:
+        params: parameters or param groups (a group may set its own ``rho``; ``rho = 0`` groups are not
+            perturbed and do not enter the gradient norm).
+        base_optimizer: an optimizer class (constructed with ``params`` and ``**base_kwargs``) or an
+            already built optimizer instance (then ``params`` may be ``None``).
+        rho: perturbation radius rho >= 0 (default for groups that set none).
+        rule: perturbation rule name or object; ``ascent_steps > 1`` makes it a projected multi-step ascent.
+        perturb: restrict the perturbation to these parameters (e.g. ``model.head.parameters()``, LSAM).
+        bn_policy: ``"once"`` (default): BatchNorm running statistics are updated only by the pass at w;
+            ``"every"``: by both passes, as in the original SAM code. In closure mode without ``model`` the
+            BatchNorm layers are found by a forward hook during the second pass.
+        model: the model (optionally DDP-wrapped). Lets SAM run the ascent pass under ``no_sync()``.
+        loss_fn: ``loss_fn(outputs, targets)``, for ``step(inputs=, targets=)``.
+        m, mechanism: m-sharpness micro-batch size and mechanism variant (batch mode only).
+        sync_ascent: under DDP, all-reduce the ascent gradient too (default: each worker ascends locally,
+            i.e. m-sharpness with m = per-worker batch). The descent gradient is always all-reduced.
+        **base_kwargs: passed to the base optimizer class (``lr``, ``momentum``, ``weight_decay``, ...).
+
+    Raises:
+        SharplabError: rho < 0, a closure returning no loss, an incompatible combination of options.
+        Diverged: a non-finite ascent gradient norm (the step index is in the message).
+
+    Example:
+        >>> import torch, torch.nn.functional as F
+        >>> model = torch.nn.Linear(4, 3)
+        >>> opt = SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9)
+        >>> x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+        >>> def closure():
+        ...     opt.zero_grad()
+        ...     loss = F.cross_entropy(model(x), y)
+        ...     loss.backward()
+        ...     return loss
+        >>> loss = opt.step(closure)
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any] | None,
+        base_optimizer: type[torch.optim.Optimizer] | torch.optim.Optimizer = torch.optim.SGD,
+        rho: float = 0.05,
+        rule: str | PerturbationRule = "sam",
+        *,
+        ascent_steps: int = 1,
+        perturb: Iterable[torch.Tensor] | None = None,
+        bn_policy: str = "once",
+        model: nn.Module | None = None,
+        loss_fn: LossFn | None = None,
+        m: int | None = None,
+        mechanism: str = "full",
+        sync_ascent: bool = False,
+        **base_kwargs: Any,
+    ) -> None:
+        if rho < 0:
+            raise SharplabError(f"rho must be >= 0, got {rho}")
+        if mechanism not in MECHANISMS:
+            raise SharplabError(f"unknown mechanism {mechanism!r}; choose one of: {', '.join(MECHANISMS)}")
+        if isinstance(base_optimizer, torch.optim.Optimizer):
+            if base_kwargs:
+                raise SharplabError("base optimizer instance given: pass its settings to it, not to SAM")
+            self.base = base_optimizer
+        else:
+            if params is None:
+                raise SharplabError("params is None: give the parameters or a built base optimizer")
+            self.base = base_optimizer(params, **base_kwargs)
+        for group in self.base.param_groups:
+            group.setdefault("rho", rho)
+            if group["rho"] < 0:
+                raise SharplabError(f"rho must be >= 0, got {group['rho']} in a param group")
+        self._built = False
+        super().__init__(self.base.param_groups, dict(self.base.defaults, rho=rho))
+        self._built = True
+        self.param_groups = self.base.param_groups
+        self.rule = make_rule(rule, ascent_steps)
+        self._perturb = None if perturb is None else {id(p) for p in perturb}
+        self.bn_policy = check_bn_policy(bn_policy)
+        self.model, self.loss_fn = model, loss_fn
+        self.m, self.mechanism, self.sync_ascent = m, mechanism, sync_ascent
+        self.steps_taken = 0
+
+    # --- the two passes ------------------------------------------------------------------------------
+    def _perturbed(self) -> tuple[list[torch.Tensor], list[float]]:
+        params, rhos = [], []
+        for group in self.param_groups:
+            if group["rho"] <= 0:
+                continue
+            for p in group["params"]:
+                if self._perturb is None or id(p) in self._perturb:
+                    params.append(p)
+                    rhos.append(group["rho"])
+        return params, rhos
+
+    @torch.no_grad()
+    def first_step(self, zero_grad: bool = False) -> None:
+        """Move w to w + eps using the current ``.grad`` (the gradient at the current point).
+
+        Called again before :meth:`second_step`, it takes one more ascent step of a multi-step rule from
+        the current perturbation (the weights at w are kept from the first call).
+        """
+        params, rhos = self._perturbed()
+        if not params:
+            return
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+        norm = global_norm(grads)
+        if not torch.isfinite(norm):
+            raise Diverged(self.steps_taken, f"ascent gradient norm ({norm.item()}) at step {self.steps_taken}")
+        previous = [self.state[p]["eps"] for p in params] if "eps" in self.state[params[0]] else None
+        eps = self.rule.update(previous, grads, params, rhos)
+        for p, e in zip(params, eps):
+            state = self.state[p]
+            if "old_p" not in state:
+                state["old_p"] = p.detach().clone()
+            state["eps"] = e
+            p.copy_(state["old_p"] + e)
+        if zero_grad:
+            self.zero_grad()
+
+    @torch.no_grad()
+    def second_step(self, zero_grad: bool = False) -> None:
+        """Restore w from the saved copies (every perturbed tensor, with or without ``.grad``) and let
+        the base optimizer step with the gradient now in ``.grad``."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state.get(p)
+                if state and "old_p" in state:
+                    p.copy_(state.pop("old_p"))
+                    state.pop("eps", None)
+        self.base.step()
+        self.steps_taken += 1
+        if zero_grad:
+            self.zero_grad()
+
+    # --- one full step -------------------------------------------------------------------------------
+    def step(  # type: ignore[override]
+        self,
+        closure: Callable[[], torch.Tensor] | None = None,
+        *,
+        inputs: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """One SAM step: ``step(closure)`` or ``step(inputs=x, targets=y)``; returns the loss at w."""
+        if inputs is not None:
+            return self._batch_step(inputs, targets)
+        if closure is None:
+            raise SharplabError("SAM.step needs a closure (zero grads, forward, backward, return loss) "
+                                "or inputs=/targets= with SAM(..., model=, loss_fn=)")
+        if self.m is not None or self.mechanism != "full":
+            raise SharplabError("m-sharpness and mechanism variants need the batch: call "
+                                "step(inputs=x, targets=y) and build SAM with model= and loss_fn=")
+        closure = torch.enable_grad()(closure)
+        params, _ = self._perturbed()
+        ddp = unwrap(self.model)[1] if self.model is not None else None
+        rng = RNGSnapshot(params)
+        with no_sync(None if self.sync_ascent else ddp):
+            loss = self._call(closure)
+        if not params:  # rho = 0 everywhere: exactly the base optimizer
+            self.base.step()
+            self.steps_taken += 1
+            return loss
+        self.first_step()
+        for _ in range(self.rule.steps - 1):
+            rng.restore()
+            with no_sync(None if self.sync_ascent else ddp), frozen_bn_stats(self.model):
+                self._call(closure)
+            self.first_step()
+        rng.restore()
+        with frozen_bn_stats(self.model, enabled=self.bn_policy == "once"):
+            self._call(closure)
+        self.second_step()
+        return loss
+
+    @staticmethod
+    def _call(closure: Callable[[], torch.Tensor]) -> torch.Tensor:
+        loss = closure()
+        if loss is None:
+            raise SharplabError("the closure returned None; it must return the loss tensor")
+        return loss.detach() if isinstance(loss, torch.Tensor) else loss
+
+    def _batch_step(self, inputs: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+        if self.model is None or self.loss_fn is None or targets is None:
+            raise SharplabError("step(inputs=, targets=) needs SAM(..., model=model, loss_fn=loss_fn) "
+                                "and both inputs and targets")
+        rhos = {group["rho"] for group in self.param_groups if group["rho"] > 0}
+        if len(rhos) > 1:
+            raise SharplabError("step(inputs=, targets=) supports one rho for all groups; use step(closure)")
+        params, _ = self._perturbed()
+        self.zero_grad()
+        loss = sam_grad(
+            self.model, self.loss_fn, inputs, targets, rho=rhos.pop() if rhos else 0.0, m=self.m,
+            rule=self.rule, mechanism=self.mechanism, perturb=params, bn_policy=self.bn_policy,
+            sync_ascent=self.sync_ascent, step=self.steps_taken,
+        )
+        self.base.step()
+        self.steps_taken += 1
+        return loss
+
+    # --- state -------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The base optimizer's state dict plus ``"sam"``: the step count and the rule's own state."""
+        state = self.base.state_dict()
+        state["sam"] = {"steps_taken": self.steps_taken, "rule": self.rule.state_dict()}
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        sam_state = state_dict.pop("sam", {})
+        self.base.load_state_dict(state_dict)
+        self.param_groups = self.base.param_groups  # load_state_dict rebuilt the group dicts
+        self.steps_taken = int(sam_state.get("steps_taken", 0))
+        self.rule.load_state_dict(sam_state.get("rule", {}))
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if not self._built:  # called by Optimizer.__init__ while building
+            return super().add_param_group(param_group)
+        param_group.setdefault("rho", self.defaults["rho"])
+        self.base.add_param_group(param_group)
+        self.param_groups = self.base.param_groups
+
+    def __repr__(self) -> str:
+        return f"SAM(rule={self.rule.name}, bn_policy={self.bn_policy}, base={self.base!r})"
