@@ -1,0 +1,207 @@
+"""Tables and figures of the feature-probe experiment, shared by the CLI and the runner's report.
+
+Everything here works on plain *records*: dicts with ``dataset``, ``optimizer``, ``rho``, ``lr``, ``seed``
+and the metrics (``probe_error_easy``, ``probe_error_hard``, ``test_error``, ...). Means and standard
+deviations are over seeds (sample std, ddof = 1); the "gain" of a row is the untrained network's mean
+probe error minus the row's, i.e. what training added to the representation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+FEATURE_ROWS: tuple[tuple[str, str], ...] = (
+    ("probe_error_easy", "easy-feature probe error"),
+    ("probe_error_hard", "hard-feature probe error"),
+    ("test_error", "test error (in-distribution)"),
+    ("worst_group_error", "worst-group test error"),
+)
+
+
+def mean_std(values: Iterable[float]) -> tuple[float, float, int]:
+    v = np.asarray([x for x in values if x is not None and math.isfinite(float(x))], dtype=float)
+    if len(v) == 0:
+        return math.nan, math.nan, 0
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else math.nan, len(v)
+
+
+def fmt(mean: float, std: float, pct: bool = True) -> str:
+    if not math.isfinite(mean):
+        return "-"
+    k = 100.0 if pct else 1.0
+    return f"{k * mean:.2f}" + (f" ± {k * std:.2f}" if math.isfinite(std) else "")
+
+
+def group(records: Sequence[dict[str, Any]]) -> dict[tuple[str, str, float, float], list[dict[str, Any]]]:
+    """Records grouped by (dataset, optimizer, rho, lr), in order of first appearance."""
+    out: dict[tuple[str, str, float, float], list[dict[str, Any]]] = {}
+    for r in records:
+        key = (str(r["dataset"]), str(r["optimizer"]), float(r.get("rho", 0.0)), float(r.get("lr", 0.0)))
+        out.setdefault(key, []).append(r)
+    return out
+
+
+def summary_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (dataset, optimizer, rho, lr): probe and test errors in %, mean ± std over seeds,
+    and the hard/easy probe-error gain over the untrained network of the same data set."""
+    groups = group(records)
+    base: dict[str, dict[str, float]] = {}
+    for (ds, opt, _, _), rs in groups.items():
+        if opt == "untrained":
+            base[ds] = {
+                m: mean_std(r.get(m, math.nan) for r in rs)[0]
+                for m in ("probe_error_easy", "probe_error_hard")
+            }
+    rows = []
+    for (ds, opt, rho, lr), rs in groups.items():
+        row: dict[str, Any] = {"dataset": ds, "optimizer": opt, "rho": rho, "lr": lr, "seeds": len(rs)}
+        for metric, _ in FEATURE_ROWS:
+            m, s, n = mean_std(r.get(metric, math.nan) for r in rs)
+            if n or metric != "worst_group_error":
+                row[f"{metric} (%)"] = fmt(m, s)
+        for feat in ("easy", "hard"):
+            m = mean_std(r.get(f"probe_error_{feat}", math.nan) for r in rs)[0]
+            b = base.get(ds, {}).get(f"probe_error_{feat}", math.nan)
+            row[f"{feat} gain vs untrained (pts)"] = "-" if opt == "untrained" else fmt(b - m, math.nan)
+        rows.append(row)
+    return rows
+
+
+def format_table(records: Sequence[dict[str, Any]], title: str = "") -> str:
+    """Plain-text table, feature x optimizer (mean ± std over seeds, in %)."""
+    groups = group(records)
+    cols = [
+        f"{opt}" + (f" rho={rho:g}" if opt not in ("sgd", "untrained") else "") for (_, opt, rho, _) in groups
+    ]
+    lines: list[list[str]] = [
+        ["", *cols],
+        ["lr", *[f"{lr:g}" if opt != "untrained" else "-" for (_, opt, _, lr) in groups]],
+    ]
+    lines.append(["seeds", *[str(len(rs)) for rs in groups.values()]])
+    for metric, label in FEATURE_ROWS:
+        cells = [fmt(*mean_std(r.get(metric, math.nan) for r in rs)[:2]) for rs in groups.values()]
+        if metric == "worst_group_error" and all(c == "-" for c in cells):
+            continue
+        lines.append([label + " (%)", *cells])
+    summ = summary_rows(records)
+    if any(r["optimizer"] == "untrained" for r in summ):
+        lines.append(["hard gain vs untrained (pts)", *[r["hard gain vs untrained (pts)"] for r in summ]])
+    widths = [max(len(row[i]) for row in lines) for i in range(len(lines[0]))]
+    text = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in lines]
+    return "\n".join(([title] if title else []) + text)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_probe_errors(records: Sequence[dict[str, Any]], title: str = "") -> Any:
+    """Grouped bars: probe error of each feature per optimizer (mean ± std over seeds)."""
+    plt = _pyplot()
+    groups = group(records)
+    labels = [
+        opt + (f"\nrho={rho:g}" if opt not in ("sgd", "untrained") else "") for (_, opt, rho, _) in groups
+    ]
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.3 * len(groups) + 1.5), 3.6))
+    x = np.arange(len(groups))
+    for i, (feat, color) in enumerate((("easy", "tab:blue"), ("hard", "tab:red"))):
+        stats = [mean_std(r.get(f"probe_error_{feat}", math.nan) for r in rs) for rs in groups.values()]
+        means = [100 * m for m, _, _ in stats]
+        errs = [100 * s if math.isfinite(s) else 0.0 for _, s, _ in stats]
+        ax.bar(x + (i - 0.5) * 0.38, means, 0.38, yerr=errs, capsize=3, color=color, label=f"{feat} feature")
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.set_ylabel("probe error on probe-test (%)")
+    ax.set_title(title or "linear-probe error per feature", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_rho_sweep(records: Sequence[dict[str, Any]], title: str = "") -> Any | None:
+    """Per optimizer, test error (x) vs hard-feature probe error (y) over rho; None without a sweep."""
+    plt = _pyplot()
+    by_opt: dict[str, dict[float, list[dict[str, Any]]]] = {}
+    for (_, opt, rho, _), rs in group(records).items():
+        by_opt.setdefault(opt, {}).setdefault(rho, []).extend(rs)
+    if not any(len(v) > 1 for o, v in by_opt.items() if o not in ("sgd", "untrained")):
+        return None
+    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    for opt, per_rho in by_opt.items():
+        if opt == "untrained":
+            continue
+        rhos = sorted(per_rho)
+        xs = [100 * mean_std(r.get("test_error", math.nan) for r in per_rho[rho])[0] for rho in rhos]
+        ys = [100 * mean_std(r.get("probe_error_hard", math.nan) for r in per_rho[rho])[0] for rho in rhos]
+        ax.plot(xs, ys, "o-" if len(rhos) > 1 else "s", label=opt)
+        for xv, yv, rho in zip(xs, ys, rhos):
+            if opt != "sgd":
+                ax.annotate(f"{rho:g}", (xv, yv), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("in-distribution test error (%)")
+    ax.set_ylabel("hard-feature probe error (%)")
+    ax.set_title(title or "rho sweep (labels: rho)", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def runs_to_records(runs: Sequence[Any]) -> list[dict[str, Any]]:
+    """Finished runner records -> plain records (config, seed, metrics)."""
+    return [{**r.config, "seed": r.seed, **r.metrics} for r in runs if getattr(r, "status", "done") == "done"]
+
+
+def report(runs: Sequence[Any], builder: Any) -> None:
+    """Runner hook: the probe-error table (mean ± std over seeds) and the two figures."""
+    records = runs_to_records(runs)
+    if not records:
+        builder.add_text("feature-quality: no finished runs yet.")
+        return
+    builder.add_text(
+        "Linear probes (logistic regression on standardised penultimate features, C chosen on a "
+        "validation part of probe_train) scored on the decorrelated probe_test split. Errors in %, mean ± "
+        "std over seeds; gain = untrained network's probe error minus the row's."
+    )
+    builder.add_table("feature-quality: probe errors per feature", summary_rows(records))
+    builder.add_figure("feature-quality: probe error per feature and optimizer", plot_probe_errors(records))
+    sweep = plot_rho_sweep(records)
+    if sweep is not None:
+        builder.add_figure("feature-quality: rho sweep, test error vs hard-feature probe error", sweep)
+
+
+def write_figures(records: Sequence[dict[str, Any]], out_dir: Any, dataset: str) -> list[Any]:
+    """Save the figures as PNG under ``out_dir``; return the paths written.
+
+    The bar chart shows the ``selected`` records (and the untrained baseline); the rho sweep all of them.
+    """
+    from pathlib import Path
+
+    from sharplab.io import atomic_write_bytes
+
+    out = Path(out_dir)
+    paths = []
+    figs = [("probe_errors", plot_probe_errors(best_only(records), f"{dataset}: probe error per feature")),
+            ("rho_sweep", plot_rho_sweep(records, f"{dataset}: rho sweep"))]  # fmt: skip
+    plt = _pyplot()
+    for name, fig in figs:
+        if fig is None:
+            continue
+        import io
+
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=120)
+        plt.close(fig)
+        paths.append(atomic_write_bytes(out / f"{dataset}_{name}.png", buf.getvalue()))
+    return paths
+
+
+def best_only(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Records marked ``selected`` (plus the untrained baseline)."""
+    return [r for r in records if r.get("selected", True) or r.get("optimizer") == "untrained"]

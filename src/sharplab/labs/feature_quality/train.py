@@ -1,0 +1,259 @@
+"""The feature-quality lab's training loop: SGD, SAM, LSAM and SAM's two mechanisms in isolation.
+
+Every optimizer is an SGD base step (``torch.optim.SGD`` with momentum and coupled weight decay) applied
+to a gradient ``g``:
+
+- ``sgd``:     g = grad L(w)
+- ``sam``:     g = grad L(w + eps),  eps = rho * grad L(w) / ||grad L(w)||   (Foret et al., 2021, Eq. 2)
+- ``lsam``:    as SAM, but eps only on the last layer (head); the features stay at w (Springer et al. 2024)
+- ``iw-only``: SAM's importance weighting only (per-example loss derivatives taken at w + eps)
+- ``lr-only``: SAM's learning-rate scaling only (Jacobian taken at w + eps)
+
+The SAM variants call :func:`sharplab.optim.sam_grad`; ``rho = 0`` reproduces SGD exactly. The loop
+checkpoints model, optimizer, RNG and data-order state after every epoch through the
+:class:`~sharplab.runner.RunContext` (a killed run resumes where it stopped) and raises
+:class:`~sharplab.errors.Diverged` on a non-finite loss.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sharplab.errors import ConfigError, Diverged
+from sharplab.labs.feature_quality.toy_model import PathwayNet, pathways_from_meta
+from sharplab.registry import Registry
+from sharplab.runner.context import RunContext
+
+# optimizer name -> (model) -> keyword arguments of sam_grad, or None for a plain gradient step
+StepRule = Callable[[nn.Module], dict[str, Any] | None]
+STEP_RULES: Registry[StepRule] = Registry("optimizer")
+STEP_RULES.add("sgd", lambda model: None)
+STEP_RULES.add("sam", lambda model: {})
+STEP_RULES.add("lsam", lambda model: {"perturb": list(model.head.parameters())})
+STEP_RULES.add("iw-only", lambda model: {"mechanism": "iw_only"})
+STEP_RULES.add("lr-only", lambda model: {"mechanism": "lr_only"})
+
+OPTIMIZERS: tuple[str, ...] = ("sgd", "sam", "lsam", "iw-only", "lr-only")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters of one training run.
+
+    Attributes:
+        optimizer: ``sgd`` | ``sam`` | ``lsam`` | ``iw-only`` | ``lr-only`` (see the module docstring).
+        rho: SAM radius (ignored by ``sgd``).
+        lr, momentum, weight_decay: of the SGD base step.
+        epochs, batch_size: passes over the training split and examples per step.
+        model: ``auto`` (PathwayNet on the toy, SmallCNN on images) or a name for :func:`make_model`.
+    """
+
+    optimizer: str = "sgd"
+    rho: float = 0.05
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    epochs: int = 10
+    batch_size: int = 128
+    model: str = "auto"
+
+    def __post_init__(self) -> None:
+        STEP_RULES.get(self.optimizer)  # raises with the list of known names
+        checks = {
+            "rho": self.rho >= 0,
+            "lr": self.lr > 0,
+            "momentum": 0 <= self.momentum < 1,
+            "weight_decay": self.weight_decay >= 0,
+            "epochs": self.epochs >= 0,
+            "batch_size": self.batch_size >= 1,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ConfigError(f"TrainConfig.{name}={getattr(self, name)!r} is out of range; fix it")
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(changes)
+        return TrainConfig(**values)
+
+
+def make_model(data: Any, model_name: str = "auto", seed: int = 0) -> nn.Module:
+    """Build the lab's model for ``data`` with parameters drawn from ``seed`` (global RNG untouched).
+
+    ``auto``: :class:`PathwayNet` when the data set names its feature coordinates (``meta["easy_dims"]``,
+    the toy), :class:`~sharplab.models.SmallCNN` for images ``(C, H, W)``, an MLP for other vectors.
+    Other names: ``pathway``, ``small-cnn``, ``mlp``, ``preact-resnet18``.
+    """
+    from sharplab.models import build_model
+
+    shape = tuple(data.input_shape)
+    k = int(data.num_classes)
+    name = model_name.strip().lower().replace("_", "-")
+    pathways = pathways_from_meta(getattr(data, "meta", {}) or {})
+    if name == "auto":
+        name = "pathway" if pathways else ("small-cnn" if len(shape) == 3 else "mlp")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if name == "pathway":
+            if not pathways:
+                raise ConfigError(
+                    f"model 'pathway' needs meta['easy_dims'] (the toy); {data.name!r} has none"
+                )
+            return PathwayNet(pathways, k)
+        if name == "small-cnn":
+            if len(shape) != 3:
+                raise ConfigError(f"model 'small-cnn' needs images (C, H, W); {data.name!r} has {shape}")
+            return build_model(name, in_channels=shape[0], num_classes=k, input_size=(shape[1], shape[2]))
+        if name == "mlp":
+            return build_model(name, in_features=math.prod(shape), num_classes=k)
+        if name == "preact-resnet18":
+            return build_model(name, num_classes=k, in_channels=shape[0])
+    raise ConfigError(f"unknown model {model_name!r}; use auto, pathway, small-cnn, mlp or preact-resnet18")
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024
+) -> tuple[float, float]:
+    """(mean cross-entropy, error rate) of ``model`` on ``(x, y)`` in eval mode; the mode is restored."""
+    if len(y) == 0:
+        return float("nan"), float("nan")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    loss, wrong = 0.0, 0
+    try:
+        for i in range(0, len(y), batch_size):
+            out = model(x[i : i + batch_size].to(device))
+            yb = y[i : i + batch_size].to(device)
+            loss += float(F.cross_entropy(out, yb, reduction="sum"))
+            wrong += int((out.argmax(1) != yb).sum())
+    finally:
+        model.train(was_training)
+    return loss / len(y), wrong / len(y)
+
+
+def train(
+    model: nn.Module,
+    data: Any,
+    cfg: TrainConfig,
+    *,
+    seed: int,
+    ctx: RunContext | None = None,
+    callback: Callable[[int, int, nn.Module], None] | None = None,
+) -> dict[str, float]:
+    """Train ``model`` on ``data.splits["train"]`` with ``cfg``; return final metrics.
+
+    Args:
+        model: a :mod:`sharplab.models`-style model (``head`` attribute needed by ``lsam``).
+        data: a two-feature data set (``.splits["train"]``, ``["val"]``, ``["test"]``).
+        cfg: the optimizer and its hyperparameters.
+        seed: seeds the data order and any randomness of the step.
+        ctx: checkpoints (resumed from if present), metrics per epoch, progress bar, device.
+        callback: ``callback(epoch, step, model)`` after every optimizer step (``step`` counts from 1).
+
+    Returns:
+        ``train_loss`` (mean over the last epoch, at w), ``val_loss``, ``val_error``, ``test_error``,
+        ``epochs``, ``steps``.
+
+    Raises:
+        Diverged: the training loss became non-finite.
+    """
+    rule = STEP_RULES.get(cfg.optimizer)
+    device = ctx.device if ctx is not None else torch.device("cpu")
+    model.to(device)
+    split = data.splits["train"]
+    x, y = split.x.to(device), split.y.to(device)
+    n = len(y)
+    order = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    base = torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+    start_epoch, step, train_loss = 0, 0, float("nan")
+    state = ctx.load_checkpoint() if ctx is not None else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        base.load_state_dict(state["optimizer"])
+        order.set_state(state["order_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        start_epoch, step, train_loss = int(state["epoch"]), int(state["step"]), float(state["train_loss"])
+
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    quiet = ctx.quiet if ctx is not None else True
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=steps_per_epoch * cfg.epochs,
+        initial=steps_per_epoch * start_epoch,
+        disable=quiet,
+        desc=cfg.optimizer,
+        leave=False,
+        dynamic_ncols=True,
+    )
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            model.train()
+            perm = torch.randperm(n, generator=order).to(device)
+            total = 0.0
+            for start in range(0, n, cfg.batch_size):
+                idx = perm[start : start + cfg.batch_size]
+                loss = _step(model, base, rule, cfg.rho, x[idx], y[idx])
+                step += 1
+                if not math.isfinite(loss):
+                    raise Diverged(step)
+                total += loss * len(idx)
+                base.step()
+                if callback is not None:
+                    callback(epoch, step, model)
+                bar.update(1)
+            train_loss = total / n
+            val_loss, val_error = evaluate(model, data.splits["val"].x, data.splits["val"].y)
+            bar.set_postfix(loss=f"{train_loss:.3g}", val_err=f"{val_error:.3g}")
+            if ctx is not None:
+                ctx.log_metrics(
+                    epoch + 1, {"train_loss": train_loss, "val_loss": val_loss, "val_error": val_error}
+                )
+                ctx.save_checkpoint(
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": base.state_dict(),
+                        "order_rng": order.get_state(),
+                        "torch_rng": torch.get_rng_state(),
+                        "epoch": epoch + 1,
+                        "step": step,
+                        "train_loss": train_loss,
+                    }
+                )
+    finally:
+        bar.close()
+    val_loss, val_error = evaluate(model, data.splits["val"].x, data.splits["val"].y)
+    _, test_error = evaluate(model, data.splits["test"].x, data.splits["test"].y)
+    return {
+        "train_loss": train_loss,
+        "val_loss": val_loss,
+        "val_error": val_error,
+        "test_error": test_error,
+        "epochs": float(cfg.epochs),
+        "steps": float(step),
+    }
+
+
+def _step(model: nn.Module, base: torch.optim.Optimizer, rule: StepRule, rho: float, xb, yb) -> float:
+    """Fill ``p.grad`` with the rule's gradient; return the mini-batch loss at w."""
+    base.zero_grad(set_to_none=True)
+    kwargs = rule(model)
+    if kwargs is None:
+        loss = F.cross_entropy(model(xb), yb)
+        loss.backward()
+        return float(loss.detach())
+    from sharplab.optim import sam_grad
+
+    return float(sam_grad(model, F.cross_entropy, xb, yb, rho=rho, **kwargs))
