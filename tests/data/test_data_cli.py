@@ -48,3 +48,5 @@ def test_missing_data_and_bad_option_are_one_line_errors(isolated, capsys):
     assert "n_train=-1 must be > 0" in capsys.readouterr().err
     assert main(["data", "info", "imagenet"]) == 2
     assert "unknown data set 'imagenet'" in capsys.readouterr().err
+    assert main(["data", "download", "mnist"]) == 2  # neither --root nor $SHARPLAB_DATA
+    assert "no data root: pass --root DIR" in capsys.readouterr().err

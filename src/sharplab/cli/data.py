@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     dl = sub.add_parser("download", help="download a data set into a data root (needs internet)")
     dl.add_argument("name", help="data set (e.g. fmnist-mnist) or file group (mnist, fashion-mnist, cifar10)")
-    dl.add_argument("--root", required=True, help="data root to download into")
+    dl.add_argument("--root", default=None, help="data root to download into (default: $SHARPLAB_DATA)")
     dl.add_argument("--base-url", default=None, help="fetch every file from this URL folder (a mirror)")
     dl.add_argument("--timeout", type=float, default=30.0, help="network timeout in seconds")
     dl.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -116,9 +116,15 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from sharplab.data.download import download
+    import os
 
-    paths = download(args.name, args.root, base_url=args.base_url, timeout=args.timeout, quiet=args.quiet)
+    from sharplab.data.download import download
+    from sharplab.data.sources import ENV_VAR
+
+    root = args.root or os.environ.get(ENV_VAR)
+    if not root:
+        raise ConfigError(f"no data root: pass --root DIR (or set ${ENV_VAR}) to say where to download")
+    paths = download(args.name, root, base_url=args.base_url, timeout=args.timeout, quiet=args.quiet)
     for path in paths:
         print(path)
     return 0

@@ -174,7 +174,11 @@ def fetch(url: str, dest: Path, checksum: str | None = None, timeout: float = 30
             if ctype.startswith("text/html") and not dest.name.endswith(".html"):
                 raise SharplabError(f"{host} returned a web page instead of {dest.name} (Google Drive asks "
                                     f"to confirm large files); download {url} in a browser to {dest}, rerun")
-            resumed = resp.status == 206 and _range_start(resp) == offset
+            resumed = resp.status == 206
+            if resumed and _range_start(resp) != offset:
+                part.unlink()
+                raise SharplabError(f"{host} answered with an unexpected byte range for {dest.name}; the partial "
+                                    "file was deleted, run the command again")
             if not resumed:
                 offset = 0
             length = resp.headers.get("Content-Length")
