@@ -272,3 +272,20 @@ def test_errors():
         opt.step(make_closure(opt, model, x, y))
     with pytest.raises(SharplabError, match="need the batch"):
         SAM(model.parameters(), torch.optim.SGD, m=2, lr=0.1).step(lambda: torch.tensor(0.0))
+
+
+def test_step_diagnostics_match_their_definitions():
+    model, ref = mlp(), mlp()
+    (x, y), = data()
+    opt = SAM(model.parameters(), torch.optim.SGD, rho=0.4, lr=0.1)
+    opt.step(make_closure(opt, model, x, y))
+    g = torch.autograd.grad(F.cross_entropy(ref(x), y), list(ref.parameters()))
+    norm = sum((t**2).sum() for t in g).sqrt()
+    torch.testing.assert_close(opt.stats["grad_norm"], norm)
+    torch.testing.assert_close(opt.stats["eps_norm"], torch.tensor(0.4))
+    with torch.no_grad():
+        for p, t in zip(ref.parameters(), g):
+            p += 0.4 * t / norm
+    torch.testing.assert_close(opt.stats["perturbed_loss"], F.cross_entropy(ref(x), y))
+    torch.testing.assert_close(opt.stats["sharpness"], opt.stats["perturbed_loss"] - opt.stats["loss"])
+    assert opt.stats["sharpness"] > 0

@@ -123,6 +123,10 @@ class SAM(torch.optim.Optimizer):
         self.model, self.loss_fn = model, loss_fn
         self.m, self.mechanism, self.sync_ascent = m, mechanism, sync_ascent
         self.steps_taken = 0
+        #: Diagnostics of the last step (detached tensors; call ``.item()`` when logging):
+        #: ``grad_norm`` ||g(w)||, ``eps_norm`` ||eps||, ``loss`` L(w), ``perturbed_loss`` L(w + eps) and
+        #: ``sharpness`` = L(w + eps) - L(w) (the latter three in ``step(closure)`` mode only).
+        self.stats: dict[str, torch.Tensor] = {}
 
     # --- the two passes ------------------------------------------------------------------------------
     def _perturbed(self) -> tuple[list[torch.Tensor], list[float]]:
@@ -152,6 +156,7 @@ class SAM(torch.optim.Optimizer):
             raise Diverged(self.steps_taken, f"ascent gradient norm ({norm.item()}) at step {self.steps_taken}")
         previous = [self.state[p]["eps"] for p in params] if "eps" in self.state[params[0]] else None
         eps = self.rule.update(previous, grads, params, rhos)
+        self.stats = {"grad_norm": norm.detach(), "eps_norm": global_norm(eps).detach()}
         for p, e in zip(params, eps):
             state = self.state[p]
             if "old_p" not in state:
@@ -211,8 +216,12 @@ class SAM(torch.optim.Optimizer):
             self.first_step()
         rng.restore()
         with frozen_bn_stats(self.model, enabled=self.bn_policy == "once"):
-            self._call(closure)
+            perturbed = self._call(closure)
+        stats = self.stats
         self.second_step()
+        if isinstance(loss, torch.Tensor) and isinstance(perturbed, torch.Tensor):
+            stats.update(loss=loss, perturbed_loss=perturbed, sharpness=perturbed - loss)
+        self.stats = stats
         return loss
 
     @staticmethod

@@ -1,0 +1,193 @@
+"""Step-time overhead of the SAM family versus SGD, measured side by side in one process.
+
+    python benchmarks/optim_overhead.py            # small CNN (batch 128) and PreAct ResNet-18 (batch 32)
+    python benchmarks/optim_overhead.py --quick    # small CNN only, fewer steps
+
+Every variant runs on the same random 3x32x32 data with 2 threads (``--threads``); steps are
+interleaved round-robin after a warm-up and the median of ``--steps`` steps is reported, with the ratio
+to SGD. The peer is the SAM of ``pytorch_optimizer`` (``pip install -e '.[bench]'``), skipped if absent.
+The allocator setting in force (``sharplab.ALLOCATOR_SETTING``) is printed: sharplab raises glibc's
+mmap/trim thresholds at import (see ``sharplab/_allocator.py``); ``--compare-allocator`` reruns the
+small-CNN 1-SAM rows in a subprocess with ``SHARPLAB_NO_MALLOC_TUNING=1`` to show what it buys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+import sharplab
+from sharplab.models import PreActResNet18, SmallCNN
+from sharplab.optim import SAM, sam_grad
+
+
+def sgd_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def step() -> None:
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    return step
+
+
+def sharplab_step(model, x, y, rule: str) -> Callable[[], None]:
+    opt = SAM(model.parameters(), torch.optim.SGD, rho=0.05, rule=rule, lr=0.01, momentum=0.9)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    return lambda: opt.step(closure)
+
+
+def one_sam_vectorised(model, x, y) -> Callable[[], None]:
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def step() -> None:
+        opt.zero_grad()
+        sam_grad(model, F.cross_entropy, x, y, rho=0.05, m=1)
+        opt.step()
+
+    return step
+
+
+def one_sam_loop(model, x, y) -> Callable[[], None]:
+    """The plain alternative: a Python loop of per-example SAM steps (two passes per example)."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def step() -> None:
+        opt.zero_grad()
+        for i in range(x.shape[0]):
+            xi, yi = x[i : i + 1], y[i : i + 1]
+            g = torch.autograd.grad(F.cross_entropy(model(xi), yi), params)
+            norm = torch.sqrt(sum((t**2).sum() for t in g))
+            with torch.no_grad():
+                eps = [0.05 * t / (norm + 1e-12) for t in g]
+                for p, e in zip(params, eps):
+                    p.add_(e)
+            F.cross_entropy(model(xi), yi).backward()
+            with torch.no_grad():
+                for p, e in zip(params, eps):
+                    p.sub_(e)
+        for p in params:
+            p.grad /= x.shape[0]
+        opt.step()
+
+    return step
+
+
+def peer_step(model, x, y) -> Callable[[], None] | None:
+    try:
+        from pytorch_optimizer import SAM as PeerSAM
+    except ImportError:
+        return None
+    opt = PeerSAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.01, momentum=0.9)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    def step() -> None:
+        closure()
+        opt.step(closure)
+
+    return step
+
+
+VARIANTS: dict[str, Callable] = {
+    "SGD": sgd_step,
+    "SAM (sharplab)": lambda m, x, y: sharplab_step(m, x, y, "sam"),
+    "SAM (pytorch_optimizer)": peer_step,
+    "ASAM (sharplab)": lambda m, x, y: sharplab_step(m, x, y, "asam"),
+    "1-SAM vectorised (sharplab)": one_sam_vectorised,
+    "1-SAM per-example loop": one_sam_loop,
+}
+
+
+def measure(make_model: Callable[[], torch.nn.Module], batch: int, steps: int, warmup: int,
+            names: list[str]) -> dict[str, float]:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, 32, 32, generator=gen)
+    y = torch.randint(0, 10, (batch,), generator=gen)
+    fns = {}
+    for name in names:
+        torch.manual_seed(0)
+        fn = VARIANTS[name](make_model(), x, y)
+        if fn is not None:
+            fns[name] = fn
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(steps):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def report(title: str, medians: dict[str, float]) -> None:
+    base = medians["SGD"]
+    peer = medians.get("SAM (pytorch_optimizer)")
+    print(f"\n{title}")
+    print(f"  {'variant':32s} {'median ms':>10s} {'x SGD':>7s}")
+    for name, t in medians.items():
+        print(f"  {name:32s} {1e3 * t:10.1f} {t / base:7.2f}")
+    if peer:
+        print(f"  SAM sharplab / peer = {medians['SAM (sharplab)'] / peer:.3f}  (target <= 1.05)")
+    if "1-SAM per-example loop" in medians and "1-SAM vectorised (sharplab)" in medians:
+        speedup = medians["1-SAM per-example loop"] / medians["1-SAM vectorised (sharplab)"]
+        print(f"  1-SAM vectorised speed-up over the loop = {speedup:.2f}x  (target >= 2.5x, aim 4x)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=20, help="measured steps per variant (median)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="small CNN only, 10 steps")
+    parser.add_argument("--only", choices=["cnn", "resnet"], help="run one model only")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma list of variant names")
+    parser.add_argument("--compare-allocator", action="store_true",
+                        help="also run the small-CNN 1-SAM rows with glibc's default allocator settings")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    names = [n for n in args.variants.split(",") if n]
+    steps = 10 if args.quick else args.steps
+    print(f"sharplab {sharplab.__version__}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+          f"{torch.get_num_threads()} threads, allocator: {sharplab.ALLOCATOR_SETTING}")
+    if args.only != "resnet":
+        report("Small CNN (feature-quality study), batch 128, 3x32x32",
+               measure(lambda: SmallCNN(3, 10), 128, steps, args.warmup, names))
+    if not args.quick and args.only != "cnn":
+        resnet_names = [n for n in names if n]
+        report("PreAct ResNet-18 (BatchNorm), batch 32, 3x32x32",
+               measure(lambda: PreActResNet18(10), 32, max(5, steps // 2) if steps < 20 else steps,
+                       args.warmup, resnet_names))
+    if args.compare_allocator:
+        env = dict(os.environ, SHARPLAB_NO_MALLOC_TUNING="1")
+        cmd = [sys.executable, __file__, "--only", "cnn", "--steps", str(steps), "--threads", str(args.threads),
+               "--variants", "SGD,1-SAM vectorised (sharplab),1-SAM per-example loop"]
+        print("\n--- the same small-CNN rows with glibc's default allocator (SHARPLAB_NO_MALLOC_TUNING=1) ---")
+        subprocess.run(cmd, env=env, check=True)
+
+
+if __name__ == "__main__":
+    main()
