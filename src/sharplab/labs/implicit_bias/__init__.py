@@ -1,5 +1,29 @@
-"""Implicit-bias lab (issue 5): SAM on diagonal linear networks, 1-D ReLU networks, convergence."""
+"""Implicit-bias lab (issue 5): what SAM prefers, on models small enough to see it.
 
+Reproduces and extends the small-model studies of Andriushchenko & Flammarion, *Towards Understanding
+Sharpness-Aware Minimization* (ICML 2022, arXiv:2206.06232):
+
+* :mod:`.diag_net` -- diagonal linear networks ``beta = u * v``: GD, SGD, n-SAM, 1-SAM, m-SAM, the
+  importance-weighting-only 1-SAM and switching, whole grids in one vectorised float64 computation;
+* :mod:`.relu1d` -- a 1-100-1 ReLU network on twelve points: GD vs SAM and the number of linear pieces;
+* :mod:`.convergence` -- SGD / SAM / USAM with stochastic gradients, constant vs decaying rho and step size.
+
+Notebook use::
+
+    from sharplab.labs.implicit_bias import expand_grid, run_grid
+    results = run_grid(expand_grid(["gd", "nsam", "1sam"], rhos=[0, 0.05, 0.1], alphas=[0.01, 0.1]))
+
+Importing this package registers the labs ``diag-net``, ``relu-1d`` and ``convergence`` with the runner.
+"""
+
+from sharplab.labs.implicit_bias import lab as _lab  # noqa: F401  (registers the labs)
+from sharplab.labs.implicit_bias.convergence import (
+    ConvergenceConfig,
+    ConvergenceResult,
+    default_study,
+    make_problem,
+    run_convergence,
+)
 from sharplab.labs.implicit_bias.diag_net import (
     DiagNetConfig,
     DiagNetData,
@@ -10,8 +34,20 @@ from sharplab.labs.implicit_bias.diag_net import (
     run_grid,
 )
 from sharplab.labs.implicit_bias.methods import METHODS, MethodSpec, get_method
+from sharplab.labs.implicit_bias.relu1d import (
+    X_POINTS,
+    Y_POINTS,
+    Relu1dConfig,
+    Relu1dResult,
+    compare,
+    count_kinks,
+    make_network,
+    train_relu_1d,
+)
 
 __all__ = [
-    "DiagNetConfig", "DiagNetData", "DiagNetResult", "METHODS", "MethodSpec", "diag_net", "expand_grid",
-    "get_method", "make_data", "run_grid",
+    "METHODS", "X_POINTS", "Y_POINTS", "ConvergenceConfig", "ConvergenceResult", "DiagNetConfig",
+    "DiagNetData", "DiagNetResult", "MethodSpec", "Relu1dConfig", "Relu1dResult", "compare", "count_kinks",
+    "default_study", "diag_net", "expand_grid", "get_method", "make_data", "make_network", "make_problem",
+    "run_convergence", "run_grid", "train_relu_1d",
 ]

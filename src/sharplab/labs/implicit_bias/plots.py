@@ -1,0 +1,114 @@
+"""Figures of the implicit-bias lab (matplotlib, Agg backend; each function returns a Figure)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+METHOD_LABELS = {"gd": "GD", "sgd": "SGD", "nsam": "n-SAM", "1sam": "1-SAM", "msam": "m-SAM",
+                 "iw1sam": "1-SAM (IW only)"}
+
+
+def test_error_vs_rho(rows: Iterable[Mapping[str, Any]], metric: str = "test_error"):
+    """One panel per alpha: ``metric`` vs rho per method (mean over seeds; GD/SGD as horizontal lines).
+
+    ``rows`` hold ``method``, ``rho``, ``alpha``, ``metric`` (e.g. :meth:`DiagNetResult.record` dicts).
+    """
+    plt = _plt()
+    data: dict[float, dict[str, dict[float, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for r in rows:
+        label = METHOD_LABELS.get(r["method"], r["method"])
+        if r.get("method") == "msam":
+            label = f"{r.get('m')}-SAM"
+        if r.get("then", "none") not in ("none", None):
+            label += f" -> {METHOD_LABELS.get(r['then'], r['then'])} @ {r.get('switch_at')}"
+        data[float(r["alpha"])][label][float(r["rho"])].append(float(r[metric]))
+    alphas = sorted(data)
+    fig, axes = plt.subplots(1, max(1, len(alphas)), figsize=(4.2 * max(1, len(alphas)), 3.6), squeeze=False)
+    for ax, alpha in zip(axes[0], alphas):
+        rhos_all = sorted({rho for curves in data[alpha].values() for rho in curves})
+        for label, curve in sorted(data[alpha].items()):
+            xs = sorted(curve)
+            ys = [np.mean(curve[x]) for x in xs]
+            if len(xs) == 1 and len(rhos_all) > 1:
+                ax.axhline(ys[0], ls="--", lw=1.2, label=label, color="k" if label == "GD" else None)
+            else:
+                ax.plot(xs, ys, marker="o", ms=3, label=label)
+        ax.set_yscale("log")
+        ax.set_xlabel("rho")
+        ax.set_title(f"alpha = {alpha:g}")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(metric.replace("_", " "))
+    axes[0][-1].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def curves_vs_iterations(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], ylabel: str,
+                         vline: float | None = None, logx: bool = False):
+    """Lines ``(label, steps, values)`` on a log y axis; an optional vertical line (the switch point)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, steps, values in curves:
+        ax.plot(steps, values, lw=1.3, label=label)
+    if vline is not None:
+        ax.axvline(vline, color="gray", ls=":", lw=1)
+    ax.set_yscale("log")
+    if logx:
+        ax.set_xscale("symlog", linthresh=10)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def relu_fits(results: Sequence[Any], x_data: np.ndarray, y_data: np.ndarray):
+    """The learned functions of :class:`~.relu1d.Relu1dResult` objects over the data, kinks marked."""
+    from sharplab.labs.implicit_bias.relu1d import kinks
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    lo, hi = x_data.min(), x_data.max()
+    grid = np.linspace(lo - 0.3, hi + 0.3, 1200)
+    for res in results:
+        cfg = res.config
+        label = "GD" if cfg.method == "gd" else f"{cfg.method.upper()} rho={cfg.rho:g}"
+        (line,) = ax.plot(grid, res.predict(grid), lw=1.5,
+                          label=f"{label}: {res.kinks} kinks, loss {res.train_loss:.1e}")
+        pos, _ = kinks(res.net)
+        pos = pos[(pos >= lo) & (pos <= hi)]
+        ax.plot(pos, res.predict(pos), "|", color=line.get_color(), ms=8, alpha=0.6)
+    ax.scatter(x_data, y_data, color="k", zorder=5, s=18, label="data")
+    ax.set_xlabel("x")
+    ax.set_ylabel("f(x)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def save(fig: Any, path) -> None:
+    """Write ``fig`` as PNG atomically and close it."""
+    import io
+
+    from sharplab.io import atomic_write_bytes
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    atomic_write_bytes(path, buf.getvalue())
+    _plt().close(fig)
