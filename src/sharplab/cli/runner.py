@@ -89,10 +89,8 @@ def _fmt(v: object) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from collections import Counter
-
     from sharplab.runner.aggregate import params, varying_keys
-    from sharplab.runner.store import ResultsStore
+    from sharplab.runner.store import ResultsStore, status_line
 
     with ResultsStore(args.out, create=False) as store:
         runs = store.runs()
@@ -114,9 +112,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     for row in [header, *rows]:
         print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
-    counts = Counter(r.display_status for r in runs)
-    order = ["done", "running", "interrupted", "pending", "failed", "diverged"]
-    print("\n" + ", ".join(f"{counts[s]} {s}" for s in order if counts[s]))
+    print("\n" + status_line(r.display_status for r in runs))
     return 0
 
 

@@ -15,7 +15,6 @@ import math
 import os
 import re
 import time
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,14 +152,13 @@ def build_report(out_dir: str | os.PathLike, title: str | None = None) -> Report
     and the lab's registered section."""
     from sharplab.labs import get_lab
     from sharplab.runner.aggregate import metric_table
-    from sharplab.runner.store import ResultsStore
+    from sharplab.runner.store import ResultsStore, status_line
 
     with ResultsStore(out_dir, create=False) as store:
         runs = store.runs()
     builder = ReportBuilder(title or f"sharplab report: {Path(out_dir).resolve().name}")
-    counts = Counter(r.display_status for r in runs)
-    builder.add_text(f"{len(runs)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-                     + f". Generated {time.strftime('%Y-%m-%d %H:%M')} from {Path(out_dir).resolve()}.")
+    builder.add_text(f"{len(runs)} runs: {status_line(r.display_status for r in runs)}"
+                     f". Generated {time.strftime('%Y-%m-%d %H:%M')} from {Path(out_dir).resolve()}.")
     troubled = [r for r in runs if r.status in ("failed", "diverged")]
     if troubled:
         builder.add_table("Runs that did not finish", [

@@ -30,6 +30,15 @@ from sharplab.errors import SharplabError
 STORE_NAME = "results.sqlite"
 STATUSES = ("pending", "running", "done", "failed", "diverged")
 FINISHED = ("done", "diverged")
+DISPLAY_ORDER = ("done", "running", "interrupted", "pending", "failed", "diverged")
+
+
+def status_line(statuses: Iterable[str]) -> str:
+    """``"4 done, 1 running, 2 diverged"`` in :data:`DISPLAY_ORDER`."""
+    from collections import Counter
+
+    counts = Counter(statuses)
+    return ", ".join(f"{counts[s]} {s}" for s in DISPLAY_ORDER if counts[s])
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (

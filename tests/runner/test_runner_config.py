@@ -1,0 +1,109 @@
+"""Study files: validation messages, grid expansion, run identity."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from runner_testlib import ToyConfig, sharplab_cli, write_study
+
+from sharplab.errors import ConfigError, SharplabError
+from sharplab.runner.config import config_hash, load_study, parse_study, validate_config
+
+
+def _study(**tables):
+    return {"lab": "runner-toy", "name": "t", **tables}
+
+
+def test_grid_is_the_cartesian_product_with_seed_fastest():
+    doc = _study(config={"steps": 2}, grid={"x": [0.1, 0.2], "mode": ["ok"], "flag": [True, False],
+                                             "seed": [3, 4, 5]})
+    runs = parse_study(doc).runs()
+    expected = [(x, m, f, s) for (x, m, f), s in itertools.product(
+        itertools.product([0.1, 0.2], ["ok"], [True, False]), [3, 4, 5])]
+    got = [(r.config["x"], r.config["mode"], r.config["flag"], r.seed) for r in runs]
+    assert got == expected
+    assert all(r.config["steps"] == 2 and r.config["widths"] == [4, 4] for r in runs)
+    assert len({r.run_id for r in runs}) == 12
+
+
+def test_run_id_depends_on_resolved_values_not_spelling():
+    a = parse_study(_study(config={"x": 0}, grid={"seed": [0]})).runs()[0]
+    b = parse_study(_study(config={"x": 0.0, "steps": 3, "widths": [4, 4]})).runs()[0]  # defaults spelled out
+    assert a.run_id == b.run_id
+    assert a.run_id == config_hash("runner-toy", b.config, 0)
+    assert config_hash("runner-toy", b.config, 1) != a.run_id
+    assert config_hash("runner-toy", b.config, 0, nproc=2) != a.run_id
+
+
+@pytest.mark.parametrize("values, words", [
+    ({"xx": 1.0}, ["'xx'", "did you mean 'x'", "allowed keys: x, steps, mode, flag, widths"]),
+    ({"x": 1.5}, ["x = 1.5", "out of range", "<= 1.0", ">= 0.0"]),
+    ({"x": "big"}, ["x = 'big'", "wrong type", "float"]),
+    ({"steps": 2.5}, ["steps = 2.5", "wrong type", "int"]),
+    ({"steps": True}, ["steps = True", "wrong type"]),
+    ({"steps": 0}, ["steps = 0", "out of range", ">= 1"]),
+    ({"mode": "fast"}, ["mode = 'fast'", "one of 'ok', 'boom'"]),
+    ({"flag": 1}, ["flag = 1", "bool"]),
+    ({"widths": [4, "a"]}, ["widths", "list of int"]),
+])
+def test_bad_values_give_one_line_naming_key_value_and_allowed(values, words):
+    with pytest.raises(ConfigError) as err:
+        validate_config(ToyConfig, values)
+    message = str(err.value)
+    assert "\n" not in message
+    for w in words:
+        assert w in message
+
+
+def test_types_are_coerced_into_the_frozen_config():
+    cfg = validate_config(ToyConfig, {"x": 1, "widths": [1, 2, 3]})
+    assert cfg.x == 1.0 and isinstance(cfg.x, float) and cfg.widths == (1, 2, 3)
+
+
+@pytest.mark.parametrize("doc, words", [
+    ({"lab": "runner-toy", "grdi": {}}, ["unknown top-level key 'grdi'"]),
+    ({"name": "t"}, ["lab = "]),
+    ({"lab": "nope"}, ["unknown lab 'nope'", "runner-toy"]),
+    (_study(grid={"x": 0.5}), ["[grid] x = 0.5", "non-empty list"]),
+    (_study(grid={"x": [0.5, 7.0]}), ["[grid] x = 7.0", "out of range"]),
+    (_study(grid={"seed": [0, 0]}), ["repeats a seed"]),
+    (_study(grid={"seed": [-1]}), ["seed = -1"]),
+    (_study(config=[1]), ["config must be a table"]),
+])
+def test_bad_study_files(doc, words):
+    with pytest.raises(SharplabError) as err:  # ConfigError, or SharplabError for an unknown lab
+        parse_study(doc)
+    for w in words:
+        assert w in str(err.value)
+
+
+def test_cli_rejects_bad_config_before_training(tmp_path):
+    study = write_study(tmp_path / "bad.toml", """
+        lab = "digits"
+        [config]
+        epochs = 2
+        [grid]
+        rho = [0.05, -0.1]
+    """)
+    out = sharplab_cli("run", str(study), "--out", str(tmp_path / "out"))
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "error: [grid] rho = -0.1 is out of range; allowed: float >= 0.0"]
+    assert not (tmp_path / "out").exists()  # nothing ran, nothing written
+    bad_toml = write_study(tmp_path / "broken.toml", "lab = digits\n")
+    out = sharplab_cli("run", str(bad_toml))
+    assert out.returncode == 2 and out.stderr.startswith("error: study file is not valid TOML")
+    assert "Traceback" not in out.stderr
+
+
+def test_load_study_reads_the_file(tmp_path):
+    path = write_study(tmp_path / "named.toml", """
+        lab = "runner-toy"
+        [config]
+        seed = 7
+    """)
+    study = load_study(path)
+    assert study.name == "named" and study.seeds == (7,)
+    with pytest.raises(ValueError, match="not found"):
+        load_study(tmp_path / "missing.toml")
