@@ -1,0 +1,283 @@
+"""``sharplab diag-net``, ``sharplab relu-1d``, ``sharplab convergence``: the implicit-bias lab's studies.
+
+Comma lists form grids (``--rho 0,0.05,0.1 --alpha 0.01,0.1``). ``--json`` prints one JSON object per
+configuration on stdout; ``--out DIR`` writes ``results.json`` and the PNG figures into ``DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from fractions import Fraction
+from itertools import product
+from pathlib import Path
+from typing import Any
+
+from sharplab.errors import ConfigError
+
+
+def _number(text: str) -> float:
+    """A float, or a fraction ``a/b`` evaluated exactly to the nearest double (e.g. ``5/30``)."""
+    text = text.strip()
+    try:
+        return float(Fraction(text)) if "/" in text else float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (e.g. 0.1, 1e-3 or 5/30)") from None
+
+
+def _numbers(text: str) -> list[float]:
+    values = [_number(v) for v in text.split(",") if v.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError("give at least one number")
+    return values
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+    if not values:
+        raise argparse.ArgumentTypeError("give at least one integer")
+    return values
+
+
+def _choices(allowed: Sequence[str]) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
+        names = [v.strip().lower() for v in text.split(",") if v.strip()]
+        bad = [n for n in names if n not in allowed]
+        if bad or not names:
+            raise argparse.ArgumentTypeError(f"{text!r}: choose from {', '.join(allowed)} (comma list)")
+        return names
+
+    return parse
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=_ints, default=[0], help="comma list of seeds (default 0)")
+    p.add_argument("--json", action="store_true", help="one JSON object per configuration on stdout")
+    p.add_argument("--out", default=None, help="folder for results.json and PNG figures")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (also when CI is set)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from sharplab.labs.implicit_bias.convergence import CONV_METHODS, SCHEDULES
+    from sharplab.labs.implicit_bias.methods import METHODS
+    from sharplab.labs.implicit_bias.relu1d import RELU_METHODS
+
+    p = sub.add_parser("diag-net", help="diagonal linear networks: GD/SGD/n-SAM/1-SAM/m-SAM (vectorised grid)",
+                       description="Train beta = u*v on sparse regression (Andriushchenko & Flammarion, 2022); "
+                       "every configuration of the grid advances in one float64 batch.")
+    methods = sorted(METHODS)
+    p.add_argument("--method", type=_choices(methods), default=["gd", "nsam", "1sam"],
+                   help=f"comma list of {{{','.join(methods)}}} (default gd,nsam,1sam)")
+    p.add_argument("--rho", type=_numbers, default=[0.0, 0.025, 0.05, 0.1, 0.15, 0.2], help="comma list")
+    p.add_argument("--lr", type=_numbers, default=[5 / 30], help="comma list of step sizes (5/30 allowed)")
+    p.add_argument("--alpha", type=_numbers, default=[0.01, 0.05, 0.1], help="comma list of init scales")
+    p.add_argument("--m", type=int, default=1, help="micro-batch size of msam (divides n)")
+    p.add_argument("--iters", type=int, default=10_001, help="number of updates (default 10001)")
+    p.add_argument("--switch-at", type=int, default=0, help="switch method after this many updates")
+    p.add_argument("--then", type=_choices(methods), default=None, help="method after --switch-at")
+    p.add_argument("--n", type=int, default=20)
+    p.add_argument("--d", type=int, default=30)
+    p.add_argument("--r", type=int, default=3, help="support size of theta")
+    p.add_argument("--n-test", type=int, default=1000)
+    p.add_argument("--record-every", type=int, default=0, help="trajectory resolution (0: auto)")
+    _common(p)
+    p.set_defaults(func=handle_diag_net)
+
+    p = sub.add_parser("relu-1d", help="1-D ReLU network on 12 points: GD vs SAM, kinks of the fit",
+                       description="Full-batch GD vs SAM on a 1-100-1 ReLU network; reports the number of kinks.")
+    p.add_argument("--method", type=_choices(RELU_METHODS), default=["gd", "sam"], help="comma list")
+    p.add_argument("--rho", type=_numbers, default=[0.1], help="comma list (ignored by gd)")
+    p.add_argument("--lr", type=_numbers, default=[6e-3], help="comma list of step sizes")
+    p.add_argument("--steps", type=int, default=40_000)
+    p.add_argument("--width", type=int, default=100)
+    p.add_argument("--tol", type=float, default=1e-8, help="stop when the training loss is below")
+    p.add_argument("--slope-tol", type=float, default=0.1, help="smallest slope change counted as a kink")
+    _common(p)
+    p.set_defaults(func=handle_relu_1d)
+
+    p = sub.add_parser("convergence", help="SGD/SAM/USAM with stochastic gradients: does ||grad f|| -> 0?",
+                       description="Without --method/--lr-schedule/--rho-schedule: the default comparison "
+                       "(SGD constant/decaying step, SAM and USAM with constant/decaying rho).")
+    sched = SCHEDULES.names()
+    p.add_argument("--method", type=_choices(sorted(CONV_METHODS)), default=None, help="comma list")
+    p.add_argument("--rho", type=_numbers, default=[0.5], help="comma list of base radii")
+    p.add_argument("--lr", type=_numbers, default=[0.2], help="comma list of base step sizes")
+    p.add_argument("--lr-schedule", type=_choices(sched), default=None, help=f"comma list of {sched}")
+    p.add_argument("--rho-schedule", type=_choices(sched), default=None, help=f"comma list of {sched}")
+    p.add_argument("--decay-steps", type=float, default=10.0, help="decay time scale t0: S(t / t0)")
+    p.add_argument("--steps", type=int, default=5000)
+    p.add_argument("--batch-size", type=int, default=1)
+    _common(p)
+    p.set_defaults(func=handle_convergence)
+
+
+def _quiet(args: argparse.Namespace) -> bool:
+    return bool(args.quiet or os.environ.get("CI"))
+
+
+def _emit(records: list[dict[str, Any]], args: argparse.Namespace, columns: Sequence[str]) -> None:
+    if args.json:
+        for rec in records:
+            print(json.dumps(rec, default=float), flush=True)
+        return
+    widths = [max(len(c), 10) for c in columns]
+    print("  ".join(c.rjust(w) for c, w in zip(columns, widths)))
+    for rec in records:
+        cells = []
+        for c, w in zip(columns, widths):
+            v = rec.get(c, "")
+            cells.append((f"{v:.4g}" if isinstance(v, float) else str(v)).rjust(w))
+        print("  ".join(cells))
+
+
+def _write_results(out: Path, records: list[dict[str, Any]]) -> None:
+    from sharplab.io import atomic_write_json
+
+    atomic_write_json(out / "results.json", records)
+
+
+# --- diag-net --------------------------------------------------------------------------------------
+def handle_diag_net(args: argparse.Namespace) -> int:
+    from sharplab.labs.implicit_bias import plots
+    from sharplab.labs.implicit_bias.diag_net import DiagNetConfig, expand_grid, run_grid
+
+    then = args.then[0] if args.then else "none"
+    if args.then and len(args.then) > 1:
+        raise ConfigError("--then takes one method; run the command once per target method")
+    common = dict(m=args.m, iters=args.iters, switch_at=args.switch_at, then=then, n=args.n, d=args.d,
+                  r=args.r, n_test=args.n_test)
+    if "msam" not in args.method:
+        common["m"] = 1
+    cfgs = expand_grid(args.method, args.rho, args.lr, args.alpha, **common)
+    switching = then != "none"
+    extra: list[DiagNetConfig] = []
+    if switching and args.out:  # the two pure runs, for the switching figure only
+        for cfg in cfgs:
+            for meth in (cfg.method, then):
+                base = DiagNetConfig(**{**_asdict(cfg), "method": meth, "switch_at": 0, "then": "none"})
+                if not base.uses_rho:
+                    base = DiagNetConfig(**{**_asdict(base), "rho": 0.0})
+                if base not in cfgs and base not in extra:
+                    extra.append(base)
+    every = args.record_every or (max(1, args.iters // 200) if switching and args.out else 0)
+    t0 = time.perf_counter()
+    results = run_grid(cfgs + extra, args.seed, record_every=every, progress=not _quiet(args))
+    seconds = time.perf_counter() - t0
+    print(f"diag-net: {len(cfgs + extra) * len(args.seed)} configurations x {args.iters} updates in "
+          f"{seconds:.2f} s (one vectorised float64 batch)", file=sys.stderr)
+    main = results[:len(cfgs) * len(args.seed)]
+    records = [r.record() for r in main]
+    _emit(records, args, ["method", "rho", "lr", "alpha", "seed", "test_error", "train_loss", "l1_norm"])
+    if args.out:
+        out = Path(args.out)
+        _write_results(out, records)
+        if len({(r["method"], r["rho"]) for r in records}) > 1:
+            plots.save(plots.test_error_vs_rho(records), out / "test_error_vs_rho.png")
+            plots.save(plots.test_error_vs_rho(records, "l1_norm"), out / "l1_norm_vs_rho.png")
+        if switching:
+            curves = [(_label(r.config, len(args.seed) > 1 and r.seed), r.steps, r.test_curve)
+                      for r in results]
+            plots.save(plots.curves_vs_iterations(curves, "test error", vline=args.switch_at),
+                       out / "switching_test_error.png")
+        print(f"wrote {out}/results.json and figures", file=sys.stderr)
+    return 0
+
+
+def _asdict(cfg: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(cfg)
+
+
+def _label(cfg: Any, seed: Any = False) -> str:
+    name = cfg.method if cfg.then == "none" else f"{cfg.method} -> {cfg.then} @ {cfg.switch_at}"
+    text = f"{name}, rho={cfg.rho:g}, alpha={cfg.alpha:g}, lr={cfg.lr:.3g}"
+    return text + (f", seed {seed}" if seed is not False else "")
+
+
+# --- relu-1d ---------------------------------------------------------------------------------------
+def handle_relu_1d(args: argparse.Namespace) -> int:
+    from sharplab.labs.implicit_bias import plots
+    from sharplab.labs.implicit_bias.relu1d import X_POINTS, Y_POINTS, Relu1dConfig, train_relu_1d
+
+    cfgs: dict[Relu1dConfig, None] = {}
+    for method, rho, lr in product(args.method, args.rho, args.lr):
+        cfgs.setdefault(Relu1dConfig(method=method, rho=0.0 if method == "gd" else rho, lr=lr,
+                                     steps=args.steps, width=args.width, tol=args.tol,
+                                     slope_tol=args.slope_tol), None)
+    results, records = [], []
+    for seed in args.seed:
+        for cfg in cfgs:
+            bar = None
+            if not _quiet(args):
+                from tqdm.auto import tqdm
+
+                bar = tqdm(range(cfg.steps), desc=f"relu-1d {cfg.method} seed {seed}", leave=False)
+            res = train_relu_1d(cfg, seed, progress=bar)
+            results.append(res)
+            rec = res.record()
+            records.append(rec)
+            if args.json:
+                print(json.dumps(rec), flush=True)
+    if not args.json:
+        _emit(records, args, ["method", "rho", "lr", "seed", "steps_run", "train_loss", "kinks", "pieces"])
+    if args.out:
+        out = Path(args.out)
+        _write_results(out, records)
+        for seed in args.seed:
+            fig = plots.relu_fits([r for r in results if r.seed == seed], X_POINTS, Y_POINTS)
+            plots.save(fig, out / f"relu_fits_seed{seed}.png")
+        print(f"wrote {out}/results.json and figures", file=sys.stderr)
+    return 0
+
+
+# --- convergence -----------------------------------------------------------------------------------
+def handle_convergence(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from sharplab.labs.implicit_bias import plots
+    from sharplab.labs.implicit_bias.convergence import ConvergenceConfig, default_study, run_convergence
+
+    common = dict(steps=args.steps, batch_size=args.batch_size, decay_steps=args.decay_steps)
+    if args.method is None and args.lr_schedule is None and args.rho_schedule is None:
+        cfgs = [c for rho, lr in product(args.rho, args.lr)
+                for c in default_study(lr=lr, rho=rho, **common)]
+    else:
+        grid = product(args.method or ["sgd", "sam", "usam"], args.rho, args.lr,
+                       args.lr_schedule or ["inv"], args.rho_schedule or ["constant"])
+        cfgs = [ConvergenceConfig(method=m, rho=rho, lr=lr, lr_schedule=ls, rho_schedule=rs, **common)
+                for m, rho, lr, ls, rs in grid]
+    cfgs = list(dict.fromkeys(cfgs))
+    results, records = [], []
+    for seed in args.seed:
+        for cfg in cfgs:
+            bar = None
+            if not _quiet(args):
+                from tqdm.auto import tqdm
+
+                bar = tqdm(range(cfg.steps), desc=f"{cfg.label} seed {seed}", leave=False)
+            res = run_convergence(cfg, seed, progress=bar)
+            results.append(res)
+            rec = res.record()
+            records.append(rec)
+            if args.json:
+                print(json.dumps(rec), flush=True)
+    if not args.json:
+        _emit(records, args, ["label", "seed", "final_grad_norm", "min_grad_norm", "final_loss"])
+    if args.out:
+        out = Path(args.out)
+        _write_results(out, records)
+        lines = []
+        for cfg in cfgs:
+            runs = [r for r in results if r.config == cfg]
+            lines.append((cfg.label, runs[0].steps, np.mean([r.grad_norm for r in runs], axis=0)))
+        plots.save(plots.curves_vs_iterations(lines, "||grad f(w_t)||", logx=True), out / "convergence.png")
+        print(f"wrote {out}/results.json and figures", file=sys.stderr)
+    return 0
