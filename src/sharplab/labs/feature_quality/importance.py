@@ -12,7 +12,11 @@ eq. 2); LSAM perturbs only the last layer. The *importance weights* are
 
 .. math::  \\lambda_i = ||\\partial l/\\partial f_i|| \\,/\\, \\sum_j ||\\partial l/\\partial f_j||,
 
-evaluated at ``w`` (what SGD uses) and at ``w~`` (what SAM uses). For softmax cross-entropy
+evaluated at ``w`` (what SGD uses) and at ``w~`` (what SAM uses). Two phantoms are offered: the batch
+one above (what ``sam``/``lsam`` training uses) and the per-example one of 1-SAM, ``w~_i = w + rho *
+grad l_i / ||grad l_i||``, the setting of the paper's analysis (Sec. 4.1): to first order every example's
+margin then drops by the same ``rho * ||grad f_i||``, which flattens the loss derivatives of the well-fit
+examples towards those of the badly fit ones. For softmax cross-entropy
 ``dl/df_i = softmax(f_i) - onehot(y_i)``; for a single binary logit with ``BCEWithLogits`` it is
 ``sigmoid(f_i) - y_i``.
 
@@ -163,6 +167,49 @@ def _logits(model: nn.Module, inputs: Tensor) -> Tensor:
     return out
 
 
+def per_example_phantom_norms(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    rho: float,
+    perturb: Iterable[nn.Parameter] | None = None,
+    chunk_size: int = 256,
+) -> Tensor:
+    """``||dl/df_i||`` at the 1-SAM phantom ``w~_i = w + rho * grad l_i(w) / ||grad l_i(w)||``, per example.
+
+    Vectorised with ``torch.func`` (``vmap`` of ``grad``); ``perturb`` restricts the perturbation (and the
+    norm) to some parameters (LSAM). Buffers are read, never updated: models with BatchNorm in train mode
+    are refused (per-example batch statistics are undefined).
+    """
+    from torch.func import functional_call, grad, vmap
+
+    if rho < 0:
+        raise SharplabError(f"rho must be >= 0, got {rho}; use rho=0 for the real parameter")
+    if model.training and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise SharplabError("per-example phantom needs a model without BatchNorm in train mode; use eval()")
+    chosen = {id(p) for p in (model.parameters() if perturb is None else perturb)}
+    fixed = {k: v.detach() for k, v in model.named_parameters() if id(v) not in chosen}
+    moved = {k: v.detach() for k, v in model.named_parameters() if id(v) in chosen}
+    buffers = dict(model.named_buffers())
+
+    def loss_one(p: dict[str, Tensor], xi: Tensor, yi: Tensor) -> Tensor:
+        out = functional_call(model, ({**fixed, **p}, buffers), (xi[None],))
+        return F.cross_entropy(out, yi[None])
+
+    def norm_one(xi: Tensor, yi: Tensor) -> Tensor:
+        g = grad(loss_one)(moved, xi, yi)
+        norm = torch.sqrt(sum((v**2).sum() for v in g.values()))
+        scale = rho / norm.clamp_min(torch.finfo(norm.dtype).tiny)
+        shifted = {k: v + scale * g[k] for k, v in moved.items()}
+        out = functional_call(model, ({**fixed, **shifted}, buffers), (xi[None],))
+        return logit_grad_norms(out, yi[None])[0]
+
+    with torch.no_grad():
+        parts = [vmap(norm_one)(inputs[i : i + chunk_size], targets[i : i + chunk_size])
+                 for i in range(0, len(targets), chunk_size)]
+    return torch.cat(parts).detach()
+
+
 @dataclass(frozen=True)
 class ImportanceSnapshot:
     """Importance weights of one batch at the real and the phantom parameter of one checkpoint."""
@@ -185,13 +232,18 @@ def importance_snapshot(
     targets: Tensor,
     rho: float,
     perturb: Callable[[nn.Module], Iterable[nn.Parameter]] | None = None,
+    per_example: bool = False,
 ) -> ImportanceSnapshot:
     """Cross-entropy importance weights of ``(inputs, targets)`` at ``w`` and at ``w~ = w + eps``.
 
     ``perturb(model)`` selects the perturbed parameters (None = all, i.e. SAM; ``lambda m:
-    m.head.parameters()`` = LSAM). The model's mode (train/eval) is used as it is.
+    m.head.parameters()`` = LSAM). ``per_example``: the 1-SAM phantom of each example
+    (:func:`per_example_phantom_norms`) instead of the batch's. The model's mode is used as it is.
     """
     real = importance_weights(_logits(model, inputs), targets)
-    with phantom(model, inputs, targets, rho, perturb=None if perturb is None else perturb(model)):
+    params = None if perturb is None else perturb(model)
+    if per_example:
+        return ImportanceSnapshot(real, normalise(per_example_phantom_norms(model, inputs, targets, rho, params)))
+    with phantom(model, inputs, targets, rho, perturb=params):
         ph = importance_weights(_logits(model, inputs), targets)
     return ImportanceSnapshot(real=real, phantom=ph)
