@@ -127,14 +127,14 @@ def _emit(records: list[dict[str, Any]], args: argparse.Namespace, columns: Sequ
         for rec in records:
             print(json.dumps(rec, default=float), flush=True)
         return
-    widths = [max(len(c), 10) for c in columns]
+    def fmt(v: Any) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    table = [[fmt(rec.get(c, "")) for c in columns] for rec in records]
+    widths = [max([len(c)] + [len(row[i]) for row in table]) for i, c in enumerate(columns)]
     print("  ".join(c.rjust(w) for c, w in zip(columns, widths)))
-    for rec in records:
-        cells = []
-        for c, w in zip(columns, widths):
-            v = rec.get(c, "")
-            cells.append((f"{v:.4g}" if isinstance(v, float) else str(v)).rjust(w))
-        print("  ".join(cells))
+    for row in table:
+        print("  ".join(cell.rjust(w) for cell, w in zip(row, widths)))
 
 
 def _write_results(out: Path, records: list[dict[str, Any]]) -> None:
