@@ -64,6 +64,7 @@ def _quiet(args: argparse.Namespace) -> bool:
 def cmd_run(args: argparse.Namespace) -> int:
     from sharplab.runner.config import load_study
     from sharplab.runner.execute import RunOptions, run_study
+    from sharplab.runner.store import status_line
 
     study = load_study(args.study)
     out = Path(args.out or Path("runs") / study.name)
@@ -73,7 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     n = len(study.runs(args.nproc))
     print(f"study {study.name!r}: lab {study.lab}, {n} runs -> {out}", file=sys.stderr)
     counts = run_study(study, out, jobs=args.jobs, nproc=args.nproc, options=options)
-    summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+    summary = status_line(counts.elements())
     print(f"{summary}. Next: sharplab status {out}; sharplab report {out}")
     if counts.get("failed"):
         print(f"{counts['failed']} runs failed: see `sharplab status {out}` and runs/<id>/run.log",

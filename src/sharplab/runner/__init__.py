@@ -1,5 +1,34 @@
-"""Run infrastructure shared by every lab: run contexts, configs, the results store, resume, reports."""
+"""Run infrastructure shared by every lab: run contexts, study files, the results store, resume, reports.
+
+Programmatic use (what ``sharplab run`` + ``sharplab report`` do)::
+
+    from sharplab.runner import build_report, load_study, run_study
+
+    counts = run_study(load_study("examples/quick.toml"), "runs/quick")
+    paths = build_report("runs/quick").write("runs/quick")   # {"html": ..., "markdown": ...}
+"""
 
 from sharplab.runner.context import RunContext
 
-__all__ = ["RunContext"]
+__all__ = ["RunContext", "RunOptions", "ReportBuilder", "ResultsStore", "build_report", "load_study",
+           "run_study"]
+
+
+def __getattr__(name: str):  # lazy: `import sharplab.runner` stays light for labs that only need RunContext
+    if name in ("RunOptions", "run_study"):
+        from sharplab.runner import execute
+
+        return getattr(execute, name)
+    if name in ("ReportBuilder", "build_report"):
+        from sharplab.runner import report
+
+        return getattr(report, name)
+    if name == "ResultsStore":
+        from sharplab.runner.store import ResultsStore
+
+        return ResultsStore
+    if name == "load_study":
+        from sharplab.runner.config import load_study
+
+        return load_study
+    raise AttributeError(f"module 'sharplab.runner' has no attribute {name!r}")

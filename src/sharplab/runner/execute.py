@@ -213,13 +213,22 @@ def run_study(study: Study, out_dir: str | os.PathLike, jobs: int = 1, nproc: in
         run_one = _in_process(out_dir, options)
     else:
         run_one = _in_child(out_dir, nproc, RunOptions(True, options.tensorboard, threads, os.getpid()))
+
+
+    def record(status: str) -> None:
+        counts[status] += 1
+        bar.update(1)
+        bar.set_postfix(dict(counts))
+
     try:
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            futures = [pool.submit(_until_claimed, out_dir, spec, run_one) for spec in todo]
-            for fut in as_completed(futures):
-                counts[fut.result()] += 1
-                bar.update(1)
-                bar.set_postfix({k: v for k, v in counts.items()})
+        if jobs == 1:  # in the main thread, so that Ctrl-C stops the run at once
+            for spec in todo:
+                record(_until_claimed(out_dir, spec, run_one))
+        else:
+            with ThreadPoolExecutor(max_workers=jobs) as pool:
+                futures = [pool.submit(_until_claimed, out_dir, spec, run_one) for spec in todo]
+                for fut in as_completed(futures):
+                    record(fut.result())
     finally:
         bar.close()
     return counts
