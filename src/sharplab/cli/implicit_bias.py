@@ -278,6 +278,6 @@ def handle_convergence(args: argparse.Namespace) -> int:
         for cfg in cfgs:
             runs = [r for r in results if r.config == cfg]
             lines.append((cfg.label, runs[0].steps, np.mean([r.grad_norm for r in runs], axis=0)))
-        plots.save(plots.curves_vs_iterations(lines, "||grad f(w_t)||", logx=True), out / "convergence.png")
+        plots.save(plots.curves_vs_iterations(lines, "||grad f(w_t)||", logx=True, smooth=10), out / "convergence.png")
         print(f"wrote {out}/results.json and figures", file=sys.stderr)
     return 0

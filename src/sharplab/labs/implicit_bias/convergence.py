@@ -58,7 +58,7 @@ class ConvergenceConfig:
     batch_size: int = field(default=1, metadata={"min": 1})
     n: int = field(default=20, metadata={"min": 2})
     d: int = field(default=2, metadata={"min": 1})
-    record_every: int = field(default=50, metadata={"min": 1})
+    record_every: int = field(default=10, metadata={"min": 1})
 
     def __post_init__(self) -> None:
         if self.method not in CONV_METHODS:

@@ -98,7 +98,7 @@ def report_conv(runs: list[Any], builder: Any) -> None:
         n = min(len(s) for s, _ in runs_)
         lines.append((label, runs_[0][0][:n], np.mean([g[:n] for _, g in runs_], axis=0)))
     builder.add_figure("Convergence: ||grad f|| over iterations (mean over seeds)",
-                       plots.curves_vs_iterations(lines, "||grad f(w_t)||"))
+                       plots.curves_vs_iterations(lines, "||grad f(w_t)||", logx=True, smooth=10))
 
 
 register_lab(Lab("diag-net", DiagNetConfig, run_diag_net, report_diag_net,

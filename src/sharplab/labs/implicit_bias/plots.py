@@ -58,18 +58,30 @@ def test_error_vs_rho(rows: Iterable[Mapping[str, Any]], metric: str = "test_err
 
 
 def curves_vs_iterations(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], ylabel: str,
-                         vline: float | None = None, logx: bool = False):
-    """Lines ``(label, steps, values)`` on a log y axis; an optional vertical line (the switch point)."""
+                         vline: float | None = None, logx: bool = False, smooth: int = 1):
+    """Lines ``(label, steps, values)`` on a log y axis; an optional vertical line (the switch point).
+
+    ``logx`` plots against ``steps + 1`` on a log axis; ``smooth > 1`` draws the geometric moving average
+    over that many records (the raw curve stays as a faint line).
+    """
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(6.5, 4))
     for label, steps, values in curves:
-        ax.plot(steps, values, lw=1.3, label=label)
+        x = np.asarray(steps, dtype=float) + (1.0 if logx else 0.0)
+        y = np.asarray(values, dtype=float)
+        if smooth > 1 and len(y) > smooth:
+            (raw,) = ax.plot(x, y, lw=0.6, alpha=0.25)
+            kernel = np.ones(smooth) / smooth
+            ys = np.exp(np.convolve(np.log(np.maximum(y, 1e-300)), kernel, mode="valid"))
+            ax.plot(x[smooth - 1:], ys, lw=1.6, label=label, color=raw.get_color())
+        else:
+            ax.plot(x, y, lw=1.3, label=label)
     if vline is not None:
         ax.axvline(vline, color="gray", ls=":", lw=1)
     ax.set_yscale("log")
     if logx:
-        ax.set_xscale("symlog", linthresh=10)
-    ax.set_xlabel("iteration")
+        ax.set_xscale("log")
+    ax.set_xlabel("iteration + 1" if logx else "iteration")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
