@@ -18,6 +18,7 @@ from sharplab.labs.feature_quality.importance import (
     logit_grad_norms,
     logit_grad_norms_autograd,
     lorenz_curve,
+    per_example_phantom_norms,
     phantom,
 )
 
@@ -165,3 +166,65 @@ def test_snapshot_matches_a_manual_computation() -> None:
     manual = (probs - F.one_hot(y, 2).double()).norm(dim=1)
     torch.testing.assert_close(snap.phantom, manual / manual.sum(), rtol=1e-12, atol=1e-14)
     assert snap.gini_phantom == pytest.approx(_gini_pairwise(snap.phantom.tolist()), abs=1e-12)
+
+
+def test_per_example_phantom_closed_form_on_a_linear_model() -> None:
+    # Linear 2-class model: grad of l_i w.r.t. (W, b) is sigma(-z_i) (e_o - e_y) [x_i; 1]^T, so the 1-SAM
+    # phantom lowers the margin z_i by exactly rho * sqrt(2) * sqrt(||x_i||^2 + 1), and ||dl/df|| there is
+    # sqrt(2) * sigmoid(-(z_i - shift_i)).
+    torch.manual_seed(0)
+    model = nn.Linear(5, 2).double()
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(40, 5, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 2, (40,), generator=g)
+    rho = 0.4
+    out = model(x).detach()
+    z = out.gather(1, y[:, None])[:, 0] - out.gather(1, (1 - y)[:, None])[:, 0]
+    shift = rho * math.sqrt(2) * torch.sqrt((x**2).sum(1) + 1)
+    expected = math.sqrt(2) * torch.sigmoid(-(z - shift))
+    got = per_example_phantom_norms(model, x, y, rho, chunk_size=16)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_per_example_phantom_matches_a_loop_over_examples() -> None:
+    model = _linear_model()
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(12, 3, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 2, (12,), generator=g)
+    for perturb in (None, lambda m: m.head.parameters()):
+        ref = []
+        for i in range(len(y)):
+            params = None if perturb is None else perturb(model)
+            with phantom(model, x[i : i + 1], y[i : i + 1], 0.2, perturb=params), torch.no_grad():
+                ref.append(logit_grad_norms(model(x[i : i + 1]), y[i : i + 1])[0])
+        params = None if perturb is None else perturb(model)
+        got = per_example_phantom_norms(model, x, y, 0.2, params)
+        torch.testing.assert_close(got, torch.stack(ref), rtol=1e-10, atol=1e-12)
+
+
+def test_per_example_phantom_refuses_batchnorm_in_train_mode() -> None:
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)).train()
+    with pytest.raises(SharplabError, match="BatchNorm"):
+        per_example_phantom_norms(model, torch.randn(4, 3), torch.zeros(4, dtype=torch.long), 0.1)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_phantom_weights_are_more_uniform_on_the_toy(seed: int) -> None:
+    """Importance weighting (Springer et al. 2024, Sec. 4): at an SGD checkpoint of a linear model on the
+    toy, the weights SAM uses (at w + eps, batch or 1-SAM phantom) have a lower Gini than SGD's (at w)."""
+    from sharplab.labs.feature_quality.experiment import load_data
+
+    tr = load_data("toy").splits["train"]
+    torch.manual_seed(seed)
+    model = nn.Linear(tr.x.shape[1], 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    order = torch.randperm(len(tr.y), generator=torch.Generator().manual_seed(seed))
+    for i in range(0, len(order), 64):
+        idx = order[i : i + 64]
+        opt.zero_grad()
+        F.cross_entropy(model(tr.x[idx]), tr.y[idx]).backward()
+        opt.step()
+    x, y = tr.x[:512], tr.y[:512]
+    for per_example in (False, True):
+        snap = importance_snapshot(model, x, y, rho=0.3, per_example=per_example)
+        assert snap.gini_phantom < snap.gini_real - 0.002, (per_example, snap.gini_real, snap.gini_phantom)

@@ -123,7 +123,9 @@ def handler(args: argparse.Namespace) -> int:
     _check(args)
     if args.quiet:
         os.environ["CI"] = os.environ.get("CI") or "1"  # quiets the training loop's progress bars
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
+    # tiny models (toy, three-feature) run fastest on one thread; CNNs use the cores there are
+    small = args.study == "three-feature" or args.dataset == "toy"
+    torch.set_num_threads(1 if small else max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
     if args.study == "three-feature":
         return _three_feature(args)
     return _mechanisms(args)

@@ -1,0 +1,171 @@
+"""The mechanisms study on the toy: recorder, ablation arithmetic, resume, runner lab, report hook, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from sharplab.errors import SharplabError
+from sharplab.labs.feature_quality import mechanisms as mech
+from sharplab.labs.feature_quality.experiment import load_data
+from sharplab.labs.feature_quality.mechanisms import (
+    MechanismsConfig,
+    Recorder,
+    recovered_fraction,
+    run_mechanisms,
+    trace_history,
+)
+from sharplab.labs.feature_quality.train import make_model, train
+from sharplab.runner.context import RunContext
+
+SMALL = {"epochs": 2, "record_every": 8, "weight_batch": 256}
+
+
+@pytest.fixture()
+def one_thread():
+    """Tiny models run several times faster on one thread on a loaded 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def toy_result():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield run_mechanisms(MechanismsConfig(**SMALL), seed=0)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_recovered_fraction_hand_values() -> None:
+    assert recovered_fraction(0.10, 0.04, 0.07) == pytest.approx(0.5)
+    assert recovered_fraction(0.10, 0.04, 0.04) == pytest.approx(1.0)
+    assert recovered_fraction(0.10, 0.04, 0.12) == pytest.approx(-1 / 3)
+    assert math.isnan(recovered_fraction(0.05, 0.05, 0.01))  # SAM gained nothing: nothing to share
+    assert math.isnan(recovered_fraction(0.05, 0.07, 0.01))
+
+
+def test_config_validation() -> None:
+    with pytest.raises(SharplabError, match="SAM variant"):
+        MechanismsConfig(variant="adam")
+    with pytest.raises(SharplabError, match="ablation"):
+        MechanismsConfig(ablation="iw-only,foo")
+    assert MechanismsConfig(ablation="").optimizers == ["sgd", "sam"]
+    assert MechanismsConfig(variant="lsam").optimizers == ["sgd", "lsam", "iw-only", "lr-only"]
+
+
+def test_recording_does_not_change_training(one_thread) -> None:
+    """The phantom is visited and left: a run with the recorder ends bit-for-bit where one without ends."""
+    data = load_data("toy")
+    cfg = MechanismsConfig(**SMALL)
+    x, y = mech.weight_subset(data, 64, 0)
+    for opt in ("sgd", "sam"):
+        a, b = make_model(data, "auto", 3), make_model(data, "auto", 3)
+        rec = Recorder(x, y, 0.3, None, 5)
+        train(a, data, cfg.train_config(opt).replace(epochs=1), seed=3, callback=rec)
+        train(b, data, cfg.train_config(opt).replace(epochs=1), seed=3)
+        for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.equal(pa, pb), (opt, name)
+        steps = [r["step"] for r in rec.trace]
+        assert steps[0] == 1 and all(s % 5 == 0 for s in steps[1:])
+
+
+def test_study_outputs_are_consistent(toy_result) -> None:
+    res = toy_result
+    assert list(res.runs) == ["sgd", "sam", "iw-only", "lr-only"]
+    steps_total = 2 * math.ceil(2000 / 64)
+    for opt, run in res.runs.items():
+        assert run.snapshot.real.sum().item() == pytest.approx(1.0)
+        assert run.snapshot.phantom.sum().item() == pytest.approx(1.0)
+        assert len(run.snapshot.real) == 256
+        assert run.trace[-1]["step"] == steps_total
+        assert all(0 <= r["gini_real"] < 1 and 0 <= r["gini_phantom"] < 1 for r in run.trace)
+        assert 0 <= run.metrics["probe_error_hard"] <= 1, opt
+    m = res.metrics
+    for abl in ("iw_only", "lr_only"):
+        hard = [m["probe_error_hard_sgd"], m["probe_error_hard_sam"], m[f"probe_error_hard_{abl}"]]
+        expected = recovered_fraction(*hard)
+        assert m[f"recovered_{abl}"] == pytest.approx(expected, nan_ok=True)
+    hist = trace_history(res)
+    assert set(hist[1]) >= {"gini_real_sgd", "gini_phantom_lr_only", "ratio_real_sam", "ratio_phantom_iw_only"}
+
+
+def test_phantom_raises_the_hard_pathways_relative_weight(toy_result) -> None:
+    """Learning-rate scaling (Springer et al. 2024, Sec. 4): along SGD's path, v_hard/v_easy is larger at
+    the phantom w + eps than at w, i.e. SAM's Jacobian damps the already-learned easy pathway."""
+    trace = toy_result.runs["sgd"].trace
+    above = [r["ratio_phantom"] > r["ratio_real"] for r in trace[1:]]
+    assert sum(above) >= 0.9 * len(above), trace
+
+
+def test_resume_reuses_finished_optimizers(tmp_path, one_thread, monkeypatch) -> None:
+    cfg = MechanismsConfig(ablation="", epochs=1, record_every=16, weight_batch=64)
+    ctx = RunContext(tmp_path / "run", seed=1, quiet=True)
+    first = run_mechanisms(cfg, 1, ctx)
+    assert (tmp_path / "run" / "sgd" / "result.json").exists()
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a finished optimizer was trained again")
+
+    monkeypatch.setattr(mech, "train_and_record", fail)
+    again = run_mechanisms(cfg, 1, ctx)
+    assert again.metrics == pytest.approx(first.metrics, nan_ok=True)
+    torch.testing.assert_close(again.runs["sam"].snapshot.phantom, first.runs["sam"].snapshot.phantom.double())
+
+
+def test_runner_lab_and_report(tmp_path, one_thread) -> None:
+    from sharplab.labs import get_lab
+    from sharplab.runner.report import ReportBuilder
+
+    lab = get_lab("mechanisms")
+    cfg = lab.config_cls(ablation="lr-only", epochs=1, record_every=16, weight_batch=64)
+    ctx = RunContext(tmp_path / "run", seed=0, quiet=True)
+    metrics = lab.run(cfg, ctx)
+    assert all(math.isfinite(v) for v in metrics.values())
+    assert {"probe_error_hard_sgd", "gini_phantom_sam", "probe_error_hard_lr_only"} <= set(metrics)
+    saved = json.loads((tmp_path / "run" / "mechanisms.json").read_text())
+    assert saved["metrics"]["probe_error_hard_sam"] == pytest.approx(metrics["probe_error_hard_sam"])
+    for name in ("lorenz", "gini", "ratio", "ablation"):
+        assert (tmp_path / "run" / f"mechanisms_toy_{name}.png").read_bytes()[:4] == b"\x89PNG"
+    assert ctx.history and "gini_real_sgd" in ctx.history[0][1]
+
+    from dataclasses import asdict
+
+    record = SimpleNamespace(config=asdict(cfg), metrics=metrics, seed=0, status="done",
+                             history=dict(ctx.history))
+    builder = ReportBuilder("test")
+    lab.report([record, SimpleNamespace(**{**vars(record), "seed": 1})], builder)
+    kinds = [b.kind for b in builder.blocks]
+    assert kinds.count("table") == 1 and kinds.count("figure") == 2
+    table = builder.blocks[kinds.index("table")]
+    assert [row[0] for row in table.rows] == ["sgd", "sam", "lr-only"]
+
+
+def test_cli_json_figures_and_errors(tmp_path, capsys) -> None:
+    from sharplab.cli import main
+
+    out = tmp_path / "out"
+    rc = main(["mechanisms", "--dataset", "toy", "--epochs", "1", "--seeds", "1", "--ablation", "iw-only",
+               "--record-every", "16", "--weight-batch", "64", "--json", "--out", str(out), "--quiet"])
+    assert rc == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["optimizer"] for r in lines] == ["sgd", "sam", "iw-only"]
+    for r in lines:
+        assert {"dataset", "optimizer", "seed", "rho", "probe_error_easy", "probe_error_hard", "test_error",
+                "gini_real", "gini_phantom"} <= set(r)
+    assert "recovered" in lines[2]
+    assert (out / "mechanisms_toy_lorenz.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((out / "mechanisms_toy.json").read_text())["runs"][0]["seed"] == 0
+
+    assert main(["mechanisms", "--dataset", "no-such-set", "--seeds", "1"]) == 2
+    assert "error:" in capsys.readouterr().err
+    assert main(["mechanisms", "--data-option", "oops"]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
+    assert main(["mechanisms", "--seeds", "0"]) == 2
