@@ -81,13 +81,13 @@ CASES = [
     dict(method="msam", rho=0.1, lr=5 / 30, alpha=0.3, m=4),
     dict(method="msam", rho=0.2, lr=10 / 30, alpha=0.1, m=5),
     dict(method="iw1sam", rho=0.1, lr=5 / 30, alpha=0.3),
-    dict(method="gd", rho=0.1, lr=5 / 30, alpha=0.3, switch_at=150, then="1sam"),
-    dict(method="1sam", rho=0.1, lr=5 / 30, alpha=0.3, switch_at=100, then="sgd"),
+    dict(method="gd", rho=0.1, lr=5 / 30, alpha=0.3, switch_at=120, then="1sam"),
+    dict(method="1sam", rho=0.1, lr=5 / 30, alpha=0.3, switch_at=80, then="sgd"),
 ]
 
 
 def test_mixed_grid_matches_per_example_loop() -> None:
-    iters, seeds = 300, (0, 3)
+    iters, seeds = 200, (0, 3)
     cfgs = [DiagNetConfig(iters=iters, **c) for c in CASES]
     results = run_grid(cfgs, seeds)  # all methods and both seeds in one batch
     assert len(results) == len(cfgs) * len(seeds)
