@@ -71,3 +71,5 @@ register_lab(
         description="SGD vs SAM/LSAM/IW-only/LR-only: linear-probe error of the easy and the hard feature",
     )
 )
+
+from sharplab.labs.feature_quality import mechanisms as _mechanisms  # noqa: E402,F401  (registers "mechanisms")
