@@ -47,13 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "the decorrelated probe splits, and print a feature x optimizer table with the untrained baseline.",
     )
     p.add_argument("--dataset", default="toy", choices=DATASETS)
-    p.add_argument(
-        "--optimizer", type=_names, default=["sgd", "sam"], help="comma list: sgd,sam,lsam,iw-only,lr-only"
-    )
+    p.add_argument("--optimizer", type=_names, default=["sgd", "sam"], help="comma list: sgd,sam,lsam,iw-only,lr-only")
     p.add_argument("--rho", type=_floats, default=[0.05, 0.1, 0.2], help="comma list: the rho grid")
-    p.add_argument(
-        "--lr", type=_floats, default=[0.05], help="comma list: the learning-rate grid (default 0.05)"
-    )
+    p.add_argument("--lr", type=_floats, default=[0.05], help="comma list: the learning-rate grid (default 0.05)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--momentum", type=float, default=0.9)
@@ -66,7 +62,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--data-option", type=_option, action="append", default=[], metavar="KEY=VALUE",
         help="data-set loader option, repeatable (e.g. --data-option hard_dims=16)",
     )  # fmt: skip
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: 1 for the toy, torch's choice otherwise)"
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per (dataset, optimizer, seed)")
     p.add_argument("--out", default=None, help="folder for results.json, table.txt and PNG figures")
     p.add_argument("--quiet", action="store_true", help="no progress bar (also when CI is set)")
@@ -82,10 +80,11 @@ def handle(args: argparse.Namespace) -> int:
 
     if args.seeds < 1:
         raise ConfigError(f"--seeds {args.seeds} must be at least 1")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ConfigError(f"--threads {args.threads} must be at least 1")
-        torch.set_num_threads(args.threads)
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads {args.threads} must be at least 1")
+    threads = args.threads or (1 if args.dataset == "toy" else None)  # tiny toy model: threads only cost
+    if threads:
+        torch.set_num_threads(threads)
     base = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, momentum=args.momentum,
         weight_decay=args.weight_decay, model=args.model,
