@@ -106,3 +106,32 @@ def test_runner_study_and_report(tmp_path) -> None:
     assert figs and all(f.read_bytes().startswith(PNG) for f in figs)
     ref = run_grid([DiagNetConfig(method="1sam", rho=0.1, alpha=0.1, iters=300)], [0])[0]
     assert f"{ref.test_error:.4g}" in text  # the generic metrics table shows the run's test error
+
+
+def test_report_hooks_add_tables_and_figures() -> None:
+    from types import SimpleNamespace
+
+    from sharplab.labs.implicit_bias.lab import report_conv, report_diag_net, report_relu_1d
+    from sharplab.runner.report import ReportBuilder
+
+    def run(config, metrics, history=None, seed=0, status="done"):
+        return SimpleNamespace(config=config, metrics=metrics, history=history or {}, seed=seed,
+                               status=status, run_id=f"r{seed}")
+
+    b = ReportBuilder("t")
+    diag = [run({"method": m, "rho": r, "alpha": 0.1, "m": 1, "then": "none"},
+                {"test_error": 0.1 + r, "l1_norm": 1.5, "train_loss": 0.0})
+            for m, r in (("nsam", 0.0), ("1sam", 0.1))]
+    report_diag_net(diag + [run({}, {}, status="failed")], b)
+    relu = [run({"method": "gd", "rho": 0.0, "lr": 0.006}, {"train_loss": 1e-7, "kinks": 23.0})]
+    report_relu_1d(relu, b)
+    hist = {t: {"grad_norm": 1.0 / (t + 1), "loss": 0.0} for t in range(0, 100, 10)}
+    conv = [run({"method": "sam", "rho_schedule": s}, {"final_grad_norm": 0.1}, hist, seed=k)
+            for s in ("constant", "inv") for k in (0, 1)]
+    report_conv(conv, b)
+    kinds = [blk.kind for blk in b.blocks]
+    assert kinds.count("figure") == 3 and kinds.count("table") == 1
+    (table,) = [blk for blk in b.blocks if blk.kind == "table"]
+    assert table.rows == [["gd", 0.0, 0.006, 0, 1e-7, 23.0]]
+    report_conv([], b)  # nothing finished: nothing added, no error
+    assert len(b.blocks) == len(kinds)
