@@ -8,13 +8,15 @@ Programmatic use (what ``sharplab run`` + ``sharplab report`` do)::
     paths = build_report("runs/quick").write("runs/quick")   # {"html": ..., "markdown": ...}
 """
 
-from sharplab.runner.context import RunContext
-
 __all__ = ["RunContext", "RunOptions", "ReportBuilder", "ResultsStore", "build_report", "load_study",
            "run_study"]
 
 
-def __getattr__(name: str):  # lazy: `import sharplab.runner` stays light for labs that only need RunContext
+def __getattr__(name: str):  # lazy: importing the store or config modules does not load torch
+    if name == "RunContext":
+        from sharplab.runner.context import RunContext
+
+        return RunContext
     if name in ("RunOptions", "run_study"):
         from sharplab.runner import execute
 

@@ -22,7 +22,10 @@ finish the trial it is in). Several workers share a study simply by running the 
 from __future__ import annotations
 
 import os
+import random
 import socket
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,9 +125,23 @@ def make_storage(url: str) -> Any:
     elif "://" not in url:
         raise SharplabError(f"--storage {url!r} is not a database URL; use sqlite:///path.db or postgresql://...")
     try:
-        return optuna.storages.RDBStorage(url, **kwargs)
+        return _retry(lambda: optuna.storages.RDBStorage(url, **kwargs))
     except ImportError as exc:
         raise SharplabError(f"--storage {url!r} needs a database driver: {exc}".splitlines()[0]) from None
+
+
+def _retry(make: Callable[[], Any], attempts: int = 6) -> Any:
+    """Workers started together race to create the schema/study on a fresh database; the loser retries
+    and finds them in place."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    for attempt in range(attempts):
+        try:
+            return make()
+        except SQLAlchemyError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 + random.random() * (attempt + 1))
 
 
 def run_sweep(study: Study, out_dir: str | os.PathLike, trials: int, storage: str,
@@ -142,10 +159,11 @@ def run_sweep(study: Study, out_dir: str | os.PathLike, trials: int, storage: st
     out_dir = Path(out_dir)
     if (options and options.quiet) or os.environ.get("CI"):
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-    ostudy = optuna.create_study(
-        study_name=study_name or study.name, storage=make_storage(storage), direction=sweep.direction,
+    rdb = make_storage(storage)
+    ostudy = _retry(lambda: optuna.create_study(
+        study_name=study_name or study.name, storage=rdb, direction=sweep.direction,
         sampler=optuna.samplers.TPESampler(seed=sampler_seed), load_if_exists=True,
-    )
+    ))
     run_one = _in_process(out_dir, options or RunOptions())
 
     def objective(trial: optuna.Trial) -> float:
