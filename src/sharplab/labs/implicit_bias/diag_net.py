@@ -41,11 +41,12 @@ class DiagNetConfig:
     m: int = field(default=1, metadata={"min": 1, "help": "micro-batch size of msam"})
     iters: int = field(default=10_001, metadata={"min": 0, "help": "number of updates"})
     switch_at: int = field(default=0, metadata={"min": 0, "help": "updates before switching"})
-    then: str = field(default=NO_SWITCH, metadata={"help": "method after the switch, or none"})
-    n: int = field(default=20, metadata={"min": 1})
-    d: int = field(default=30, metadata={"min": 1})
-    r: int = field(default=3, metadata={"min": 1})
-    n_test: int = field(default=1000, metadata={"min": 1})
+    then: str = field(default=NO_SWITCH, metadata={"choices": [NO_SWITCH, *sorted(METHODS)],
+                                                    "help": "method after the switch, or none"})
+    n: int = field(default=20, metadata={"min": 1, "help": "training examples"})
+    d: int = field(default=30, metadata={"min": 1, "help": "dimension"})
+    r: int = field(default=3, metadata={"min": 1, "help": "support size of theta"})
+    n_test: int = field(default=1000, metadata={"min": 1, "help": "test examples"})
 
     def __post_init__(self) -> None:
         for name in (self.method,) + ((self.then,) if self.then != NO_SWITCH else ()):
