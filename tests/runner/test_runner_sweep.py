@@ -9,6 +9,7 @@ import sys
 import pytest
 from runner_testlib import write_study
 
+from sharplab.cli import main
 from sharplab.errors import ConfigError
 from sharplab.runner.config import parse_study
 from sharplab.runner.store import ResultsStore
@@ -71,7 +72,7 @@ SWEEP = """
 """
 
 
-def test_two_workers_share_one_study(tmp_path):
+def test_two_workers_share_one_study(tmp_path, capsys):
     import optuna
 
     path = write_study(tmp_path / "sweep.toml", SWEEP)
@@ -97,6 +98,6 @@ def test_two_workers_share_one_study(tmp_path):
             assert (rec.config["lr"], rec.config["rho"]) == (t.params["lr"], t.params["rho"])
 
     # the same command again: the study already holds 6 completed trials, nothing new runs
-    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-    assert again.returncode == 0 and f"{len(complete)} completed trials" in again.stdout
+    assert main(cmd[3:]) == 0
+    assert f"{len(complete)} completed trials" in capsys.readouterr().out
     assert len(optuna.load_study(study_name="shared", storage=storage).trials) == len(study.trials)
