@@ -97,6 +97,7 @@ def execute_run(out_dir: str | os.PathLike, spec: RunSpec, options: RunOptions =
     run_id = spec.run_id
     run_dir = run_dir_of(out_dir, run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
+    device = _resolve_device(cfg, local_rank)  # fails here, before the run is claimed
     main = rank == 0
     store = ResultsStore(out_dir) if main else None
     handler: logging.Handler | None = None
@@ -104,7 +105,7 @@ def execute_run(out_dir: str | os.PathLike, spec: RunSpec, options: RunOptions =
     try:
         claim = store.claim(run_id) if store is not None else "claimed"
         if world_size > 1:  # every rank must agree to start, or the others would wait in collectives forever
-            claim = _agree(claim, _resolve_device(cfg, local_rank))
+            claim = _agree(claim, device)
         if claim != "claimed":
             return claim
         if store is not None:
@@ -125,7 +126,7 @@ def execute_run(out_dir: str | os.PathLike, spec: RunSpec, options: RunOptions =
 
             writer = SummaryWriter(str(run_dir / "tensorboard"))
         on_metrics = _metrics_sink(store, run_id, writer, options.watch_pid)
-        ctx = RunContext(run_dir, seed=spec.seed, device=_resolve_device(cfg, local_rank),
+        ctx = RunContext(run_dir, seed=spec.seed, device=device,
                          quiet=options.quiet or not main, on_metrics=on_metrics, logger=logger, rank=rank,
                          world_size=world_size)
         try:
