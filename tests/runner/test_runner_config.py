@@ -38,7 +38,7 @@ def test_run_id_depends_on_resolved_values_not_spelling():
 
 @pytest.mark.parametrize("values, words", [
     ({"xx": 1.0}, ["'xx'", "did you mean 'x'", "allowed keys: x, steps, mode, flag, widths"]),
-    ({"x": 1.5}, ["x = 1.5", "out of range", "<= 1.0", ">= 0.0"]),
+    ({"x": 1.5}, ["x = 1.5", "out of range", "allowed: float in [0.0, 1.0]"]),
     ({"x": "big"}, ["x = 'big'", "wrong type", "float"]),
     ({"steps": 2.5}, ["steps = 2.5", "wrong type", "int"]),
     ({"steps": True}, ["steps = True", "wrong type"]),

@@ -215,12 +215,14 @@ def allowed(typ: Any, meta: Any) -> str:
     """Human description of what a field accepts (used in messages and ``sharplab labs NAME``)."""
     if "choices" in meta:
         return "one of " + ", ".join(repr(c) for c in meta["choices"])
-    parts = [describe_type(typ)]
+    kind = describe_type(typ)
+    if "min" in meta and "max" in meta:
+        return f"{kind} in [{meta['min']}, {meta['max']}]"
     if "min" in meta:
-        parts.append(f">= {meta['min']}")
+        return f"{kind} >= {meta['min']}"
     if "max" in meta:
-        parts.append(f"<= {meta['max']}")
-    return " ".join(parts)
+        return f"{kind} <= {meta['max']}"
+    return kind
 
 
 def check_value(name: str, value: Any, typ: Any, meta: Any) -> Any:
