@@ -119,3 +119,9 @@ def test_report_command_on_a_study(toy_study, tmp_path, capsys):
     checker = check_html((out / "report.html").read_text())
     text = " ".join(checker.text)
     assert "Toy study" in text and "6 runs: 4 done, 2 diverged" in text and "toy section: 6 runs" in text
+
+
+def test_single_seed_tables_leave_out_the_ci():
+    runs = [_run({"rho": r}, 0, {"err": r}) for r in (0.0, 0.1)]
+    table = metric_table(runs, ["err"])
+    assert table["columns"] == ["rho", "err", "seeds"] and table["rows"][1]["err"] == "0.1"

@@ -100,7 +100,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     keys = varying_keys(runs)
     metric_names = list(dict.fromkeys(k for r in runs for k in r.metrics))[:3]
-    header = ["run", "lab", "status", *keys, "seed", "epoch", *metric_names, "time", "note"]
+    header = ["run", "lab", "status", *keys, "seed", "step", *metric_names, "time", "note"]
     rows = []
     for r in runs:
         p = params(r)

@@ -82,10 +82,13 @@ def group_runs(runs: Sequence[Any], by: Sequence[str] | None = None) -> dict[tup
 
 def metric_table(runs: Sequence[Any], metrics: Sequence[str],
                  by: Sequence[str] | None = None) -> dict[str, Any]:
-    """Rows ``{key..., metric: "mean ± std", metric 95% CI: "± h", n}`` for ``ReportBuilder.add_table``."""
+    """Rows ``{key..., metric: "mean ± std", metric 95% CI: "± h", seeds}`` for ``ReportBuilder.add_table``
+    (the CI columns are left out when no group has two seeds)."""
     by = varying_keys(runs) if by is None else list(by)
+    groups = group_runs(runs, by)
+    with_ci = any(len(g) > 1 for g in groups.values())
     rows = []
-    for key, group in group_runs(runs, by).items():
+    for key, group in groups.items():
         row: dict[str, Any] = dict(zip(by, key))
         for m in metrics:
             s = summarize(r.metrics.get(m, math.nan) for r in group)
@@ -93,7 +96,8 @@ def metric_table(runs: Sequence[Any], metrics: Sequence[str],
             row[f"{m} 95% CI"] = "–" if math.isnan(s.ci95) else f"± {s.ci95:.2g}"
         row["seeds"] = len(group)
         rows.append(row)
-    columns = [*by, *[c for m in metrics for c in (m, f"{m} 95% CI")], "seeds"]
+    per_metric = (lambda m: (m, f"{m} 95% CI")) if with_ci else (lambda m: (m,))
+    columns = [*by, *[c for m in metrics for c in per_metric(m)], "seeds"]
     return {"rows": rows, "columns": columns}
 
 
