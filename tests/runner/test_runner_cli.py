@@ -103,3 +103,31 @@ def test_tensorboard_flag_without_the_package(toy_study, tmp_path, capsys):
         pytest.skip("tensorboard is installed")
     assert main(["run", str(toy_study), "--out", str(tmp_path / "o"), "--tensorboard", "--quiet"]) == 2
     assert "pip install 'sharplab[tensorboard]'" in capsys.readouterr().err
+
+
+def test_tensorboard_scalars_are_written_per_step(toy_study, tmp_path, monkeypatch):
+    """With a stand-in for torch.utils.tensorboard: every logged metric becomes a scalar at its step."""
+    import sys
+    import types
+
+    calls: list[tuple] = []
+
+    class Writer:
+        def __init__(self, logdir):
+            calls.append(("open", logdir))
+
+        def add_scalar(self, name, value, step):
+            calls.append((name, value, step))
+
+        def close(self):
+            calls.append(("close",))
+
+    fake = types.ModuleType("torch.utils.tensorboard")
+    fake.SummaryWriter = Writer
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
+    toy_study.write_text('lab = "runner-toy"\n[config]\nsteps = 2\nx = 0.5\n')
+    assert main(["run", str(toy_study), "--out", str(tmp_path / "o"), "--tensorboard", "--quiet"]) == 0
+    assert calls[0][0] == "open" and calls[0][1].endswith("tensorboard") and calls[-1] == ("close",)
+    expected = [("loss", (0.5 - 0.3) ** 2 + 1.0 / (t + 1), t + 1) for t in range(2)]
+    assert [c for c in calls if c[0] == "loss"] == [pytest.approx(e) for e in expected]
+    assert [c[2] for c in calls if c[0] == "x_seen"] == [1, 2]

@@ -130,7 +130,7 @@ def execute_run(out_dir: str | os.PathLike, spec: RunSpec, options: RunOptions =
                          quiet=options.quiet or not main, on_metrics=on_metrics, logger=logger, rank=rank,
                          world_size=world_size)
         try:
-            metrics = lab.run(cfg, ctx)
+            metrics = {k: float(v) for k, v in (lab.run(cfg, ctx) or {}).items()}
         except Diverged as exc:
             logger.warning("diverged: %s", exc)
             if store is not None:
@@ -148,7 +148,7 @@ def execute_run(out_dir: str | os.PathLike, spec: RunSpec, options: RunOptions =
             store.finish(run_id, "failed", error=message)
             return "failed"
         if store is not None:
-            store.finish(run_id, "done", metrics={k: float(v) for k, v in (metrics or {}).items()})
+            store.finish(run_id, "done", metrics=metrics)
         logger.info("done: %s", metrics)
         return "done"
     finally:
