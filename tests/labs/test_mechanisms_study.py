@@ -39,7 +39,7 @@ def toy_result():
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        yield run_mechanisms(MechanismsConfig(**SMALL), seed=0)
+        yield run_mechanisms(MechanismsConfig(ablation="lr-only", **SMALL), seed=0)
     finally:
         torch.set_num_threads(before)
 
@@ -79,7 +79,7 @@ def test_recording_does_not_change_training(one_thread) -> None:
 
 def test_study_outputs_are_consistent(toy_result) -> None:
     res = toy_result
-    assert list(res.runs) == ["sgd", "sam", "iw-only", "lr-only"]
+    assert list(res.runs) == ["sgd", "sam", "lr-only"]
     steps_total = 2 * math.ceil(2000 / 64)
     for opt, run in res.runs.items():
         assert run.snapshot.real.sum().item() == pytest.approx(1.0)
@@ -89,12 +89,11 @@ def test_study_outputs_are_consistent(toy_result) -> None:
         assert all(0 <= r["gini_real"] < 1 and 0 <= r["gini_phantom"] < 1 for r in run.trace)
         assert 0 <= run.metrics["probe_error_hard"] <= 1, opt
     m = res.metrics
-    for abl in ("iw_only", "lr_only"):
-        hard = [m["probe_error_hard_sgd"], m["probe_error_hard_sam"], m[f"probe_error_hard_{abl}"]]
-        expected = recovered_fraction(*hard)
-        assert m[f"recovered_{abl}"] == pytest.approx(expected, nan_ok=True)
+    hard = [m["probe_error_hard_sgd"], m["probe_error_hard_sam"], m["probe_error_hard_lr_only"]]
+    assert m["recovered_lr_only"] == pytest.approx(recovered_fraction(*hard), nan_ok=True)
+    assert "recovered_iw_only" not in m
     hist = trace_history(res)
-    assert set(hist[1]) >= {"gini_real_sgd", "gini_phantom_lr_only", "ratio_real_sam", "ratio_phantom_iw_only"}
+    assert set(hist[1]) >= {"gini_real_sgd", "gini_phantom_lr_only", "ratio_real_sam", "ratio_phantom_lr_only"}
 
 
 def test_phantom_raises_the_hard_pathways_relative_weight(toy_result) -> None:
@@ -125,11 +124,11 @@ def test_runner_lab_and_report(tmp_path, one_thread) -> None:
     from sharplab.runner.report import ReportBuilder
 
     lab = get_lab("mechanisms")
-    cfg = lab.config_cls(ablation="lr-only", epochs=1, record_every=16, weight_batch=64)
+    cfg = lab.config_cls(ablation="", epochs=1, record_every=16, weight_batch=64)
     ctx = RunContext(tmp_path / "run", seed=0, quiet=True)
     metrics = lab.run(cfg, ctx)
     assert all(math.isfinite(v) for v in metrics.values())
-    assert {"probe_error_hard_sgd", "gini_phantom_sam", "probe_error_hard_lr_only"} <= set(metrics)
+    assert {"probe_error_hard_sgd", "gini_phantom_sam", "ratio_phantom_mean_sam"} <= set(metrics)
     saved = json.loads((tmp_path / "run" / "mechanisms.json").read_text())
     assert saved["metrics"]["probe_error_hard_sam"] == pytest.approx(metrics["probe_error_hard_sam"])
     for name in ("lorenz", "gini", "ratio", "ablation"):
@@ -145,7 +144,7 @@ def test_runner_lab_and_report(tmp_path, one_thread) -> None:
     kinds = [b.kind for b in builder.blocks]
     assert kinds.count("table") == 1 and kinds.count("figure") == 2
     table = builder.blocks[kinds.index("table")]
-    assert [row[0] for row in table.rows] == ["sgd", "sam", "lr-only"]
+    assert [row[0] for row in table.rows] == ["sgd", "sam"]
 
 
 def test_cli_json_figures_and_errors(tmp_path, capsys) -> None:
@@ -153,7 +152,7 @@ def test_cli_json_figures_and_errors(tmp_path, capsys) -> None:
 
     out = tmp_path / "out"
     rc = main(["mechanisms", "--dataset", "toy", "--epochs", "1", "--seeds", "1", "--ablation", "iw-only",
-               "--record-every", "16", "--weight-batch", "64", "--json", "--out", str(out), "--quiet"])
+               "--record-every", "32", "--weight-batch", "32", "--json", "--out", str(out), "--quiet"])
     assert rc == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["optimizer"] for r in lines] == ["sgd", "sam", "iw-only"]

@@ -93,7 +93,7 @@ def lorenz_curve(weights: Tensor) -> tuple[Tensor, Tensor]:
     ``x_k = k / n`` is the share of examples (sorted by increasing weight), ``y_k`` the share of total
     weight they carry.
     """
-    w = normalise(torch.as_tensor(weights, dtype=torch.float64))
+    w = normalise(torch.as_tensor(weights).detach().cpu().double())
     n = w.numel()
     if n == 0:
         raise SharplabError("cannot draw a Lorenz curve of an empty batch")

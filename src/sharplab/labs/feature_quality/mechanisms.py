@@ -105,13 +105,15 @@ class Recorder:
     trace: list[dict[str, float]] = field(default_factory=list)
 
     def measure(self, model: nn.Module, epoch: int, step: int) -> dict[str, float]:
-        snap = importance_snapshot(model, self.x, self.y, self.rho, self.perturb, self.per_example)
+        device = next(model.parameters()).device
+        x, y = self.x.to(device), self.y.to(device)
+        snap = importance_snapshot(model, x, y, self.rho, self.perturb, self.per_example)
         row = {"epoch": float(epoch), "step": float(step), "gini_real": snap.gini_real,
                "gini_phantom": snap.gini_phantom}
         if isinstance(model, PathwayNet) and {"easy", "hard"} <= set(model.names):
             row["ratio_real"] = pathway_ratio(model)
             params = None if self.perturb is None else self.perturb(model)
-            with phantom(model, self.x, self.y, self.rho, perturb=params):
+            with phantom(model, x, y, self.rho, perturb=params):
                 row["ratio_phantom"] = pathway_ratio(model)
         return row
 
@@ -152,8 +154,9 @@ def train_and_record(
     rec.trace.append(rec.measure(model, cfg.epochs, int(metrics["steps"])))
     report = probe_model(model, data, seed=seed)
     metrics = {**metrics, **{k: v for k, v in report.metrics().items() if k.startswith("probe_error")}}
-    snap = importance_snapshot(model, x, y, cfg.rho, perturb, per_example)
-    return OptimizerRun(optimizer, metrics, rec.trace, snap)
+    device = next(model.parameters()).device
+    snap = importance_snapshot(model, x.to(device), y.to(device), cfg.rho, perturb, per_example)
+    return OptimizerRun(optimizer, metrics, rec.trace, ImportanceSnapshot(snap.real.cpu(), snap.phantom.cpu()))
 
 
 def recovered_fraction(err_sgd: float, err_sam: float, err_x: float) -> float:
