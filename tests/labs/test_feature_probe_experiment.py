@@ -16,6 +16,7 @@ from sharplab.runner.context import RunContext
 from sharplab.runner.report import ReportBuilder
 
 SMALL_TOY = {"n_train": 400, "n_val": 100, "n_test": 200, "n_probe_train": 400, "n_probe_test": 400}
+SMALL_TOY_TEXT = ",".join(f"{k}={v}" for k, v in SMALL_TOY.items())
 
 
 @pytest.fixture(autouse=True)
@@ -110,7 +111,7 @@ def test_cli_rejects_unknown_optimizer(capsys):
 def test_lab_run_and_report_section(tmp_path):
     recs = []
     for opt in ("untrained", "sgd", "sam"):
-        cfg = FeatureQualityConfig(dataset="toy", optimizer=opt, rho=0.1, epochs=2, data_options=SMALL_TOY)
+        cfg = FeatureQualityConfig(dataset="toy", optimizer=opt, rho=0.1, epochs=2, data_options=SMALL_TOY_TEXT)
         ctx = RunContext(tmp_path / opt, seed=0, quiet=True)
         metrics = run(cfg, ctx)
         assert {"probe_error_easy", "probe_error_hard", "test_error"} <= set(metrics)

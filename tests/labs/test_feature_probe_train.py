@@ -138,7 +138,8 @@ def test_pathway_net_features_and_weights_by_hand():
     w = pathway_weights(net)
     torch.testing.assert_close(w["easy"], net.head.weight[:, :1])
     torch.testing.assert_close(w["hard"], net.head.weight[:, 1:2])
-    assert pathway_ratio(net) == pytest.approx(float(net.head.weight[:, 1].norm() / net.head.weight[:, 0].norm()))
+    v = net.head.weight.detach()
+    assert pathway_ratio(net) == pytest.approx(float(v[:, 1].norm() / v[:, 0].norm()))
     # the input coordinates outside a pathway never reach it
     x2 = x.clone()
     x2[:, 3:] += 100.0

@@ -26,15 +26,12 @@ def _names(text: str) -> list[str]:
 
 
 def _option(text: str) -> tuple[str, Any]:
+    from sharplab.labs.feature_quality.experiment import parse_value
+
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE (e.g. hard_dims=16)")
-    for cast in (int, float):
-        try:
-            return key.strip(), cast(value)
-        except ValueError:
-            pass
-    return key.strip(), {"true": True, "false": False}.get(value.lower(), value)
+    return key.strip(), parse_value(value)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

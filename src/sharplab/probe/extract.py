@@ -52,9 +52,7 @@ def predict(
     was_training = model.training
     model.eval()
     try:
-        preds = [
-            model(x[i : i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)
-        ]
+        preds = [model(x[i : i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)]
     finally:
         model.train(was_training)
     return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)

@@ -14,13 +14,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sharplab.labs.feature_quality.experiment import DATASETS, UNTRAINED, load_data, run_one
+from sharplab.labs.feature_quality.experiment import DATASETS, UNTRAINED, load_data, parse_options, run_one
 from sharplab.labs.feature_quality.report import report
 from sharplab.labs.feature_quality.train import OPTIMIZERS, TrainConfig, make_model, train
 from sharplab.labs.registry import Lab, register_lab
 from sharplab.runner.context import RunContext
 
 __all__ = ["FeatureQualityConfig", "TrainConfig", "make_model", "run", "train"]
+
+
+# metrics a run returns to the runner, besides probe_error_<feature> (the CLI's JSON has more)
+RUN_METRICS = ("test_error", "worst_group_error", "val_error", "val_loss", "train_loss", "v_hard_over_v_easy")
 
 
 @dataclass(frozen=True)
@@ -37,12 +41,12 @@ class FeatureQualityConfig:
     weight_decay: float = field(default=5e-4, metadata={"min": 0.0})
     epochs: int = field(default=10, metadata={"min": 0})
     batch_size: int = field(default=128, metadata={"min": 1})
-    model: str = field(
-        default="auto", metadata={"choices": ["auto", "pathway", "small-cnn", "mlp", "preact-resnet18"]}
-    )
+    model: str = field(default="auto", metadata={"choices": ["auto", "pathway", "small-cnn", "mlp", "preact-resnet18"]})
     data_seed: int = field(default=0, metadata={"min": 0, "help": "seed of the data split (fixed over runs)"})
     root: str = field(default="", metadata={"help": "data root ('' = $SHARPLAB_DATA / offline sources)"})
-    data_options: dict = field(default_factory=dict, metadata={"help": "options of the data set loader"})
+    data_options: str = field(
+        default="", metadata={"help": "data set loader options, e.g. 'hard_dims=16,margin_hard=0.05'"}
+    )
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(
@@ -54,12 +58,13 @@ class FeatureQualityConfig:
 def run(cfg: FeatureQualityConfig, ctx: RunContext) -> dict[str, float]:
     """Train with ``cfg`` (or not, for ``optimizer = "untrained"``), then probe both features."""
     data = load_data(
-        cfg.dataset, root=cfg.root or None, data_seed=cfg.data_seed, options=dict(cfg.data_options)
+        cfg.dataset, root=cfg.root or None, data_seed=cfg.data_seed, options=parse_options(cfg.data_options)
     )
     train_cfg = None if cfg.optimizer == UNTRAINED else cfg.train_config()
     metrics = run_one(data, train_cfg, seed=ctx.seed, ctx=ctx)
-    ctx.log_metrics(max(cfg.epochs, 0) + 1, {k: v for k, v in metrics.items() if k.startswith("probe_error")})
-    return metrics
+    final = {k: v for k, v in metrics.items() if k in RUN_METRICS or k.startswith("probe_error_")}
+    ctx.log_metrics(cfg.epochs + 1, {k: v for k, v in final.items() if k.startswith("probe_error_")})
+    return final
 
 
 register_lab(

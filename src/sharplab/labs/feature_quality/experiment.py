@@ -40,6 +40,27 @@ DATA_DEFAULTS: dict[str, dict[str, Any]] = {"toy": {"hard_dims": 16, "margin_har
 _CACHE: dict[str, Any] = {}
 
 
+def parse_value(text: str) -> Any:
+    """``"16"`` -> 16, ``"0.1"`` -> 0.1, ``"true"`` -> True, anything else stays a string."""
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.strip().lower(), text.strip())
+
+
+def parse_options(text: str) -> dict[str, Any]:
+    """``"hard_dims=16,margin_hard=0.05"`` -> ``{"hard_dims": 16, "margin_hard": 0.05}``."""
+    out: dict[str, Any] = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"data option {item!r} is not KEY=VALUE; write e.g. 'hard_dims=16,margin_hard=0.05'")
+        out[key.strip()] = parse_value(value)
+    return out
+
+
 def load_data(dataset: str, *, root: str | None = None, data_seed: int = 0, options: dict | None = None):
     """``load_two_feature`` with the lab's defaults (:data:`DATA_DEFAULTS`); the last load is cached."""
     from sharplab.data import load_two_feature
@@ -81,9 +102,7 @@ def probe_trained(model: Any, data: Any, *, seed: int) -> dict[str, float]:
     return out
 
 
-def run_one(
-    data: Any, cfg: TrainConfig | None, *, seed: int, ctx: RunContext | None = None
-) -> dict[str, float]:
+def run_one(data: Any, cfg: TrainConfig | None, *, seed: int, ctx: RunContext | None = None) -> dict[str, float]:
     """Train (``cfg`` None: leave untrained) and probe one model; metrics include val/test error."""
     t0 = time.perf_counter()
     model = make_model(data, cfg.model if cfg else "auto", seed=seed)

@@ -53,12 +53,15 @@ def summary_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     for (ds, opt, _, _), rs in groups.items():
         if opt == "untrained":
             base[ds] = {
-                m: mean_std(r.get(m, math.nan) for r in rs)[0]
-                for m in ("probe_error_easy", "probe_error_hard")
+                m: mean_std(r.get(m, math.nan) for r in rs)[0] for m in ("probe_error_easy", "probe_error_hard")
             }
     rows = []
     for (ds, opt, rho, lr), rs in groups.items():
-        row: dict[str, Any] = {"dataset": ds, "optimizer": opt, "rho": rho, "lr": lr, "seeds": len(rs)}
+        plain = opt in ("sgd", "untrained")
+        row: dict[str, Any] = {
+            "dataset": ds, "optimizer": opt, "rho": "-" if plain else rho,
+            "lr": "-" if opt == "untrained" else lr, "seeds": len(rs),
+        }  # fmt: skip
         for metric, _ in FEATURE_ROWS:
             m, s, n = mean_std(r.get(metric, math.nan) for r in rs)
             if n or metric != "worst_group_error":
@@ -74,9 +77,7 @@ def summary_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def format_table(records: Sequence[dict[str, Any]], title: str = "") -> str:
     """Plain-text table, feature x optimizer (mean ± std over seeds, in %)."""
     groups = group(records)
-    cols = [
-        f"{opt}" + (f" rho={rho:g}" if opt not in ("sgd", "untrained") else "") for (_, opt, rho, _) in groups
-    ]
+    cols = [f"{opt}" + (f" rho={rho:g}" if opt not in ("sgd", "untrained") else "") for (_, opt, rho, _) in groups]
     lines: list[list[str]] = [
         ["", *cols],
         ["lr", *[f"{lr:g}" if opt != "untrained" else "-" for (_, opt, _, lr) in groups]],
@@ -108,9 +109,7 @@ def plot_probe_errors(records: Sequence[dict[str, Any]], title: str = "") -> Any
     """Grouped bars: probe error of each feature per optimizer (mean ± std over seeds)."""
     plt = _pyplot()
     groups = group(records)
-    labels = [
-        opt + (f"\nrho={rho:g}" if opt not in ("sgd", "untrained") else "") for (_, opt, rho, _) in groups
-    ]
+    labels = [opt + (f"\nrho={rho:g}" if opt not in ("sgd", "untrained") else "") for (_, opt, rho, _) in groups]
     fig, ax = plt.subplots(figsize=(max(4.5, 1.3 * len(groups) + 1.5), 3.6))
     x = np.arange(len(groups))
     for i, (feat, color) in enumerate((("easy", "tab:blue"), ("hard", "tab:red"))):

@@ -103,9 +103,7 @@ def make_model(data: Any, model_name: str = "auto", seed: int = 0) -> nn.Module:
         torch.manual_seed(seed)
         if name == "pathway":
             if not pathways:
-                raise ConfigError(
-                    f"model 'pathway' needs meta['easy_dims'] (the toy); {data.name!r} has none"
-                )
+                raise ConfigError(f"model 'pathway' needs meta['easy_dims'] (the toy); {data.name!r} has none")
             return PathwayNet(pathways, k)
         if name == "small-cnn":
             if len(shape) != 3:
@@ -119,9 +117,7 @@ def make_model(data: Any, model_name: str = "auto", seed: int = 0) -> nn.Module:
 
 
 @torch.no_grad()
-def evaluate(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024
-) -> tuple[float, float]:
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> tuple[float, float]:
     """(mean cross-entropy, error rate) of ``model`` on ``(x, y)`` in eval mode; the mode is restored."""
     if len(y) == 0:
         return float("nan"), float("nan")
@@ -174,9 +170,7 @@ def train(
     n = len(y)
     order = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    base = torch.optim.SGD(
-        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-    )
+    base = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     start_epoch, step, train_loss = 0, 0, float("nan")
     state = ctx.load_checkpoint() if ctx is not None else None
     if state is not None:
@@ -218,9 +212,7 @@ def train(
             val_loss, val_error = evaluate(model, data.splits["val"].x, data.splits["val"].y)
             bar.set_postfix(loss=f"{train_loss:.3g}", val_err=f"{val_error:.3g}")
             if ctx is not None:
-                ctx.log_metrics(
-                    epoch + 1, {"train_loss": train_loss, "val_loss": val_loss, "val_error": val_error}
-                )
+                ctx.log_metrics(epoch + 1, {"train_loss": train_loss, "val_loss": val_loss, "val_error": val_error})
                 ctx.save_checkpoint(
                     {
                         "model": model.state_dict(),
