@@ -125,3 +125,18 @@ def test_single_seed_tables_leave_out_the_ci():
     runs = [_run({"rho": r}, 0, {"err": r}) for r in (0.0, 0.1)]
     table = metric_table(runs, ["err"])
     assert table["columns"] == ["rho", "err", "seeds"] and table["rows"][1]["err"] == "0.1"
+
+
+def test_plots_show_the_group_means():
+    from sharplab.runner.aggregate import plot_history, plot_metric_vs
+
+    runs = [_run({"rho": r, "opt": o}, s, {"err": r + s + (o == "sgd")}, {1: {"err": 2.0 * s}, 2: {"err": s}})
+            for r in (0.0, 0.1) for o in ("sam", "sgd") for s in (0, 1)]
+    ax = plot_metric_vs(runs, "err", x="rho").axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["opt=sam", "opt=sgd"]
+    for container, offset in zip(ax.containers, (0.0, 1.0)):
+        line = container.lines[0]
+        assert list(line.get_xdata()) == [0.0, 0.1]
+        assert list(line.get_ydata()) == pytest.approx([0.5 + offset, 0.6 + offset])  # mean over seeds 0, 1
+    hist = plot_history(runs, "err").axes[0]
+    assert [list(line.get_ydata()) for line in hist.lines] == [[1.0, 0.5]] * 4

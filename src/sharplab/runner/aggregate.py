@@ -101,6 +101,23 @@ def metric_table(runs: Sequence[Any], metrics: Sequence[str],
     return {"rows": rows, "columns": columns}
 
 
+def _axes() -> tuple[Any, Any]:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.5, 3.6))
+    return fig, fig.add_subplot()
+
+
+def _finish(fig: Any, ax: Any, xlabel: str, ylabel: str, legend: bool) -> Any:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if legend:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def _label(keys: Sequence[str], values: tuple) -> str:
     return ", ".join(f"{k}={v}" for k, v in zip(keys, values)) or "all runs"
 
@@ -108,33 +125,21 @@ def _label(keys: Sequence[str], values: tuple) -> str:
 def plot_metric_vs(runs: Sequence[Any], metric: str, x: str, by: Sequence[str] | None = None):
     """A figure of ``metric`` (mean, 95% CI error bars) against config key ``x``, one line per group of
     the other varying keys."""
-    from matplotlib.figure import Figure
-
     by = [k for k in (varying_keys(runs) if by is None else by) if k != x]
-    fig = Figure(figsize=(5.5, 3.6))
-    ax = fig.add_subplot()
+    fig, ax = _axes()
     for key, group in group_runs(runs, by).items():
         xs = sorted({params(r).get(x) for r in group}, key=lambda v: (v is None, v))
         stats = [summarize(r.metrics.get(metric, math.nan) for r in group if params(r).get(x) == v)
                  for v in xs]
         ax.errorbar(xs, [s.mean for s in stats], yerr=[0 if math.isnan(s.ci95) else s.ci95 for s in stats],
                     marker="o", capsize=3, label=_label(by, key))
-    ax.set_xlabel(x)
-    ax.set_ylabel(metric)
-    ax.grid(alpha=0.3)
-    if by:
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, x, metric, legend=bool(by))
 
 
 def plot_history(runs: Sequence[Any], metric: str, by: Sequence[str] | None = None):
     """Per-epoch ``metric`` (mean over seeds, shaded 95% CI), one line per group."""
-    from matplotlib.figure import Figure
-
     by = varying_keys(runs) if by is None else list(by)
-    fig = Figure(figsize=(5.5, 3.6))
-    ax = fig.add_subplot()
+    fig, ax = _axes()
     for key, group in group_runs(runs, by).items():
         steps = sorted({s for r in group for s in r.history if metric in r.history[s]})
         stats = [summarize(r.history.get(s, {}).get(metric, math.nan) for r in group) for s in steps]
@@ -142,10 +147,4 @@ def plot_history(runs: Sequence[Any], metric: str, by: Sequence[str] | None = No
         half = np.array([0 if math.isnan(s.ci95) else s.ci95 for s in stats])
         (line,) = ax.plot(steps, mean, label=_label(by, key))
         ax.fill_between(steps, mean - half, mean + half, alpha=0.2, color=line.get_color())
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(metric)
-    ax.grid(alpha=0.3)
-    if by:
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, "epoch", metric, legend=bool(by))
