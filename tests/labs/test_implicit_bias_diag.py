@@ -8,7 +8,7 @@ import pytest
 
 from sharplab.errors import ConfigError, SharplabError
 from sharplab.labs.implicit_bias import DiagNetConfig, expand_grid, make_data, run_grid
-from sharplab.labs.implicit_bias.diag_net import step_gradients
+from sharplab.labs.implicit_bias.diag_net import micro_batch_groups, step_gradients
 
 
 def reference_run(method: str, rho: float, lr: float, alpha: float, iters: int, seed: int = 0,
@@ -122,11 +122,9 @@ def _grad_fd(f, u, v, h=1e-6):
 
 def _kernel(X, y, u, v, s, full, groups):
     n = len(y)
-    G = np.zeros((1, n, n))
-    for start in range(0, n, groups):
-        G[0, start:start + groups, start:start + groups] = 1
-    return step_gradients(u[None], v[None], X[None], y[None], np.array([[s]]), np.array([[float(full)]]),
-                          G, np.full((1, n), 1 / n))
+    S = np.array([[s]])
+    return step_gradients(u[None], v[None], X[None], y[None], S, np.array([[float(full)]]),
+                          micro_batch_groups(np.array([groups]), S), np.full((1, n), 1 / n))
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 6])

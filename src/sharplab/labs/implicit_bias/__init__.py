@@ -28,10 +28,10 @@ from sharplab.labs.implicit_bias.diag_net import (
     DiagNetConfig,
     DiagNetData,
     DiagNetResult,
-    diag_net,
     expand_grid,
     make_data,
     run_grid,
+    train_diag_net,
 )
 from sharplab.labs.implicit_bias.methods import METHODS, MethodSpec, get_method
 from sharplab.labs.implicit_bias.relu1d import (
@@ -48,6 +48,6 @@ from sharplab.labs.implicit_bias.relu1d import (
 __all__ = [
     "METHODS", "X_POINTS", "Y_POINTS", "ConvergenceConfig", "ConvergenceResult", "DiagNetConfig",
     "DiagNetData", "DiagNetResult", "MethodSpec", "Relu1dConfig", "Relu1dResult", "compare", "count_kinks",
-    "default_study", "diag_net", "expand_grid", "get_method", "make_data", "make_network", "make_problem",
+    "default_study", "train_diag_net", "expand_grid", "get_method", "make_data", "make_network", "make_problem",
     "run_convergence", "run_grid", "train_relu_1d",
 ]

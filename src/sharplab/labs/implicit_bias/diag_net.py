@@ -174,17 +174,15 @@ def _phase_arrays(cfgs: Sequence[DiagNetConfig], phase: int) -> dict[str, np.nda
     C, n = len(cfgs), cfgs[0].n
     S = np.zeros((C, 1))
     F = np.zeros((C, 1))
-    G = np.zeros((C, n, n))
+    M = np.ones(C, dtype=int)
     stoch = np.zeros(C, dtype=bool)
     for c, cfg in enumerate(cfgs):
         spec = get_method(cfg.phases[phase])
         S[c] = spec.scale(cfg.rho, n, cfg.m)
         F[c] = 1.0 if spec.full_jacobian else 0.0
-        size = spec.group(n, cfg.m)
-        for start in range(0, n, size):
-            G[c, start:start + size, start:start + size] = 1.0
+        M[c] = spec.group(n, cfg.m)
         stoch[c] = spec.stochastic
-    return {"S": S, "F": F, "G": G, "stoch": stoch}
+    return {"S": S, "F": F, "M": M, "stoch": stoch}
 
 
 def _run_batch(pairs: Sequence[tuple[DiagNetConfig, int]], record_every: int,
@@ -193,17 +191,20 @@ def _run_batch(pairs: Sequence[tuple[DiagNetConfig, int]], record_every: int,
     c0 = cfgs[0]
     n, d, iters = c0.n, c0.d, c0.iters
     C = len(pairs)
-    datas = {(s, c.r): make_data(s, n, d, c.r, c.n_test) for c, s in pairs}
+    datas: dict[tuple[int, int], DiagNetData] = {}
+    for c, s in pairs:
+        if (s, c.r) not in datas:
+            datas[(s, c.r)] = make_data(s, n, d, c.r, c.n_test)
     data = [datas[(s, c.r)] for c, s in pairs]
-    same = len(datas) == 1
-    X = data[0].X[None] if same else np.stack([D.X for D in data])  # (C|1, n, d)
+    shared = data[0].X if len(datas) == 1 else None
+    X = np.stack([D.X for D in data])  # (C, n, d), contiguous: fast elementwise products
     Y = np.stack([D.y for D in data])  # (C, n)
-    XT = np.swapaxes(X, 1, 2)
     LR = np.array([[c.lr] for c in cfgs])
     U = np.array([[c.alpha] for c in cfgs]) * np.ones((C, d))
     V = np.zeros((C, d))
     phases = [_phase_arrays(cfgs, 0), _phase_arrays(cfgs, 1)]
     cur = {k: v.copy() for k, v in phases[0].items()}
+    groups = micro_batch_groups(cur["M"], cur["S"])
     switch = {}
     for c, cfg in enumerate(cfgs):
         if cfg.phases[0] != cfg.phases[1] and cfg.switch_at < iters:
@@ -241,9 +242,10 @@ def _run_batch(pairs: Sequence[tuple[DiagNetConfig, int]], record_every: int,
             snapshot(0)
         for t in range(iters):
             if t in switch:
-                for k in ("S", "F", "G", "stoch"):
+                for k in ("S", "F", "M", "stoch"):
                     cur[k][switch[t]] = phases[1][k][switch[t]]
-            gU, gV = step_gradients(U, V, X, Y, cur["S"], cur["F"], cur["G"], weights(t), XT)
+                groups = micro_batch_groups(cur["M"], cur["S"])
+            gU, gV = step_gradients(U, V, X, Y, cur["S"], cur["F"], groups, weights(t), shared)
             U = U - LR * gU
             V = V - LR * gV
             if record_every and (t + 1) % record_every == 0:
@@ -267,28 +269,45 @@ def _run_batch(pairs: Sequence[tuple[DiagNetConfig, int]], record_every: int,
     return out
 
 
+def micro_batch_groups(sizes: np.ndarray, S: np.ndarray) -> list[tuple[np.ndarray, int]]:
+    """``[(rows, m)]`` for the rows whose ascent (``S != 0``) sums over micro-batches of size ``m > 1``."""
+    active = S[:, 0] != 0
+    return [(np.flatnonzero(active & (sizes == m)), int(m)) for m in np.unique(sizes[active]) if m > 1]
+
+
 def step_gradients(U: np.ndarray, V: np.ndarray, X: np.ndarray, Y: np.ndarray, S: np.ndarray,
-                   F: np.ndarray, G: np.ndarray, W: np.ndarray,
-                   XT: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   F: np.ndarray, groups: Sequence[tuple[np.ndarray, int]], W: np.ndarray,
+                   shared: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The kernel's descent direction ``(g_u, g_v)`` for a batch of C configurations (see :mod:`.methods`).
 
-    Shapes: ``U, V (C, d)``, ``X (C|1, n, d)``, ``Y (C, n)``, ascent scale ``S (C, 1)``, full-Jacobian
-    flag ``F (C, 1)``, micro-batch indicator ``G (C, n, n)``, example weights ``W (C, n)``.
+    Shapes: ``U, V (C, d)``, ``X (C, n, d)`` (contiguous), ``Y (C, n)``, ascent scale ``S (C, 1)``,
+    full-Jacobian flag ``F (C, 1)``, example weights ``W (C, n)``; ``groups`` lists ``(rows, m)`` whose
+    micro-batches have ``m > 1`` consecutive examples (:func:`micro_batch_groups`; other rows: ``m = 1``).
+    ``shared``: the ``(n, d)`` matrix when every row has the same data (products become single GEMMs).
     """
-    if XT is None:
-        XT = np.swapaxes(X, 1, 2)
+
+    def xdot(M: np.ndarray) -> np.ndarray:  # (C, d) -> (C, n): x_k . m_c
+        return M @ shared.T if shared is not None else (X @ M[:, :, None])[:, :, 0]
+
+    def xsum(Q: np.ndarray) -> np.ndarray:  # (C, n) -> (C, d): sum_k q_ck x_k
+        return Q @ shared if shared is not None else (Q[:, None, :] @ X)[:, 0, :]
+
     B = U * V
-    R = (X @ B[:, :, None])[:, :, 0] - Y  # (C, n) residuals at w
+    R = xdot(B) - Y  # (C, n) residuals at w
     if not S.any():
-        g1 = (XT @ (W * R)[:, :, None])[:, :, 0]
+        g1 = xsum(W * R)
         return V * g1, U * g1
-    A = (G * R[:, None, :]) @ X  # (C, n, d): a_k = sum_{j in B(k)} r_j x_j
+    A = R[:, :, None] * X  # (C, n, d): a_k = sum_{j in B(k)} r_j x_j, here for m = 1
+    C, n, d = A.shape
+    for rows, m in groups:  # block sums over consecutive micro-batches, broadcast back to each example
+        blocks = A[rows].reshape(len(rows), n // m, m, d).sum(axis=2, keepdims=True)
+        A[rows] = np.broadcast_to(blocks, (len(rows), n // m, m, d)).reshape(len(rows), n, d)
     AX = A * X
     H = U * U + V * V
     # r~_k = x_k . (u~_k v~_k) - y_k with u~_k v~_k = uv + s a_k (u^2 + v^2) + s^2 a_k^2 uv
     Rt = R + S * (AX @ H[:, :, None])[:, :, 0] + (S * S) * ((AX * A) @ B[:, :, None])[:, :, 0]
     WR = W * Rt
-    g1 = (XT @ WR[:, :, None])[:, :, 0]  # sum_k w_k r~_k x_k
+    g1 = xsum(WR)  # sum_k w_k r~_k x_k
     g2 = (WR[:, None, :] @ AX)[:, 0, :]  # sum_k w_k r~_k x_k a_k
     FS = F * S
     return V * g1 + FS * U * g2, U * g1 + FS * V * g2
@@ -308,7 +327,7 @@ def _errors(B: np.ndarray, data: Sequence[DiagNetData], *, test: bool) -> np.nda
     return out
 
 
-def diag_net(method: str = "1sam", rho: float = 0.0, lr: float = 5.0 / 30, alpha: float = 0.1,
+def train_diag_net(method: str = "1sam", rho: float = 0.0, lr: float = 5.0 / 30, alpha: float = 0.1,
              seed: int = 0, record_every: int = 0, **kwargs) -> DiagNetResult:
     """Train one configuration (notebook convenience around :func:`run_grid`)."""
     cfg = DiagNetConfig(method=method, rho=rho, lr=lr, alpha=alpha, **kwargs)
