@@ -141,7 +141,7 @@ def _retry(make: Callable[[], Any], attempts: int = 6) -> Any:
         except SQLAlchemyError:
             if attempt == attempts - 1:
                 raise
-            time.sleep(0.2 + random.random() * (attempt + 1))
+            time.sleep(0.05 + 0.25 * random.random() * (attempt + 1))
 
 
 def run_sweep(study: Study, out_dir: str | os.PathLike, trials: int, storage: str,
