@@ -94,7 +94,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from sharplab.runner.store import ResultsStore, status_line
 
     with ResultsStore(args.out, create=False) as store:
-        runs = store.runs()
+        runs = store.runs(history=False)
     if not runs:
         print(f"no runs in {args.out}")
         return 0
