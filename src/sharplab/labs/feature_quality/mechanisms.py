@@ -151,7 +151,8 @@ def train_and_record(
     rec = Recorder(x, y, cfg.rho, perturb, cfg.record_every, per_example)
     model = make_model(data, "auto", seed)
     metrics = train(model, data, cfg.train_config(optimizer), seed=seed, ctx=ctx, callback=rec)
-    rec.trace.append(rec.measure(model, cfg.epochs, int(metrics["steps"])))
+    if not rec.trace or rec.trace[-1]["step"] != metrics["steps"]:  # always end on the final checkpoint
+        rec.trace.append(rec.measure(model, cfg.epochs, int(metrics["steps"])))
     report = probe_model(model, data, seed=seed)
     metrics = {**metrics, **{k: v for k, v in report.metrics().items() if k.startswith("probe_error")}}
     device = next(model.parameters()).device
