@@ -126,28 +126,37 @@ def plot_probe_errors(records: Sequence[dict[str, Any]], title: str = "") -> Any
 
 
 def plot_rho_sweep(records: Sequence[dict[str, Any]], title: str = "") -> Any | None:
-    """Per optimizer, test error (x) vs hard-feature probe error (y) over rho; None without a sweep."""
+    """Left: hard-feature probe error vs rho per optimizer (SGD as a line); right: in-distribution test
+    error (x) vs hard-feature probe error (y), points labelled by rho. None without a rho sweep."""
     plt = _pyplot()
     by_opt: dict[str, dict[float, list[dict[str, Any]]]] = {}
     for (_, opt, rho, _), rs in group(records).items():
         by_opt.setdefault(opt, {}).setdefault(rho, []).extend(rs)
     if not any(len(v) > 1 for o, v in by_opt.items() if o not in ("sgd", "untrained")):
         return None
-    fig, ax = plt.subplots(figsize=(5.2, 3.8))
-    for opt, per_rho in by_opt.items():
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for i, (opt, per_rho) in enumerate(by_opt.items()):
         if opt == "untrained":
             continue
         rhos = sorted(per_rho)
+        stats = [mean_std(r.get("probe_error_hard", math.nan) for r in per_rho[rho]) for rho in rhos]
+        ys = [100 * m for m, _, _ in stats]
         xs = [100 * mean_std(r.get("test_error", math.nan) for r in per_rho[rho])[0] for rho in rhos]
-        ys = [100 * mean_std(r.get("probe_error_hard", math.nan) for r in per_rho[rho])[0] for rho in rhos]
-        ax.plot(xs, ys, "o-" if len(rhos) > 1 else "s", label=opt)
+        if opt == "sgd":
+            ax0.axhline(ys[0], color="k", ls="--", lw=1, label="sgd")
+            ax1.plot(xs, ys, "ks", label="sgd")
+            continue
+        errs = [100 * s if math.isfinite(s) else 0.0 for _, s, _ in stats]
+        ax0.errorbar(rhos, ys, yerr=errs, fmt="o-", capsize=3, color=f"C{i}", label=opt)
+        ax1.plot(xs, ys, "o-", color=f"C{i}", label=opt)
         for xv, yv, rho in zip(xs, ys, rhos):
-            if opt != "sgd":
-                ax.annotate(f"{rho:g}", (xv, yv), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel("in-distribution test error (%)")
-    ax.set_ylabel("hard-feature probe error (%)")
-    ax.set_title(title or "rho sweep (labels: rho)", fontsize=10)
-    ax.legend(fontsize=8)
+            ax1.annotate(f"{rho:g}", (xv, yv), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax0.set_xlabel("rho")
+    ax0.set_ylabel("hard-feature probe error (%)")
+    ax1.set_xlabel("in-distribution test error (%)")
+    ax1.set_ylabel("hard-feature probe error (%)")
+    ax0.legend(fontsize=8)
+    fig.suptitle(title or "rho sweep (right: labels are rho)", fontsize=10)
     fig.tight_layout()
     return fig
 
