@@ -59,9 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--data-option", type=_option, action="append", default=[], metavar="KEY=VALUE",
         help="data-set loader option, repeatable (e.g. --data-option hard_dims=16)",
     )  # fmt: skip
-    p.add_argument(
-        "--threads", type=int, default=None, help="torch threads (default: 1 for the toy, torch's choice otherwise)"
-    )
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1; see docs/feature_quality.md)")
     p.add_argument("--json", action="store_true", help="one JSON object per (dataset, optimizer, seed)")
     p.add_argument("--out", default=None, help="folder for results.json, table.txt and PNG figures")
     p.add_argument("--quiet", action="store_true", help="no progress bar (also when CI is set)")
@@ -77,11 +75,9 @@ def handle(args: argparse.Namespace) -> int:
 
     if args.seeds < 1:
         raise ConfigError(f"--seeds {args.seeds} must be at least 1")
-    if args.threads is not None and args.threads < 1:
+    if args.threads < 1:
         raise ConfigError(f"--threads {args.threads} must be at least 1")
-    threads = args.threads or (1 if args.dataset == "toy" else None)  # tiny toy model: threads only cost
-    if threads:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(args.threads)  # default 1: measured, extra intra-op threads cost more than they gain
     base = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, momentum=args.momentum,
         weight_decay=args.weight_decay, model=args.model,
