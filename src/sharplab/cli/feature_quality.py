@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--dataset", default="toy", choices=DATASETS)
     p.add_argument("--optimizer", type=_names, default=["sgd", "sam"], help="comma list: sgd,sam,lsam,iw-only,lr-only")
-    p.add_argument("--rho", type=_floats, default=[0.05, 0.1, 0.2], help="comma list: the rho grid")
+    p.add_argument("--rho", type=_floats, default=[0.05, 0.1, 0.2], help="rho grid (default 0.05,0.1,0.2)")
     p.add_argument("--lr", type=_floats, default=[0.05], help="comma list: the learning-rate grid (default 0.05)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=128)
