@@ -5,8 +5,6 @@ import torch
 
 from sharplab.optim import RULES, SAM, MultiStep, make_rule
 
-torch.set_default_dtype(torch.float64)
-
 
 @pytest.mark.parametrize("rule", RULES.names() + ["sam-x3"])
 def test_every_rule_converges_on_a_quadratic(rule):

@@ -13,8 +13,6 @@ from sharplab.errors import Diverged, SharplabError
 from sharplab.models import SmallCNN
 from sharplab.optim import RandomRule, last_layer_params, sam_grad
 
-torch.set_default_dtype(torch.float64)
-
 
 def mlp(seed=0, dropout=0.0):
     torch.manual_seed(seed)

@@ -11,8 +11,6 @@ from torch import nn
 from sharplab.errors import Diverged, SharplabError
 from sharplab.optim import SAM, sam_grad
 
-torch.set_default_dtype(torch.float64)
-
 
 def bn_net(seed=0):
     torch.manual_seed(seed)
