@@ -150,6 +150,15 @@ def test_runner_lab_and_report(tmp_path, one_thread) -> None:
 def test_cli_json_figures_and_errors(tmp_path, capsys) -> None:
     from sharplab.cli import main
 
+    threads = torch.get_num_threads()  # the command sets its own thread count; restore it for other tests
+    try:
+        _cli_checks(tmp_path, capsys, main)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _cli_checks(tmp_path, capsys, main) -> None:
+
     out = tmp_path / "out"
     rc = main(["mechanisms", "--dataset", "toy", "--epochs", "1", "--seeds", "1", "--ablation", "iw-only",
                "--record-every", "32", "--weight-batch", "32", "--json", "--out", str(out), "--quiet"])
