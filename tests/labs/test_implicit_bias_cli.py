@@ -130,8 +130,9 @@ def test_report_hooks_add_tables_and_figures() -> None:
             for s in ("constant", "inv") for k in (0, 1)]
     report_conv(conv, b)
     kinds = [blk.kind for blk in b.blocks]
-    assert kinds.count("figure") == 3 and kinds.count("table") == 1
-    (table,) = [blk for blk in b.blocks if blk.kind == "table"]
+    assert kinds.count("figure") == 3 and kinds.count("table") == 2  # diag-net metrics table + ReLU kinks
+    diag_table, table = [blk for blk in b.blocks if blk.kind == "table"]
+    assert len(diag_table.rows) == 2  # one row per (method, rho)
     assert table.rows == [["gd", 0.0, 0.006, 0, 1e-7, 23.0]]
     report_conv([], b)  # nothing finished: nothing added, no error
     assert len(b.blocks) == len(kinds)

@@ -40,7 +40,10 @@ def toy_run(cfg: ToyConfig, ctx) -> dict[str, float]:
 
 
 def toy_report(runs, builder) -> None:
+    from sharplab.runner.report import add_metric_table
+
     builder.add_text(f"toy section: {len(runs)} runs")
+    add_metric_table(builder, "runner-toy", runs)
 
 
 if "runner-toy" not in LABS:

@@ -140,3 +140,13 @@ def test_plots_show_the_group_means():
         assert list(line.get_ydata()) == pytest.approx([0.5 + offset, 0.6 + offset])  # mean over seeds 0, 1
     hist = plot_history(runs, "err").axes[0]
     assert [list(line.get_ydata()) for line in hist.lines] == [[1.0, 0.5]] * 4
+
+
+def test_params_make_table_and_list_values_hashable():
+    from types import SimpleNamespace
+
+    from sharplab.runner.aggregate import params, varying_keys
+
+    runs = [SimpleNamespace(config={"opts": {"a": 1, "b": [1, 2]}, "seed": s}, nproc=1) for s in (0, 1)]
+    assert params(runs[0])["opts"] == (("a", 1), ("b", (1, 2)))
+    assert varying_keys(runs) == []

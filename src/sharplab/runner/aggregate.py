@@ -55,10 +55,18 @@ def summarize(values: Iterable[float]) -> Summary:
     return Summary(n, float(v.mean()), std, t_critical(n - 1) * std / math.sqrt(n))
 
 
+def _hashable(value: Any) -> Any:
+    if isinstance(value, list | tuple):
+        return tuple(_hashable(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
+    return value
+
+
 def params(run: Any) -> dict[str, Any]:
-    """The run's configuration plus ``nproc`` (lists made hashable)."""
-    out = {k: tuple(v) if isinstance(v, list) else v for k, v in run.config.items()}
-    out["nproc"] = run.nproc
+    """The run's configuration plus ``nproc`` (lists and tables made hashable)."""
+    out = {k: _hashable(v) for k, v in run.config.items()}
+    out["nproc"] = getattr(run, "nproc", 1)
     return out
 
 

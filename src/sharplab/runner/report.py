@@ -147,11 +147,22 @@ class ReportBuilder:
         return paths
 
 
-def build_report(out_dir: str | os.PathLike, title: str | None = None) -> ReportBuilder:
-    """The standard report of an output folder: status summary, then per lab a generic metrics table
-    and the lab's registered section."""
-    from sharplab.labs import get_lab
+def add_metric_table(builder: ReportBuilder, lab_name: str, runs: list, metrics: list[str] | None = None) -> None:
+    """A table of final metrics (all, or ``metrics``) of the finished ``runs``, grouped by the config keys
+    that vary, with mean ± std and the 95% CI over seeds. Labs may call it from their report section."""
     from sharplab.runner.aggregate import metric_table
+
+    done = [r for r in runs if r.status == "done"]
+    if done:
+        metrics = metrics or list(dict.fromkeys(k for r in done for k in r.metrics))
+        builder.add_table(f"{lab_name}: final metrics over seeds (mean ± std, 95% CI)", **metric_table(done, metrics))
+
+
+def build_report(out_dir: str | os.PathLike, title: str | None = None) -> ReportBuilder:
+    """The standard report of an output folder: status summary, then per lab its registered section
+    (or, for a lab without one, a generic table of every final metric). ``sharplab export`` has all
+    numbers of every run."""
+    from sharplab.labs import get_lab
     from sharplab.runner.store import ResultsStore, status_line
 
     with ResultsStore(out_dir, create=False) as store:
@@ -167,13 +178,10 @@ def build_report(out_dir: str | os.PathLike, title: str | None = None) -> Report
             for r in troubled])
     for lab_name in dict.fromkeys(r.lab for r in runs):
         lab_runs = [r for r in runs if r.lab == lab_name]
-        done = [r for r in lab_runs if r.status == "done"]
         builder.add_heading(f"Lab: {lab_name}")
-        if done:
-            metrics = list(dict.fromkeys(k for r in done for k in r.metrics))
-            builder.add_table(f"{lab_name}: final metrics over seeds (mean ± std, 95% CI)",
-                              **metric_table(done, metrics))
         lab = get_lab(lab_name)
         if lab.report is not None:
             lab.report(lab_runs, builder)
+        else:
+            add_metric_table(builder, lab_name, lab_runs)
     return builder

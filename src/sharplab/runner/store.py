@@ -94,6 +94,8 @@ class RunRecord:
     pid: int | None
     host: str | None
     history: dict[int, dict[str, float]] = field(default_factory=dict)
+    #: the run's folder (checkpoints, artifacts), for report sections that read what the run wrote
+    run_dir: Path | None = None
 
     @property
     def stale(self) -> bool:
@@ -222,7 +224,7 @@ class ResultsStore:
         if status is not None:
             query, args = query + " AND status = ?", [*args, status]
         rows = self.db.execute(query + " ORDER BY created, rowid", args).fetchall()
-        records = [_record(r) for r in rows]
+        records = [_record(r, self.out_dir) for r in rows]
         if history and records:
             by_id = {r.run_id: r for r in records}
             for run_id, step, name, value in self.db.execute("SELECT run_id, step, name, value FROM epochs"):
@@ -236,7 +238,7 @@ class ResultsStore:
         row = self.db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         if row is None:
             raise SharplabError(f"run {run_id!r} is not in {self.path}; see `sharplab status {self.out_dir}`")
-        rec = _record(row)
+        rec = _record(row, self.out_dir)
         for step, name, value in self.db.execute(
             "SELECT step, name, value FROM epochs WHERE run_id = ? ORDER BY step", (run_id,)
         ):
@@ -253,7 +255,7 @@ def _nan_if_none(v: float | None) -> float:
     return float("nan") if v is None else float(v)
 
 
-def _record(row: sqlite3.Row) -> RunRecord:
+def _record(row: sqlite3.Row, out_dir: Path) -> RunRecord:
     metrics = json.loads(row["metrics"]) if row["metrics"] else {}
     return RunRecord(
         run_id=row["run_id"], lab=row["lab"], study=row["study"], seed=row["seed"], nproc=row["nproc"],
@@ -261,5 +263,5 @@ def _record(row: sqlite3.Row) -> RunRecord:
         metrics={k: _nan_if_none(v) for k, v in metrics.items()}, error=row["error"],
         diverged_step=row["diverged_step"], last_step=row["last_step"], attempts=row["attempts"],
         created=row["created"], started=row["started"], finished=row["finished"], seconds=row["seconds"],
-        pid=row["pid"], host=row["host"],
+        pid=row["pid"], host=row["host"], run_dir=out_dir / "runs" / row["run_id"],
     )

@@ -9,6 +9,7 @@ seed-averaged hard-feature probe errors, ``(err_sgd - err_x) / (err_sgd - err_sa
 from __future__ import annotations
 
 import io
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -102,22 +103,31 @@ def format_table(rows: Sequence[dict[str, str]]) -> str:
 # --- figures -------------------------------------------------------------------------------------------
 def figure_lorenz(result: MechanismsResult, optimizers: Sequence[str] = ("sgd", "sam", "lsam")):
     """Lorenz curves of the importance weights at ``w`` and ``w~`` at the final checkpoints."""
+    cfg = result.config
+    snaps = {o: (r.snapshot.real, r.snapshot.phantom) for o, r in result.runs.items()}
+    return lorenz_figure(snaps, f"importance weights, {cfg.dataset}, rho={cfg.rho}, {cfg.phantom} phantom, "
+                                f"seed {result.seed}", optimizers)
+
+
+def lorenz_figure(snapshots: dict[str, tuple[Any, Any]], title: str,
+                  optimizers: Sequence[str] = ("sgd", "sam", "lsam")):
+    """One panel per optimizer: Lorenz curves of its importance weights ``(at w, at w~)``."""
+    import torch
+
     plt = _pyplot()
-    opts = [o for o in optimizers if o in result.runs]
+    opts = [o for o in optimizers if o in snapshots]
     fig, axes = plt.subplots(1, len(opts), figsize=(4.3 * len(opts), 4), squeeze=False)
     for ax, opt in zip(axes[0], opts):
-        snap = result.runs[opt].snapshot
         ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls=":", label="uniform")
-        for name, w, style in (("at w", snap.real, "-"), ("at w+eps (phantom)", snap.phantom, "--")):
+        for name, w, style in (("at w", snapshots[opt][0], "-"), ("at w+eps (phantom)", snapshots[opt][1], "--")):
+            w = torch.as_tensor(w, dtype=torch.float64)
             x, y = lorenz_curve(w)
             ax.plot(x.numpy(), y.numpy(), style, label=f"{name}, Gini {gini(w):.3f}")
         ax.set_title(f"{opt.upper()} checkpoint", fontsize=10)
         ax.set_xlabel("share of examples (sorted by weight)")
         ax.set_ylabel("share of importance weight")
         ax.legend(fontsize=8)
-    cfg = result.config
-    fig.suptitle(f"importance weights, {cfg.dataset}, rho={cfg.rho}, {cfg.phantom} phantom, seed {result.seed}",
-                 fontsize=10)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -207,7 +217,7 @@ def report(runs: Sequence[Any], builder: Any) -> None:
         "SAM's mechanisms (Springer et al., ICLR 2024): Gini of the per-example importance weights at w and at "
         "the phantom w+eps (lower = more uniform), v_hard/v_easy at w and w+eps (PathwayNet only), probe "
         "errors of SGD, SAM and the mechanism-only variants, and the share of SAM's hard-feature gain each "
-        "recovers. Lorenz curves: mechanisms_*_lorenz.png in each run folder."
+        "recovers."
     )
     for (dataset, variant, rho), rs in groups.items():
         per_seed = [r.metrics for r in rs]
@@ -221,3 +231,10 @@ def report(runs: Sequence[Any], builder: Any) -> None:
             fig = figure_history(history, quantity, label, f"{dataset}, {variant}, rho={rho:g}, seed {first.seed}")
             if fig is not None:
                 builder.add_figure(f"mechanisms: {label} along training ({dataset}, rho={rho:g})", fig)
+        run_dir = getattr(first, "run_dir", None)
+        if run_dir is not None and (saved := Path(run_dir) / "mechanisms.json").exists():
+            weights = json.loads(saved.read_text())["weights"]
+            snaps = {o: (w["real"], w["phantom"]) for o, w in weights.items()}
+            title = f"importance weights at the final checkpoint, {dataset}, rho={rho:g}, seed {first.seed}"
+            builder.add_figure(f"mechanisms: Lorenz curves of the importance weights ({dataset}, rho={rho:g})",
+                               lorenz_figure(snaps, title, ("sgd", variant)))

@@ -42,6 +42,9 @@ def report_diag_net(runs: list[Any], builder: Any) -> None:
     done = _done(runs)
     if not done:
         return
+    from sharplab.runner.report import add_metric_table
+
+    add_metric_table(builder, "diag-net", done, ["test_error", "train_loss", "l1_norm", "dist_theta"])
     rows = [{**r.config, **r.metrics} for r in done if "test_error" in r.metrics]
     if len({(r["method"], r["rho"]) for r in rows}) > 1:
         builder.add_figure("Diagonal network: test error vs rho", plots.test_error_vs_rho(rows))
