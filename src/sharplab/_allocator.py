@@ -3,10 +3,11 @@
 On this class of machine, glibc's default malloc returns large freed blocks to the kernel (``mmap`` for
 blocks above a dynamic threshold, ``trim`` of the heap top), and touching fresh pages again is slow:
 per-example gradients under ``vmap`` and large activations then run up to 2x slower (see
-``shared/perf-notes.md``). Raising the mmap and trim thresholds with ``mallopt`` keeps the memory in the
-heap, as a caching allocator would. Done once at ``import sharplab``; opt out with
+``shared/perf-notes.md``). Raising the mmap and trim thresholds and turning off mmap for large blocks with
+``mallopt`` keeps the memory in the heap, as a caching allocator would (the process's peak memory then
+stays reserved). Done once at ``import sharplab``; opt out with
 ``SHARPLAB_NO_MALLOC_TUNING=1``. Settings given by the user through ``MALLOC_MMAP_THRESHOLD_`` /
-``MALLOC_TRIM_THRESHOLD_`` are respected.
+``MALLOC_TRIM_THRESHOLD_`` / ``MALLOC_MMAP_MAX_`` are respected.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ import os
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
-# glibc caps M_MMAP_THRESHOLD at HEAP_MAX/2 = 32 MiB on 64-bit; larger values are rejected.
+_M_MMAP_MAX = -4
+# glibc caps M_MMAP_THRESHOLD at HEAP_MAX/2 = 32 MiB on 64-bit; larger values are rejected. Blocks above
+# it would still be mmap'd and unmapped on free, so the main arena's mmap use is switched off (M_MMAP_MAX
+# = 0): large blocks then come from the heap and are reused. (Threads' arenas still fall back to mmap.)
 MMAP_THRESHOLD = 32 * 1024 * 1024
 TRIM_THRESHOLD = 1024 * 1024 * 1024
 
@@ -31,7 +35,7 @@ def tune_allocator() -> str:
         return _state
     if os.environ.get("SHARPLAB_NO_MALLOC_TUNING"):
         _state = "glibc defaults (SHARPLAB_NO_MALLOC_TUNING set)"
-    elif os.environ.get("MALLOC_MMAP_THRESHOLD_") or os.environ.get("MALLOC_TRIM_THRESHOLD_"):
+    elif any(os.environ.get(v) for v in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_MAX_")):
         _state = "user MALLOC_*_THRESHOLD_ environment"
     else:
         _state = _mallopt()
@@ -48,7 +52,9 @@ def _mallopt() -> str:
     except (OSError, AttributeError):
         return "unchanged (not glibc)"
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    ok = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    ok = (mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+          and mallopt(_M_MMAP_MAX, 0))
     if not ok:
         return "unchanged (mallopt refused)"
-    return f"mallopt mmap_threshold={MMAP_THRESHOLD >> 20}MiB trim_threshold={TRIM_THRESHOLD >> 20}MiB"
+    return (f"mallopt mmap_threshold={MMAP_THRESHOLD >> 20}MiB trim_threshold={TRIM_THRESHOLD >> 20}MiB "
+            "mmap_max=0")
