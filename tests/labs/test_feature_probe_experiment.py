@@ -6,7 +6,6 @@ import json
 import math
 
 import pytest
-import torch
 
 from sharplab.cli import main
 from sharplab.labs.feature_quality import FeatureQualityConfig, run
@@ -17,15 +16,6 @@ from sharplab.runner.report import ReportBuilder
 
 SMALL_TOY = {"n_train": 400, "n_val": 100, "n_test": 200, "n_probe_train": 400, "n_probe_test": 400}
 SMALL_TOY_TEXT = ",".join(f"{k}={v}" for k, v in SMALL_TOY.items())
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: intra-op threads only add overhead (and spin on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _row(opt, lr, rho, seed, val_error, val_loss, **metrics):

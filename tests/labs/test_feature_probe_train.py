@@ -15,15 +15,6 @@ from sharplab.labs.feature_quality.train import TrainConfig, evaluate, make_mode
 from sharplab.runner.context import RunContext
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: intra-op threads only add overhead (and spin on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _split(n: int, seed: int, dim: int = 5):
     g = torch.Generator().manual_seed(seed)
     y = torch.randint(0, 2, (n,), generator=g)

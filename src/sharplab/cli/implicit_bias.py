@@ -202,6 +202,25 @@ def _label(cfg: Any, seed: Any = False) -> str:
     return text + (f", seed {seed}" if seed is not False else "")
 
 
+def _run_each(args: argparse.Namespace, cfgs, run, label) -> tuple[list, list[dict]]:
+    """``run(cfg, seed, progress=bar)`` for every seed and config: a progress bar per run unless quiet,
+    one JSON line per result with ``--json``. Returns the results and their records."""
+    results, records = [], []
+    for seed in args.seed:
+        for cfg in cfgs:
+            bar = None
+            if not _quiet(args):
+                from tqdm.auto import tqdm
+
+                bar = tqdm(range(cfg.steps), desc=f"{label(cfg)} seed {seed}", leave=False)
+            res = run(cfg, seed, progress=bar)
+            results.append(res)
+            records.append(res.record())
+            if args.json:
+                print(json.dumps(records[-1]), flush=True)
+    return results, records
+
+
 # --- relu-1d ---------------------------------------------------------------------------------------
 def handle_relu_1d(args: argparse.Namespace) -> int:
     from sharplab.labs.implicit_bias import plots
@@ -212,20 +231,7 @@ def handle_relu_1d(args: argparse.Namespace) -> int:
         cfgs.setdefault(Relu1dConfig(method=method, rho=0.0 if method == "gd" else rho, lr=lr,
                                      steps=args.steps, width=args.width, tol=args.tol,
                                      slope_tol=args.slope_tol), None)
-    results, records = [], []
-    for seed in args.seed:
-        for cfg in cfgs:
-            bar = None
-            if not _quiet(args):
-                from tqdm.auto import tqdm
-
-                bar = tqdm(range(cfg.steps), desc=f"relu-1d {cfg.method} seed {seed}", leave=False)
-            res = train_relu_1d(cfg, seed, progress=bar)
-            results.append(res)
-            rec = res.record()
-            records.append(rec)
-            if args.json:
-                print(json.dumps(rec), flush=True)
+    results, records = _run_each(args, cfgs, train_relu_1d, lambda cfg: f"relu-1d {cfg.method}")
     if not args.json:
         _emit(records, args, ["method", "rho", "lr", "seed", "steps_run", "train_loss", "kinks", "pieces"])
     if args.out:
@@ -255,20 +261,7 @@ def handle_convergence(args: argparse.Namespace) -> int:
         cfgs = [ConvergenceConfig(method=m, rho=rho, lr=lr, lr_schedule=ls, rho_schedule=rs, **common)
                 for m, rho, lr, ls, rs in grid]
     cfgs = list(dict.fromkeys(cfgs))
-    results, records = [], []
-    for seed in args.seed:
-        for cfg in cfgs:
-            bar = None
-            if not _quiet(args):
-                from tqdm.auto import tqdm
-
-                bar = tqdm(range(cfg.steps), desc=f"{cfg.label} seed {seed}", leave=False)
-            res = run_convergence(cfg, seed, progress=bar)
-            results.append(res)
-            rec = res.record()
-            records.append(rec)
-            if args.json:
-                print(json.dumps(rec), flush=True)
+    results, records = _run_each(args, cfgs, run_convergence, lambda cfg: cfg.label)
     if not args.json:
         _emit(records, args, ["label", "seed", "final_grad_norm", "min_grad_norm", "final_loss"])
     if args.out:

@@ -159,10 +159,12 @@ class SAM(torch.optim.Optimizer):
         self.stats = {"grad_norm": norm.detach(), "eps_norm": global_norm(eps).detach()}
         for p, e in zip(params, eps):
             state = self.state[p]
-            if "old_p" not in state:
+            if "old_p" in state:  # a further ascent step starts again from w
+                p.copy_(state["old_p"])
+            else:
                 state["old_p"] = p.detach().clone()
             state["eps"] = e
-            p.copy_(state["old_p"] + e)
+        torch._foreach_add_(params, eps)
         if zero_grad:
             self.zero_grad()
 
