@@ -287,3 +287,43 @@ def test_step_diagnostics_match_their_definitions():
     torch.testing.assert_close(opt.stats["perturbed_loss"], F.cross_entropy(ref(x), y))
     torch.testing.assert_close(opt.stats["sharpness"], opt.stats["perturbed_loss"] - opt.stats["loss"])
     assert opt.stats["sharpness"] > 0
+
+
+def scaled_closure(opt, model, x, y, scaler):
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        scaler.scale(loss).backward()
+        return loss
+
+    return closure
+
+
+def test_grad_scaler_step_equals_the_unscaled_step():
+    """A power-of-two loss scale is exact in float32: the scaled SAM step equals the plain one bitwise."""
+    a, b = mlp().float(), mlp().float()
+    (x, y), = data()
+    x = x.float()
+    opt_a = SAM(a.parameters(), torch.optim.SGD, rho=0.2, lr=0.1, momentum=0.9)
+    opt_b = SAM(b.parameters(), torch.optim.SGD, rho=0.2, lr=0.1, momentum=0.9)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    for _ in range(3):
+        opt_a.step(scaled_closure(opt_a, a, x, y, scaler), scaler=scaler)
+        scaler.update()
+        opt_b.step(make_closure(opt_b, b, x, y))
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_grad_scaler_overflow_skips_the_step_and_lowers_the_scale():
+    torch.manual_seed(0)
+    model = nn.Linear(5, 3).float()
+    before = [p.detach().clone() for p in model.parameters()]
+    (x, y), = data()
+    opt = SAM(model.parameters(), torch.optim.SGD, rho=0.2, lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127)  # the scaled float32 gradients overflow
+    opt.step(scaled_closure(opt, model, 1e4 * x.float(), y, scaler), scaler=scaler)
+    scaler.update()
+    for p, q in zip(model.parameters(), before):
+        assert torch.equal(p, q)
+    assert scaler.get_scale() == 2.0**126

@@ -169,16 +169,20 @@ class SAM(torch.optim.Optimizer):
             self.zero_grad()
 
     @torch.no_grad()
-    def second_step(self, zero_grad: bool = False) -> None:
+    def second_step(self, zero_grad: bool = False, scaler: torch.amp.GradScaler | None = None) -> None:
         """Restore w from the saved copies (every perturbed tensor, with or without ``.grad``) and let
-        the base optimizer step with the gradient now in ``.grad``."""
+        the base optimizer step with the gradient now in ``.grad`` (through ``scaler.step`` if given,
+        which unscales it and skips the step if it is not finite)."""
         for group in self.param_groups:
             for p in group["params"]:
                 state = self.state.get(p)
                 if state and "old_p" in state:
                     p.copy_(state.pop("old_p"))
                     state.pop("eps", None)
-        self.base.step()
+        if scaler is not None:
+            scaler.step(self.base)
+        else:
+            self.base.step()
         self.steps_taken += 1
         if zero_grad:
             self.zero_grad()
@@ -190,9 +194,18 @@ class SAM(torch.optim.Optimizer):
         *,
         inputs: torch.Tensor | None = None,
         targets: torch.Tensor | None = None,
+        scaler: torch.amp.GradScaler | None = None,
     ) -> torch.Tensor:
-        """One SAM step: ``step(closure)`` or ``step(inputs=x, targets=y)``; returns the loss at w."""
+        """One SAM step: ``step(closure)`` or ``step(inputs=x, targets=y)``; returns the loss at w.
+
+        With a ``GradScaler`` (float16 training; the closure calls ``scaler.scale(loss).backward()``), the
+        ascent gradient is unscaled before its norm is taken, a step whose ascent or descent gradient is
+        not finite is skipped with the weights left at w, and the caller runs ``scaler.update()`` once
+        per iteration, as usual.
+        """
         if inputs is not None:
+            if scaler is not None:
+                raise SharplabError("scaler= works with step(closure); step(inputs=, targets=) has no scaler")
             return self._batch_step(inputs, targets)
         if closure is None:
             raise SharplabError("SAM.step needs a closure (zero grads, forward, backward, return loss) "
@@ -207,8 +220,11 @@ class SAM(torch.optim.Optimizer):
         with no_sync(None if self.sync_ascent else ddp):
             loss = self._call(closure)
         if not params:  # rho = 0 everywhere: exactly the base optimizer
-            self.base.step()
+            scaler.step(self.base) if scaler is not None else self.base.step()
             self.steps_taken += 1
+            return loss
+        if scaler is not None and not self._unscaled_ascent_is_finite(scaler):
+            self.zero_grad()  # skipped; scaler.update() lowers the scale (the inf is recorded for self)
             return loss
         self.first_step()
         for _ in range(self.rule.steps - 1):
@@ -220,11 +236,19 @@ class SAM(torch.optim.Optimizer):
         with frozen_bn_stats(self.model, enabled=self.bn_policy == "once"):
             perturbed = self._call(closure)
         stats = self.stats
-        self.second_step()
+        self.second_step(scaler=scaler)
         if isinstance(loss, torch.Tensor) and isinstance(perturbed, torch.Tensor):
             stats.update(loss=loss, perturbed_loss=perturbed, sharpness=perturbed - loss)
         self.stats = stats
         return loss
+
+    def _unscaled_ascent_is_finite(self, scaler: torch.amp.GradScaler) -> bool:
+        if self.rule.steps > 1:
+            raise SharplabError("a GradScaler with ascent_steps > 1 is not supported; use bfloat16 autocast")
+        scaler.unscale_(self)  # in place; the found-inf check is recorded under this optimizer
+        params, _ = self._perturbed()
+        grads = [p.grad for p in params if p.grad is not None]
+        return bool(torch.isfinite(global_norm(grads))) if grads else True
 
     @staticmethod
     def _call(closure: Callable[[], torch.Tensor]) -> torch.Tensor:
