@@ -12,7 +12,7 @@ import importlib
 import sys
 
 from sharplab import __version__
-from sharplab.errors import SharplabError
+from sharplab.errors import Diverged, SharplabError
 
 COMMAND_MODULES: tuple[str, ...] = (
     "sharplab.cli.demo",
@@ -32,13 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sharplab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:  # a command module not written yet during development
-            if exc.name == name:
-                continue
-            raise
-        module.register(sub)
+        importlib.import_module(name).register(sub)
     return parser
 
 
@@ -50,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return int(args.func(args) or 0)
-    except SharplabError as exc:
+    except (SharplabError, Diverged) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
