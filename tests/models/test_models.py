@@ -45,3 +45,12 @@ def test_registry_builds_and_rejects_unknown_names():
     assert isinstance(build_model("small_cnn", in_channels=1, num_classes=2, input_size=(28, 28)), SmallCNN)
     with pytest.raises(SharplabError, match="unknown model 'vit'"):
         build_model("vit")
+
+
+def test_pooled_small_cnn_has_128_features_equal_to_the_spatial_mean():
+    pooled = build_model("small-cnn-gap", in_channels=1, num_classes=5, input_size=(56, 28))
+    flat = SmallCNN(1, 5, (56, 28))
+    flat.body.load_state_dict(pooled.body.state_dict())
+    x = torch.randn(2, 1, 56, 28)
+    assert pooled.feature_dim == 128
+    torch.testing.assert_close(pooled.features(x), flat.features(x).view(2, 128, 7, 4).mean(dim=(2, 3)))

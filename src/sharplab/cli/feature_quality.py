@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--model", default="auto", help="auto | pathway | small-cnn | mlp | preact-resnet18")
+    p.add_argument("--model", default="auto", help="auto | pathway | small-cnn | small-cnn-gap | mlp | preact-resnet18")
     p.add_argument("--seeds", type=int, default=3, help="number of training seeds (0..N-1)")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the data split (fixed over seeds)")
     p.add_argument("--root", default=None, help="data root (default: $SHARPLAB_DATA, then offline sources)")

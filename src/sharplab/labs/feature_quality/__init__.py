@@ -41,7 +41,8 @@ class FeatureQualityConfig:
     weight_decay: float = field(default=5e-4, metadata={"min": 0.0})
     epochs: int = field(default=10, metadata={"min": 0})
     batch_size: int = field(default=128, metadata={"min": 1})
-    model: str = field(default="auto", metadata={"choices": ["auto", "pathway", "small-cnn", "mlp", "preact-resnet18"]})
+    model: str = field(default="auto", metadata={
+        "choices": ["auto", "pathway", "small-cnn", "small-cnn-gap", "mlp", "preact-resnet18"]})
     data_seed: int = field(default=0, metadata={"min": 0, "help": "seed of the data split (fixed over runs)"})
     root: str = field(default="", metadata={"help": "data root ('' = $SHARPLAB_DATA / offline sources)"})
     data_options: str = field(

@@ -89,7 +89,8 @@ def make_model(data: Any, model_name: str = "auto", seed: int = 0) -> nn.Module:
 
     ``auto``: :class:`PathwayNet` when the data set names its feature coordinates (``meta["easy_dims"]``,
     the toy), :class:`~sharplab.models.SmallCNN` for images ``(C, H, W)``, an MLP for other vectors.
-    Other names: ``pathway``, ``small-cnn``, ``mlp``, ``preact-resnet18``.
+    Other names: ``pathway``, ``small-cnn``, ``small-cnn-gap`` (pooled 128-d features), ``mlp``,
+    ``preact-resnet18``.
     """
     from sharplab.models import build_model
 
@@ -105,7 +106,7 @@ def make_model(data: Any, model_name: str = "auto", seed: int = 0) -> nn.Module:
             if not pathways:
                 raise ConfigError(f"model 'pathway' needs meta['easy_dims'] (the toy); {data.name!r} has none")
             return PathwayNet(pathways, k)
-        if name == "small-cnn":
+        if name in ("small-cnn", "small-cnn-gap"):
             if len(shape) != 3:
                 raise ConfigError(f"model 'small-cnn' needs images (C, H, W); {data.name!r} has {shape}")
             return build_model(name, in_channels=shape[0], num_classes=k, input_size=(shape[1], shape[2]))
@@ -113,7 +114,8 @@ def make_model(data: Any, model_name: str = "auto", seed: int = 0) -> nn.Module:
             return build_model(name, in_features=math.prod(shape), num_classes=k)
         if name == "preact-resnet18":
             return build_model(name, num_classes=k, in_channels=shape[0])
-    raise ConfigError(f"unknown model {model_name!r}; use auto, pathway, small-cnn, mlp or preact-resnet18")
+    raise ConfigError(f"unknown model {model_name!r}; use auto, pathway, small-cnn, small-cnn-gap, mlp or "
+                      "preact-resnet18")
 
 
 @torch.no_grad()
