@@ -8,17 +8,8 @@ import os
 import sys
 from typing import Any
 
+from sharplab.cli._args import numbers
 from sharplab.errors import ConfigError
-
-
-def _floats(text: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
-    if not values:
-        raise argparse.ArgumentTypeError("give at least one number")
-    return values
 
 
 def _names(text: str) -> list[str]:
@@ -45,8 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--dataset", default="toy", choices=DATASETS)
     p.add_argument("--optimizer", type=_names, default=["sgd", "sam"], help="comma list: sgd,sam,lsam,iw-only,lr-only")
-    p.add_argument("--rho", type=_floats, default=[0.05, 0.1, 0.2], help="rho grid (default 0.05,0.1,0.2)")
-    p.add_argument("--lr", type=_floats, default=[0.05], help="comma list: the learning-rate grid (default 0.05)")
+    p.add_argument("--rho", type=numbers, default=[0.05, 0.1, 0.2], help="rho grid (default 0.05,0.1,0.2)")
+    p.add_argument("--lr", type=numbers, default=[0.05], help="comma list: the learning-rate grid (default 0.05)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--momentum", type=float, default=0.9)

@@ -11,54 +11,17 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
-from fractions import Fraction
+from collections.abc import Sequence
 from itertools import product
 from pathlib import Path
 from typing import Any
 
+from sharplab.cli._args import choices, ints, numbers
 from sharplab.errors import ConfigError
 
 
-def _number(text: str) -> float:
-    """A float, or a fraction ``a/b`` evaluated exactly to the nearest double (e.g. ``5/30``)."""
-    text = text.strip()
-    try:
-        return float(Fraction(text)) if "/" in text else float(text)
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number (e.g. 0.1, 1e-3 or 5/30)") from None
-
-
-def _numbers(text: str) -> list[float]:
-    values = [_number(v) for v in text.split(",") if v.strip()]
-    if not values:
-        raise argparse.ArgumentTypeError("give at least one number")
-    return values
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
-    if not values:
-        raise argparse.ArgumentTypeError("give at least one integer")
-    return values
-
-
-def _choices(allowed: Sequence[str]) -> Callable[[str], list[str]]:
-    def parse(text: str) -> list[str]:
-        names = [v.strip().lower() for v in text.split(",") if v.strip()]
-        bad = [n for n in names if n not in allowed]
-        if bad or not names:
-            raise argparse.ArgumentTypeError(f"{text!r}: choose from {', '.join(allowed)} (comma list)")
-        return names
-
-    return parse
-
-
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--seed", type=_ints, default=[0], help="comma list of seeds (default 0)")
+    p.add_argument("--seed", type=ints, default=[0], help="comma list of seeds (default 0)")
     p.add_argument("--json", action="store_true", help="one JSON object per configuration on stdout")
     p.add_argument("--out", default=None, help="folder for results.json and PNG figures")
     p.add_argument("--quiet", action="store_true", help="no progress bar (also when CI is set)")
@@ -73,15 +36,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Train beta = u*v on sparse regression (Andriushchenko & Flammarion, 2022); "
                        "every configuration of the grid advances in one float64 batch.")
     methods = sorted(METHODS)
-    p.add_argument("--method", type=_choices(methods), default=["gd", "nsam", "1sam"],
+    p.add_argument("--method", type=choices(methods), default=["gd", "nsam", "1sam"],
                    help=f"comma list of {{{','.join(methods)}}} (default gd,nsam,1sam)")
-    p.add_argument("--rho", type=_numbers, default=[0.0, 0.025, 0.05, 0.1, 0.15, 0.2], help="comma list")
-    p.add_argument("--lr", type=_numbers, default=[5 / 30], help="comma list of step sizes (5/30 allowed)")
-    p.add_argument("--alpha", type=_numbers, default=[0.01, 0.05, 0.1], help="comma list of init scales")
+    p.add_argument("--rho", type=numbers, default=[0.0, 0.025, 0.05, 0.1, 0.15, 0.2], help="comma list")
+    p.add_argument("--lr", type=numbers, default=[5 / 30], help="comma list of step sizes (5/30 allowed)")
+    p.add_argument("--alpha", type=numbers, default=[0.01, 0.05, 0.1], help="comma list of init scales")
     p.add_argument("--m", type=int, default=1, help="micro-batch size of msam (divides n)")
     p.add_argument("--iters", type=int, default=10_001, help="number of updates (default 10001)")
     p.add_argument("--switch-at", type=int, default=0, help="switch method after this many updates")
-    p.add_argument("--then", type=_choices(methods), default=None, help="method after --switch-at")
+    p.add_argument("--then", type=choices(methods), default=None, help="method after --switch-at")
     p.add_argument("--n", type=int, default=20)
     p.add_argument("--d", type=int, default=30)
     p.add_argument("--r", type=int, default=3, help="support size of theta")
@@ -92,9 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("relu-1d", help="1-D ReLU network on 12 points: GD vs SAM, kinks of the fit",
                        description="Full-batch GD vs SAM on a 1-100-1 ReLU network; reports the number of kinks.")
-    p.add_argument("--method", type=_choices(RELU_METHODS), default=["gd", "sam"], help="comma list")
-    p.add_argument("--rho", type=_numbers, default=[0.1], help="comma list (ignored by gd)")
-    p.add_argument("--lr", type=_numbers, default=[6e-3], help="comma list of step sizes")
+    p.add_argument("--method", type=choices(RELU_METHODS), default=["gd", "sam"], help="comma list")
+    p.add_argument("--rho", type=numbers, default=[0.1], help="comma list (ignored by gd)")
+    p.add_argument("--lr", type=numbers, default=[6e-3], help="comma list of step sizes")
     p.add_argument("--steps", type=int, default=40_000)
     p.add_argument("--width", type=int, default=100)
     p.add_argument("--tol", type=float, default=1e-8, help="stop when the training loss is below")
@@ -106,11 +69,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Without --method/--lr-schedule/--rho-schedule: the default comparison "
                        "(SGD constant/decaying step, SAM and USAM with constant/decaying rho).")
     sched = SCHEDULES.names()
-    p.add_argument("--method", type=_choices(sorted(CONV_METHODS)), default=None, help="comma list")
-    p.add_argument("--rho", type=_numbers, default=[0.5], help="comma list of base radii")
-    p.add_argument("--lr", type=_numbers, default=[0.2], help="comma list of base step sizes")
-    p.add_argument("--lr-schedule", type=_choices(sched), default=None, help=f"comma list of {sched}")
-    p.add_argument("--rho-schedule", type=_choices(sched), default=None, help=f"comma list of {sched}")
+    p.add_argument("--method", type=choices(sorted(CONV_METHODS)), default=None, help="comma list")
+    p.add_argument("--rho", type=numbers, default=[0.5], help="comma list of base radii")
+    p.add_argument("--lr", type=numbers, default=[0.2], help="comma list of base step sizes")
+    p.add_argument("--lr-schedule", type=choices(sched), default=None, help=f"comma list of {sched}")
+    p.add_argument("--rho-schedule", type=choices(sched), default=None, help=f"comma list of {sched}")
     p.add_argument("--decay-steps", type=float, default=10.0, help="decay time scale t0: S(t / t0)")
     p.add_argument("--steps", type=int, default=5000)
     p.add_argument("--batch-size", type=int, default=1)
