@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from sharplab.errors import ConfigError
+from sharplab.labs.feature_quality.experiment import parse_value
 
 # Per data set: the hyperparameters the study uses unless given on the command line.
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -69,15 +70,6 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=handler)
 
 
-def _value(text: str) -> Any:
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(text.lower(), text)
-
-
 def data_options(items: list[str]) -> dict[str, Any]:
     """``["a=1", "b=x"]`` -> ``{"a": 1, "b": "x"}``."""
     out = {}
@@ -85,7 +77,7 @@ def data_options(items: list[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--data-option {item!r} is not KEY=VALUE; write e.g. --data-option hard_dims=16")
-        out[key.strip()] = _value(value.strip())
+        out[key.strip()] = parse_value(value.strip())
     return out
 
 
