@@ -1,7 +1,9 @@
 """The ``sharplab`` command. Each sub-command lives in its own module under ``sharplab.cli``.
 
 A module in :data:`COMMAND_MODULES` defines ``register(subparsers)``, which adds its parser(s) and sets
-``func=handler`` with ``handler(args) -> int``. User errors (:class:`~sharplab.errors.SharplabError`)
+``func=handler`` with ``handler(args) -> int``; a command that looks labs up by name (through the runner)
+also sets ``needs_labs=True`` and :func:`main` registers the bundled labs first (the runner imports no
+lab: the CLI, the top layer, does). User errors (:class:`~sharplab.errors.SharplabError`)
 print one line ``error: ...`` and exit with code 2.
 """
 
@@ -21,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "sharplab.cli.implicit_bias",  # diag-net, relu-1d, convergence
     "sharplab.cli.feature_quality",  # feature-probe
     "sharplab.cli.mechanisms",  # mechanisms
+    "sharplab.cli.deep_net",  # deep-net STUDY
 )
 
 
@@ -43,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        if getattr(args, "needs_labs", False):
+            from sharplab.labs import load_all
+
+            load_all()
         return int(args.func(args) or 0)
     except (SharplabError, Diverged) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--skip-fmnist", action="store_true", help="run the toy studies only")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=handle)
+    p.set_defaults(func=handle, needs_labs=True)
 
 
 def fmnist_available() -> str | None:

@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads per process (default: cpus/jobs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars (also when CI is set)")
     p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars per run")
-    p.set_defaults(func=cmd_run)
+    p.set_defaults(func=cmd_run, needs_labs=True)
 
     p = sub.add_parser("status", help="table of the runs in an output folder")
     p.add_argument("out", help="output folder of `sharplab run`")
@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="write report.md, report.html and figures for an output folder")
     p.add_argument("out", help="output folder of `sharplab run`")
     p.add_argument("--title", default=None)
-    p.set_defaults(func=cmd_report)
+    p.set_defaults(func=cmd_report, needs_labs=True)
 
     p = sub.add_parser("export", help="one row per run (config, status, final metrics) to stdout")
     p.add_argument("out", help="output folder of `sharplab run`")
@@ -48,11 +48,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--study-name", default=None, help="Optuna study name (default: the study file's name)")
     p.add_argument("--sampler-seed", type=int, default=None, help="TPE sampler seed (default: random)")
     p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=cmd_sweep)
+    p.set_defaults(func=cmd_sweep, needs_labs=True)
 
     p = sub.add_parser("labs", help="list registered labs, or the config fields of one")
     p.add_argument("name", nargs="?", help="a lab name: show its config fields, defaults and allowed values")
-    p.set_defaults(func=cmd_labs)
+    p.set_defaults(func=cmd_labs, needs_labs=True)
 
 
 def _quiet(args: argparse.Namespace) -> bool:

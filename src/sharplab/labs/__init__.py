@@ -1,9 +1,11 @@
-"""Labs: one module per study, each registered with :data:`sharplab.labs.registry.LABS`.
+"""Labs: one module per study, each registered with :data:`sharplab.runner.labs.LABS` at import.
 
-Importing this package imports every lab module so that the registry is complete.
+The runner never imports a lab; the top layer (the CLI) calls :func:`load_all` to register the bundled
+ones. A new bundled lab is a module calling ``register_lab(Lab(...))`` plus one line in
+:data:`LAB_MODULES`.
 """
 
-from sharplab.labs.registry import LABS, Lab, get_lab, register_lab
+from sharplab.runner.labs import LABS, Lab, register_lab
 
 __all__ = ["LABS", "Lab", "get_lab", "register_lab", "load_all"]
 
@@ -12,6 +14,7 @@ LAB_MODULES: tuple[str, ...] = (
     "sharplab.labs.digits",
     "sharplab.labs.implicit_bias",
     "sharplab.labs.feature_quality",
+    "sharplab.labs.deep_net",
 )
 
 
@@ -21,3 +24,11 @@ def load_all() -> None:
 
     for name in LAB_MODULES:
         importlib.import_module(name)
+
+
+def get_lab(name: str) -> Lab:
+    """The lab ``name``, after :func:`load_all`."""
+    from sharplab.runner.labs import get_lab as _get
+
+    load_all()
+    return _get(name)

@@ -52,7 +52,7 @@ class RunSpec:
 
     def build_config(self) -> Any:
         """The lab's frozen config object for this run."""
-        from sharplab.labs import get_lab
+        from sharplab.runner.labs import get_lab
 
         return validate_config(get_lab(self.lab).config_cls, self.config, where="config")
 
@@ -71,7 +71,7 @@ class Study:
 
     def runs(self, nproc: int = 1) -> list[RunSpec]:
         """Every combination of the grid (seed varying fastest), validated."""
-        from sharplab.labs import get_lab
+        from sharplab.runner.labs import get_lab
 
         cls = get_lab(self.lab).config_cls
         keys = list(self.grid)
@@ -122,7 +122,7 @@ def load_study(path: str | Path) -> Study:
 
 
 def parse_study(doc: dict[str, Any], default_name: str = "study") -> Study:
-    from sharplab.labs import get_lab
+    from sharplab.runner.labs import get_lab
 
     for key in doc:
         if key not in TOP_LEVEL_KEYS:

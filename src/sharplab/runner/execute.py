@@ -37,6 +37,7 @@ from sharplab.io import atomic_write_json
 from sharplab.runner.config import RunSpec, Study
 from sharplab.runner.context import RunContext
 from sharplab.runner.env import environment
+from sharplab.runner.labs import get_lab
 from sharplab.runner.store import FINISHED, ResultsStore, pid_alive
 
 
@@ -89,8 +90,6 @@ def execute_run(out_dir: str | os.PathLike, spec: RunSpec, options: RunOptions =
 
     Rank 0 claims the run, records it and writes results; other ranks (under torchrun) only train.
     """
-    from sharplab.labs import get_lab
-
     out_dir = Path(out_dir)
     lab = get_lab(spec.lab)
     cfg = spec.build_config()
@@ -269,7 +268,7 @@ def _in_child(out_dir: Path, nproc: int, options: RunOptions) -> Callable[[RunSp
             return "busy"
         run_dir = run_dir_of(out_dir, spec.run_id)
         run_dir.mkdir(parents=True, exist_ok=True)
-        cmd = worker_command(out_dir, spec.run_id, nproc, options)
+        cmd = worker_command(out_dir, spec.run_id, nproc, options, get_lab(spec.lab).module)
         env = {**os.environ, "OMP_NUM_THREADS": str(options.threads or 1)}
         with open(run_dir / "worker.log", "ab") as log:
             rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
@@ -286,9 +285,12 @@ def _in_child(out_dir: Path, nproc: int, options: RunOptions) -> Callable[[RunSp
     return run_one
 
 
-def worker_command(out_dir: Path, run_id: str, nproc: int, options: RunOptions) -> list[str]:
+def worker_command(out_dir: Path, run_id: str, nproc: int, options: RunOptions,
+                   lab_module: str = "") -> list[str]:
     """``python -m sharplab.runner.worker ...``, under ``torch.distributed.run`` when ``nproc > 1``."""
     args = ["-m", "sharplab.runner.worker", str(out_dir), run_id]
+    if lab_module:
+        args += ["--lab-module", lab_module]
     if options.quiet:
         args.append("--quiet")
     if options.tensorboard:

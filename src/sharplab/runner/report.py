@@ -162,7 +162,7 @@ def build_report(out_dir: str | os.PathLike, title: str | None = None) -> Report
     """The standard report of an output folder: status summary, then per lab its registered section
     (or, for a lab without one, a generic table of every final metric). ``sharplab export`` has all
     numbers of every run."""
-    from sharplab.labs import get_lab
+    from sharplab.runner.labs import get_lab
     from sharplab.runner.store import ResultsStore, status_line
 
     with ResultsStore(out_dir, create=False) as store:

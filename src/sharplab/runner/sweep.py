@@ -67,7 +67,7 @@ class SweepSpec:
 
 def parse_sweep(study: Study) -> SweepSpec:
     """Validate ``[sweep]`` against the lab's config class (one-line ConfigError on any problem)."""
-    from sharplab.labs import get_lab
+    from sharplab.runner.labs import get_lab
 
     table = study.sweep
     if not table:
@@ -192,6 +192,6 @@ def run_sweep(study: Study, out_dir: str | os.PathLike, trials: int, storage: st
 
 
 def _config_cls(lab: str) -> type:
-    from sharplab.labs import get_lab
+    from sharplab.runner.labs import get_lab
 
     return get_lab(lab).config_cls

@@ -16,6 +16,7 @@ import torch
 
 from sharplab.runner.config import RunSpec
 from sharplab.runner.execute import RunOptions, execute_run
+from sharplab.runner.labs import import_lab_module
 from sharplab.runner.store import ResultsStore
 
 
@@ -27,7 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tensorboard", action="store_true")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--watch-pid", type=int, default=None)
+    parser.add_argument("--lab-module", action="append", default=[],
+                        help="module to import first: it registers the run's lab (the runner imports no lab)")
     args = parser.parse_args(argv)
+    for module in args.lab_module:
+        import_lab_module(module)
     with ResultsStore(args.out_dir, create=False) as store:
         rec = store.get(args.run_id)
     spec = RunSpec(rec.lab, rec.config, rec.seed, rec.nproc, rec.study)

@@ -78,4 +78,4 @@ register_lab(
     )
 )
 
-from sharplab.labs.feature_quality import mechanisms as _mechanisms  # noqa: E402,F401  (registers "mechanisms")
+from sharplab.labs.feature_quality import mechanisms_lab as _mechanisms_lab  # noqa: E402,F401  (registers "mechanisms")

@@ -22,9 +22,8 @@ at ``w`` and at the phantom ``w~`` that the SAM variant would use at that point 
 from __future__ import annotations
 
 import json
-import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -39,7 +38,6 @@ from sharplab.labs.feature_quality.importance import (
 )
 from sharplab.labs.feature_quality.toy_model import PathwayNet, pathway_ratio
 from sharplab.labs.feature_quality.train import TrainConfig, make_model, train
-from sharplab.labs.registry import Lab, register_lab
 from sharplab.registry import Registry
 from sharplab.runner.context import RunContext
 
@@ -269,26 +267,3 @@ def trace_history(result: MechanismsResult) -> dict[int, dict[str, float]]:
             entry = hist.setdefault(int(row["step"]), {})
             entry.update({f"{q}_{key}": v for q, v in row.items() if q not in ("step", "epoch")})
     return dict(sorted(hist.items()))
-
-
-def run(cfg: MechanismsConfig, ctx: RunContext) -> dict[str, float]:
-    """Runner entry: the study for ``ctx.seed``; traces go to the metrics history, figures to the run dir."""
-    from sharplab.io import atomic_write_json
-    from sharplab.labs.feature_quality.mechanisms_plots import write_figures
-
-    result = run_mechanisms(cfg, ctx.seed, ctx)
-    for step, metrics in trace_history(result).items():
-        ctx.log_metrics(step, metrics)
-    atomic_write_json(ctx.artifact("mechanisms.json"), result.to_json())
-    write_figures([result], ctx.run_dir)
-    return {k: v for k, v in result.metrics.items() if math.isfinite(v)}
-
-
-def _report(runs: Sequence[Any], builder: Any) -> None:
-    from sharplab.labs.feature_quality.mechanisms_plots import report
-
-    report(runs, builder)
-
-
-register_lab(Lab("mechanisms", MechanismsConfig, run, report=_report,
-                 description="SAM's importance weighting and learning-rate scaling along training; ablation"))
