@@ -22,6 +22,7 @@ from sharplab.data.core import (
     load_two_feature,
     make_options,
 )
+from sharplab.data.label_noise import symmetric_label_noise
 
 __all__ = [
     "DATASETS",
@@ -33,4 +34,5 @@ __all__ = [
     "list_datasets",
     "load_two_feature",
     "make_options",
+    "symmetric_label_noise",
 ]

@@ -1,9 +1,12 @@
-"""PreAct ResNet-18 for 32x32 inputs (He et al., *Identity Mappings in Deep Residual Networks*, 2016).
+"""PreAct ResNet-18/34 for 32x32 inputs (He et al., *Identity Mappings in Deep Residual Networks*, 2016).
 
-The CIFAR variant: a 3x3 stem, four stages of two pre-activation basic blocks (64, 128, 256, 512 channels,
-strides 1, 2, 2, 2), a final norm + ReLU, global average pooling (the 512-d penultimate features) and a
-linear head. ``norm="gn"`` uses GroupNorm (32 groups) instead of BatchNorm, which has no running
-statistics and works per example under ``vmap`` (1-SAM).
+The CIFAR variant: a 3x3 stem, four stages of pre-activation basic blocks (2, 2, 2, 2 blocks for ResNet-18;
+3, 4, 6, 3 for ResNet-34) with ``w, 2w, 4w, 8w`` channels (``width`` w = 64 by default, as the official
+code's ``--model_width``), strides 1, 2, 2, 2, a final norm + ReLU, global average pooling (the 8w-d
+penultimate features) and a linear head. ``norm="gn"`` uses GroupNorm with ``w // 2`` groups in every
+layer (32 at width 64, as the official ``resnet18_gn``) instead of BatchNorm, which has no running
+statistics and works per example under ``vmap`` (1-SAM). Any input side >= 8 works (the pooling is
+adaptive), e.g. 28 x 28 Fashion-MNIST with ``in_channels=1``.
 """
 
 from __future__ import annotations
@@ -16,22 +19,22 @@ from sharplab.models.base import FeatureModel
 from sharplab.models.registry import MODELS
 
 
-def _norm(kind: str, channels: int) -> nn.Module:
+def _norm(kind: str, channels: int, groups: int = 32) -> nn.Module:
     if kind == "bn":
         return nn.BatchNorm2d(channels)
     if kind == "gn":
-        return nn.GroupNorm(min(32, channels), channels)
+        return nn.GroupNorm(groups, channels)
     raise ValueError(f"unknown norm {kind!r}; use 'bn' (BatchNorm) or 'gn' (GroupNorm)")
 
 
 class PreActBlock(nn.Module):
     """``out = conv2(relu(n2(conv1(relu(n1(x)))))) + shortcut(relu(n1(x)))``."""
 
-    def __init__(self, in_planes: int, planes: int, stride: int, norm: str):
+    def __init__(self, in_planes: int, planes: int, stride: int, norm: str, groups: int = 32):
         super().__init__()
-        self.n1 = _norm(norm, in_planes)
+        self.n1 = _norm(norm, in_planes, groups)
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.n2 = _norm(norm, planes)
+        self.n2 = _norm(norm, planes, groups)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
         self.shortcut = None
         if stride != 1 or in_planes != planes:
@@ -45,24 +48,44 @@ class PreActBlock(nn.Module):
         return out + shortcut
 
 
-@MODELS.register("preact-resnet18")
-class PreActResNet18(FeatureModel):
-    """PreAct ResNet-18; ``features(x)`` is the 512-d globally pooled representation."""
+class PreActResNet(FeatureModel):
+    """PreAct ResNet with ``blocks`` basic blocks per stage; ``features(x)`` is the pooled 8w-d vector."""
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 3, norm: str = "bn"):
+    def __init__(self, blocks: tuple[int, int, int, int], num_classes: int = 10, in_channels: int = 3,
+                 norm: str = "bn", width: int = 64):
         super().__init__()
-        self.stem = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
-        blocks: list[nn.Module] = []
-        in_planes = 64
-        for planes, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
-            for s in (stride, 1):
-                blocks.append(PreActBlock(in_planes, planes, s, norm))
+        if width < 1:
+            raise ValueError(f"width must be >= 1, got {width}")
+        groups = max(1, width // 2)  # official: model_width // 2 groups in every layer (32 at width 64)
+        self.stem = nn.Conv2d(in_channels, width, 3, stride=1, padding=1, bias=False)
+        layers: list[nn.Module] = []
+        in_planes = width
+        for mult, stride, count in zip((1, 2, 4, 8), (1, 2, 2, 2), blocks):
+            planes = mult * width
+            for i in range(count):
+                layers.append(PreActBlock(in_planes, planes, stride if i == 0 else 1, norm, groups))
                 in_planes = planes
-        self.blocks = nn.Sequential(*blocks)
-        self.final_norm = _norm(norm, 512)
-        self.head = nn.Linear(512, num_classes)
+        self.blocks = nn.Sequential(*layers)
+        self.final_norm = _norm(norm, in_planes, groups)
+        self.head = nn.Linear(in_planes, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         out = self.blocks(self.stem(x))
         out = F.relu(self.final_norm(out))
         return F.adaptive_avg_pool2d(out, 1).flatten(1)
+
+
+@MODELS.register("preact-resnet18")
+class PreActResNet18(PreActResNet):
+    """PreAct ResNet-18 (2, 2, 2, 2 blocks); 11.2 M parameters at width 64 with 10 classes."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, norm: str = "bn", width: int = 64):
+        super().__init__((2, 2, 2, 2), num_classes, in_channels, norm, width)
+
+
+@MODELS.register("preact-resnet34")
+class PreActResNet34(PreActResNet):
+    """PreAct ResNet-34 (3, 4, 6, 3 blocks), the CIFAR-100 model of the study; 21.3 M parameters at width 64."""
+
+    def __init__(self, num_classes: int = 100, in_channels: int = 3, norm: str = "bn", width: int = 64):
+        super().__init__((3, 4, 6, 3), num_classes, in_channels, norm, width)

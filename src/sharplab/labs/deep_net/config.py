@@ -1,0 +1,85 @@
+"""Configuration of one deep-network training run (the ``deep-net`` lab)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sharplab.data.cifar import IMAGE_SETS
+
+METHODS = ("erm", "random", "nsam", "msam", "usam")
+SCHEDULES = ("piecewise", "constant", "cosine")
+MODELS = ("preact-resnet18", "preact-resnet34")
+
+
+def _f(default: Any, help: str, **meta: Any) -> Any:
+    return field(default=default, metadata={"help": help, **meta})
+
+
+@dataclass(frozen=True)
+class DeepNetConfig:
+    """One run: data, model, SGD-momentum training with a weight-perturbation ``method``.
+
+    ``method``: ``erm`` (plain SGD), ``random`` (gradient at w + a random direction of norm rho),
+    ``nsam`` (ascent direction from the *previous* batch, the official approximation of n-SAM),
+    ``msam`` (m-SAM: own normalised ascent per micro-batch of ``m``; ``m = 0`` or the batch size is
+    standard SAM), ``usam`` (unnormalised ascent eps = rho g, whole batch).
+    ``then_method`` / ``switch_epoch``: from epoch ``switch_epoch`` on, train with ``then_method``
+    (fine-tuning ERM -> SAM and SAM -> ERM); the learning-rate schedule spans all ``epochs``.
+    """
+
+    dataset: str = _f("digits", "image set", choices=list(IMAGE_SETS))
+    root: str = _f("", "data root ('' = $SHARPLAB_DATA and the offline folders)")
+    n_train: int = _f(0, "keep a seeded subset of this many training examples (0 = all)", min=0)
+    n_test: int = _f(0, "keep a seeded subset of this many test examples (0 = all)", min=0)
+    model: str = _f("preact-resnet18", "network", choices=list(MODELS))
+    width: int = _f(64, "channels of the first stage (official --model_width)", min=1)
+    norm: str = _f("gn", "gn (GroupNorm) or bn (BatchNorm)", choices=["gn", "bn"])
+    epochs: int = _f(10, "passes over the training set", min=1)
+    batch_size: int = _f(128, "batch size", min=1)
+    lr: float = _f(0.1, "peak learning rate", min=0.0)
+    lr_schedule: str = _f("piecewise", "piecewise (1, 0.1, 0.01 at 50 % / 75 %), constant, cosine",
+                          choices=list(SCHEDULES))
+    momentum: float = _f(0.9, "SGD momentum", min=0.0, max=1.0)
+    weight_decay: float = _f(5e-4, "coupled L2 weight decay of SGD (official --l2_reg 5e-4)", min=0.0)
+    method: str = _f("erm", "erm, random, nsam, msam, usam", choices=list(METHODS))
+    rho: float = _f(0.1, "perturbation radius", min=0.0)
+    m: int = _f(0, "msam micro-batch size (0 = the whole batch); must divide batch_size", min=0)
+    then_method: str = _f("", "method from switch_epoch on ('' = no switch)", choices=["", *METHODS])
+    then_rho: float = _f(-1.0, "rho after the switch (-1 = rho)")
+    switch_epoch: int = _f(0, "epoch at which then_method starts", min=0)
+    augment: bool = _f(True, "padded random crop + flip (CIFAR: 4 px + flip; fmnist 3 px + flip; digits 1 px)")
+    label_noise: float = _f(0.0, "fraction of training labels changed (symmetric noise)", min=0.0, max=1.0)
+    grad_norm: bool = _f(False, "log the full-batch training loss and gradient norm each epoch")
+    sharpness: bool = _f(False, "measure m-sharpness, top Hessian eigenvalue and trace at the end")
+    sharpness_n: int = _f(256, "training examples used by the sharpness measures", min=1)
+    sharpness_rho: float = _f(0.1, "radius of the m-sharpness measure", min=0.0)
+    sharpness_m: int = _f(128, "micro-batch of the m-sharpness measure (divides sharpness_n)", min=1)
+    eval_n: int = _f(0, "examples of each part used for per-epoch evaluation (0 = all)", min=0)
+    device: str = _f("cpu", "cpu, cuda, or auto", choices=["cpu", "cuda", "auto"])
+
+    def __post_init__(self) -> None:
+        if self.m and self.batch_size % self.m:
+            raise ValueError(f"m = {self.m} must divide batch_size = {self.batch_size}")
+        if self.sharpness_n % self.sharpness_m:
+            raise ValueError(f"sharpness_m = {self.sharpness_m} must divide sharpness_n = {self.sharpness_n}")
+        if self.then_method and not 0 < self.switch_epoch < self.epochs:
+            raise ValueError(f"switch_epoch = {self.switch_epoch} must lie strictly between 0 and "
+                             f"epochs = {self.epochs} when then_method is set")
+
+    def method_at(self, epoch: int) -> tuple[str, float]:
+        """(method, rho) used in ``epoch`` (0-based)."""
+        if self.then_method and epoch >= self.switch_epoch:
+            return self.then_method, (self.rho if self.then_rho < 0 else self.then_rho)
+        return self.method, self.rho
+
+    def lr_at(self, t: float) -> float:
+        """Learning rate at fractional epoch t (official ``get_lr_schedule``; cosine to 0)."""
+        import math
+
+        if self.lr_schedule == "constant":
+            return self.lr
+        if self.lr_schedule == "cosine":
+            return 0.5 * self.lr * (1 + math.cos(math.pi * t / self.epochs))
+        frac = t / self.epochs
+        return self.lr if frac < 0.5 else self.lr / 10 if frac < 0.75 else self.lr / 100
