@@ -3,9 +3,14 @@
 Each file is fetched into ``<dest>.part``; an interrupted download resumes with an HTTP ``Range`` request
 (a server that ignores it restarts the file), an incomplete transfer keeps the ``.part`` file for the next
 run, and a complete file is verified against its checksum before it is renamed into place (a mismatch
-deletes it). Archives are unpacked with :func:`sharplab.data.archives.safe_extract`.
+deletes it). Archives are unpacked with :func:`sharplab.data.archives.safe_extract` into a temporary
+folder under the root; the expected folder is checked (it must exist and hold every file of
+``RemoteFile.expect``), a marker file :data:`MARKER` is written into it last, and only then is it renamed
+into place. A folder without the marker (an extraction killed half-way by an older version, or a folder
+put there by hand that lacks an expected file) is not taken as done. An archive that fails to open
+(truncated) is deleted and fetched once more.
 
-Checksums: MNIST, Fashion-MNIST and CIFAR-10 use their long-published MD5s; the four CelebA files use the
+Checksums: MNIST, Fashion-MNIST, CIFAR-10 and CIFAR-100 use their long-published MD5s; the four CelebA files use the
 MD5s published with torchvision's CelebA loader. Waterbirds (Stanford NLP server) and the DomainBed sets
 (Google Drive IDs as listed in DomainBed's ``download.py``) have no published checksum, so only the length
 announced by the server is verified; those IDs are unverified here (no internet on the build machine).
@@ -19,9 +24,12 @@ import hashlib
 import http.client
 import os
 import shutil
+import tarfile
 import urllib.error
 import urllib.parse
 import urllib.request
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,12 +38,15 @@ from sharplab.errors import SharplabError
 from sharplab.registry import Registry
 
 CHUNK = 1 << 16
+#: written into an unpacked folder after every member is in place: its presence means "complete"
+MARKER = ".sharplab-complete"
 
 
 @dataclass(frozen=True)
 class RemoteFile:
     """``url`` (absolute); ``checksum`` ``"md5:<hex>"``/``"sha256:<hex>"`` or None; ``dest`` relative to root;
-    ``extract_to`` (folder under root) for archives; ``creates``: the path whose presence means done."""
+    ``extract_to`` (folder under root) for archives; ``creates``: the folder it yields (under root);
+    ``expect``: files that must exist inside ``creates`` after extraction (relative to it)."""
 
     url: str
     dest: str
@@ -43,6 +54,7 @@ class RemoteFile:
     extract_to: str | None = None
     creates: str | None = None
     rename: tuple[str, str] | None = None  # (from, to) under root after extraction
+    expect: tuple[str, ...] = ()
 
     @property
     def filename(self) -> str:
@@ -82,7 +94,12 @@ def _register_all() -> None:
             RemoteFile(base + f, f"{name}/{f}", f"md5:{md5}") for f, md5 in _IDX_MD5[name].items())))
     DOWNLOADS.add("cifar10", DownloadSpec("cifar10", (RemoteFile(
         "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "cifar-10-python.tar.gz",
-        "md5:c58f30108f718f92721af3b95e74349a", extract_to=".", creates="cifar-10-batches-py"),)))
+        "md5:c58f30108f718f92721af3b95e74349a", extract_to=".", creates="cifar-10-batches-py",
+        expect=(*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta")),)))
+    DOWNLOADS.add("cifar100", DownloadSpec("cifar100", (RemoteFile(
+        "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "cifar-100-python.tar.gz",
+        "md5:eb9058c3a382ffc7106e4002c42a8d85", extract_to=".", creates="cifar-100-python",
+        expect=("train", "test", "meta")),)))
     DOWNLOADS.add("celeba", DownloadSpec("celeba", (
         RemoteFile(_drive("0B7EVK8r0v71pblRyaVFSWGxPY0U"), "celeba/list_attr_celeba.txt",
                    "md5:75e246fa4810816ffd6ee81facbd244c"),
@@ -95,7 +112,7 @@ def _register_all() -> None:
     DOWNLOADS.add("waterbirds", DownloadSpec("waterbirds", (RemoteFile(
         "https://downloads.cs.stanford.edu/nlp/data/dro/waterbird_complete95_forest2water2.tar.gz",
         "waterbird_complete95_forest2water2.tar.gz", None, extract_to=".",
-        creates="waterbird_complete95_forest2water2"),), note="no published checksum"))
+        creates="waterbird_complete95_forest2water2", expect=("metadata.csv",)),), note="no published checksum"))
     for name, folder, fid, archive, inner in (
         ("pacs", "PACS", "1JFr8f805nMUelQWWmfnJR3y4_SYoN5Pd", "PACS.zip", "kfold"),
         ("vlcs", "VLCS", "1skwblH1_okBwxWxmRsp9_qi15hyPpxg8", "VLCS.tar.gz", "VLCS"),
@@ -221,30 +238,107 @@ def _copy(resp, part: Path, mode: str, offset: int, total: int | None, label: st
             # fall through: the caller compares the size with the announced total
 
 
+def check_download_args(root: str | os.PathLike, base_url: str | None, timeout: float) -> Path:
+    """Validate ``download``'s arguments before any network access; return the root as a Path."""
+    import math
+
+    if not isinstance(timeout, (int, float)) or not math.isfinite(timeout) or timeout <= 0:
+        raise SharplabError(f"--timeout {timeout} must be a positive number of seconds, e.g. 30")
+    if base_url is not None:
+        parts = urllib.parse.urlsplit(base_url)
+        if parts.scheme not in ("http", "https", "file") or (parts.scheme != "file" and not parts.netloc):
+            raise SharplabError(f"--base-url {base_url!r} is not an http(s):// or file:// URL of a folder")
+    path = Path(root).expanduser()
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise SharplabError(f"--root {str(path)!r}: {str(p)!r} is a file, not a folder; choose a folder")
+            if not os.access(p, os.W_OK | os.X_OK):
+                raise SharplabError(f"--root {str(path)!r}: no permission to write in {str(p)!r}")
+            break
+    return path
+
+
+def is_complete(rf: RemoteFile, root: Path) -> bool:
+    """Whether ``rf`` is already in place under ``root`` (a verified file, or a complete unpacked folder)."""
+    target = root / (rf.creates or rf.dest)
+    if rf.extract_to is None:
+        return target.is_file() and verify(target, rf.checksum)[0]
+    if not target.is_dir():
+        return False
+    if (target / MARKER).exists():
+        return True
+    # a folder without the marker counts only when every expected file is there (e.g. unpacked by hand)
+    return bool(rf.expect) and all((target / f).exists() for f in rf.expect)
+
+
+def _inner(rf: RemoteFile) -> str:
+    """The folder inside the unpacked archive that becomes ``rf.creates``."""
+    if rf.rename is not None:
+        return rf.rename[0]
+    assert rf.creates is not None and rf.extract_to is not None
+    return os.path.relpath(rf.creates, rf.extract_to)
+
+
+_CORRUPT = (tarfile.ReadError, tarfile.CompressionError, zipfile.BadZipFile, EOFError, zlib.error)
+
+
+def unpack(rf: RemoteFile, archive: Path, root: Path) -> Path:
+    """Extract ``archive`` into a temporary folder, check it, mark it complete, rename it into place."""
+    creates = root / (rf.creates or rf.dest)
+    tmp = root / f".{archive.name}.extract.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        safe_extract(archive, tmp)
+        inner = tmp / _inner(rf)
+        if not inner.is_dir():
+            found = ", ".join(sorted(p.name for p in tmp.iterdir())[:5]) or "nothing"
+            raise SharplabError(f"{archive.name} does not hold the expected folder {_inner(rf)}/ (it holds: "
+                                f"{found}); fetch the right archive, or unpack it by hand into {creates}")
+        missing = [f for f in rf.expect if not (inner / f).exists()]
+        if missing:
+            raise SharplabError(f"{archive.name} is incomplete: {_inner(rf)}/ lacks {', '.join(missing)}; "
+                                f"delete {archive} and download again")
+        (inner / MARKER).write_text(f"{archive.name}\n", encoding="utf-8")
+        if creates.exists():  # an incomplete folder from an earlier attempt
+            shutil.rmtree(creates)
+        creates.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(inner, creates)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return creates
+
+
 def download(name: str, root: str | os.PathLike, base_url: str | None = None, timeout: float = 30.0,
              quiet: bool = False) -> list[Path]:
     """Download (and unpack) data set or download ``name`` under ``root``; returns the paths created.
 
-    Files already present (``creates`` exists, or a file whose checksum matches) are skipped.
+    Files already present (a file whose checksum matches, a folder with the completion marker) are skipped.
     """
-    root = Path(root).expanduser()
+    root = check_download_args(root, base_url, timeout)
     done = []
     for key in download_names(name):
         for rf in DOWNLOADS.get(key).files:
             creates = root / (rf.creates or rf.dest)
-            if creates.exists() and (rf.creates or verify(creates, rf.checksum)[0]):
+            if is_complete(rf, root):
                 done.append(creates)
                 continue
             url = with_base(rf.url, base_url, rf.filename)
             path = fetch(url, root / rf.dest, rf.checksum, timeout, quiet)
             if rf.extract_to is not None:
-                safe_extract(path, root / rf.extract_to)
-                if rf.rename is not None:
-                    src = root / rf.rename[0]
-                    if not src.exists():
-                        raise SharplabError(f"{path.name} did not unpack to {rf.rename[0]}/; "
-                                            f"move its content to {creates} by hand")
-                    shutil.move(str(src), str(creates))
+                try:
+                    unpack(rf, path, root)
+                except _CORRUPT:  # truncated or damaged: fetch it once more
+                    path.unlink()
+                    path = fetch(url, root / rf.dest, rf.checksum, timeout, quiet)
+                    try:
+                        unpack(rf, path, root)
+                    except _CORRUPT as exc:
+                        path.unlink()
+                        raise SharplabError(f"{path.name} from {url} cannot be opened ({exc}); it was deleted. "
+                                            "Check the source, or fetch it by hand") from None
                 path.unlink()
             done.append(creates)
     return done

@@ -1,0 +1,131 @@
+"""Downloads under faults: killed or refused extraction, missing folders, truncated archives, bad arguments."""
+
+from __future__ import annotations
+
+import pytest
+from test_data_download import Server, _link, _tar  # noqa: F401  (Server: the fixture's class)
+
+from sharplab.cli import main
+from sharplab.data import download as dl
+from sharplab.errors import SharplabError
+from sharplab.registry import Registry
+
+FOLDER = "birds"
+MEMBERS = [(f"{FOLDER}/img/{i:03d}.jpg", bytes([i]) * 50) for i in range(20)] + [
+    (f"{FOLDER}/metadata.csv", b"img_id,y\n")]
+
+
+@pytest.fixture
+def server():
+    s = Server()
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def birds(monkeypatch):
+    """A waterbirds-like download without checksum: birds.tar.gz -> birds/ with metadata.csv expected."""
+    reg: Registry[dl.DownloadSpec] = Registry("download")
+    reg.add("birds", dl.DownloadSpec("birds", (dl.RemoteFile(
+        "https://example.invalid/birds.tar.gz", "birds.tar.gz", None, extract_to=".", creates=FOLDER,
+        expect=("metadata.csv",)),)))
+    monkeypatch.setattr(dl, "DOWNLOADS", reg)
+
+
+def _get(server, root):
+    return main(["data", "download", "birds", "--root", str(root), "--base-url", server.url, "--quiet"])
+
+
+def test_partial_folder_from_a_killed_extraction_is_not_accepted(server, tmp_path, birds, capsys):
+    partial = tmp_path / FOLDER / "img"
+    partial.mkdir(parents=True)
+    for name, body in MEMBERS[:9]:  # what a kill -9 after 9 members left behind (no metadata.csv)
+        (tmp_path / name).write_bytes(body)
+    server.files["/birds.tar.gz"] = _tar(MEMBERS)
+    assert _get(server, tmp_path) == 0
+    assert (tmp_path / FOLDER / "metadata.csv").exists() and len(list(partial.iterdir())) == 20
+    assert (tmp_path / FOLDER / dl.MARKER).exists() and not (tmp_path / "birds.tar.gz").exists()
+    n = len(server.requests)
+    assert _get(server, tmp_path) == 0 and len(server.requests) == n  # complete: nothing fetched again
+
+
+def test_interrupted_extraction_leaves_no_target_folder(server, tmp_path, birds, monkeypatch):
+    server.files["/birds.tar.gz"] = _tar(MEMBERS)
+    real = dl.safe_extract
+
+    def killed(archive, target):
+        real(archive, target)
+        raise KeyboardInterrupt  # stands for the kill: everything was written to the temporary folder
+
+    monkeypatch.setattr(dl, "safe_extract", killed)
+    with pytest.raises(KeyboardInterrupt):
+        dl.download("birds", tmp_path, base_url=server.url, quiet=True)
+    assert not (tmp_path / FOLDER).exists()
+    monkeypatch.setattr(dl, "safe_extract", real)
+    assert dl.download("birds", tmp_path, base_url=server.url, quiet=True) == [tmp_path / FOLDER]
+    assert (tmp_path / FOLDER / "metadata.csv").exists()
+    assert [p.name for p in tmp_path.iterdir()] == [FOLDER]  # no temporary folder left
+
+
+def test_refused_archive_is_refused_again_and_leaves_nothing(server, tmp_path, birds, capsys):
+    server.files["/birds.tar.gz"] = _tar([*MEMBERS, _link("d", "."), _link("d/e", "..")])
+    for _ in range(2):
+        assert _get(server, tmp_path) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: refusing to extract") and err.count("\n") == 1
+        assert not (tmp_path / FOLDER).exists()
+
+
+def test_archive_without_the_expected_folder(server, tmp_path, birds, capsys):
+    server.files["/birds.tar.gz"] = _tar([("other/metadata.csv", b"x")])
+    assert _get(server, tmp_path) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "expected folder birds/" in captured.err and "it holds: other" in captured.err
+    assert not (tmp_path / FOLDER).exists()
+
+
+def test_archive_missing_an_expected_file(server, tmp_path, birds, capsys):
+    server.files["/birds.tar.gz"] = _tar(MEMBERS[:-1])
+    assert _get(server, tmp_path) == 2
+    assert "lacks metadata.csv" in capsys.readouterr().err and not (tmp_path / FOLDER).exists()
+
+
+def test_truncated_archive_on_disk_is_fetched_again(server, tmp_path, birds):
+    good = _tar(MEMBERS)
+    (tmp_path / "birds.tar.gz").write_bytes(good[: len(good) // 2])  # kept by an earlier, cut-off run
+    server.files["/birds.tar.gz"] = good
+    assert dl.download("birds", tmp_path, base_url=server.url, quiet=True) == [tmp_path / FOLDER]
+    assert (tmp_path / FOLDER / "metadata.csv").exists()
+
+
+def test_an_archive_that_never_opens_is_deleted_with_one_line(server, tmp_path, birds, capsys):
+    good = _tar(MEMBERS)
+    server.files["/birds.tar.gz"] = good[: len(good) // 2]
+    assert _get(server, tmp_path) == 2
+    err = capsys.readouterr().err
+    assert "cannot be opened" in err and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    assert len(server.requests) == 2  # fetched once more before giving up
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--timeout", "-1"], "--timeout"), (["--timeout", "nan"], "--timeout"), (["--timeout", "inf"], "--timeout"),
+    (["--base-url", "not a url"], "--base-url"), (["--base-url", "ftp://host/x"], "--base-url"),
+])
+def test_bad_download_arguments(server, tmp_path, birds, capsys, args, match):
+    argv = ["data", "download", "birds", "--root", str(tmp_path / "r"), "--quiet", *args]
+    if "--base-url" not in args:
+        argv += ["--base-url", server.url]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {match}") and err.count("\n") == 1
+    assert server.requests == [] and not (tmp_path / "r").exists()
+
+
+def test_root_that_is_a_file(server, tmp_path, birds, capsys):
+    f = tmp_path / "file"
+    f.write_text("x")
+    for root in (f, f / "sub"):
+        with pytest.raises(SharplabError, match="is a file"):
+            dl.download("birds", root, base_url=server.url)
+    assert server.requests == []
