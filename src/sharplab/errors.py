@@ -20,9 +20,12 @@ class DataNotFoundError(SharplabError):
 
 
 class Diverged(RuntimeError):
-    """Training produced a non-finite loss or gradient; ``step`` says where."""
+    """Training produced a non-finite loss or gradient; ``step`` says where (``None``: not known).
 
-    def __init__(self, step: int, what: str = "loss") -> None:
-        super().__init__(f"non-finite {what} at step {step}")
+    The message is ``non-finite <what> at step <step>``: ``what`` names the quantity, not the step.
+    """
+
+    def __init__(self, step: int | None, what: str = "loss") -> None:
+        super().__init__(f"non-finite {what}" + ("" if step is None else f" at step {step}"))
         self.step = step
         self.what = what

@@ -18,9 +18,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 
 def unwrap(model: nn.Module) -> tuple[nn.Module, DistributedDataParallel | None]:
-    """``(inner module, the DDP wrapper or None)``."""
-    if isinstance(model, DistributedDataParallel):
-        return model.module, model
+    """``(inner module, the DDP wrapper or None)``; looks through ``torch.compile(ddp_model)``."""
+    inner = getattr(model, "_orig_mod", model)
+    if isinstance(inner, DistributedDataParallel):
+        return inner.module, inner
     return model, None
 
 
@@ -49,3 +50,17 @@ def allreduce_mean_(tensors: Sequence[torch.Tensor]) -> None:
         for t in group:
             t.copy_(flat[offset : offset + t.numel()].view_as(t))
             offset += t.numel()
+
+
+def any_worker(flag: bool, device: torch.device) -> bool:
+    """``True`` on every worker if ``flag`` is true on any (one all-reduce of a scalar; local if not distributed).
+
+    Used for decisions every worker must take alike, such as skipping a float16 step whose local ascent
+    gradient overflowed on one worker only: a worker that skips while the others enter the descent
+    pass's all-reduce would leave them waiting forever.
+    """
+    if world_size() == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t)
+    return bool(t.item() > 0)

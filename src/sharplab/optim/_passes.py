@@ -53,36 +53,62 @@ def _restore(saved: dict[nn.Module, list[torch.Tensor | None]]) -> None:
                     current.copy_(value)
 
 
+class BNGuard:
+    """Undo every BatchNorm running-statistics update made between :meth:`start` and :meth:`stop`.
+
+    With ``model`` given, its BatchNorm layers are saved at :meth:`start`. Without it (``SAM.step(closure)``
+    or ``first_step()`` where the optimizer never sees the model), a module forward pre-hook saves, the
+    first time a module runs, every BatchNorm layer in that module's subtree. Saving the whole subtree is
+    what makes ``torch.compile(model)`` safe: once compiled, only the outer ``OptimizedModule`` runs
+    through ``Module.__call__`` (its BatchNorm layers are inside the compiled graph and fire no hooks).
+    A compiled *function* that calls the model hides even that: pass ``model=`` then.
+    """
+
+    def __init__(self, model: nn.Module | None = None) -> None:
+        self.model = model
+        self.saved: dict[nn.Module, list[torch.Tensor | None]] = {}
+        self._seen: set[int] = set()
+        self._handle = None
+
+    def _save_subtree(self, module: nn.Module) -> None:
+        for sub in module.modules():
+            if id(sub) in self._seen:
+                continue
+            self._seen.add(id(sub))
+            if _tracking(sub):
+                _save(sub, self.saved)
+
+    def start(self) -> BNGuard:
+        if self.model is not None:
+            self._save_subtree(self.model)
+        else:
+
+            def hook(module: nn.Module, args: object) -> None:
+                if id(module) not in self._seen:
+                    self._save_subtree(module)
+
+            self._handle = nn.modules.module.register_module_forward_pre_hook(hook)
+        return self
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+        _restore(self.saved)
+        self.saved, self._seen = {}, set()
+
+
 @contextlib.contextmanager
 def frozen_bn_stats(model: nn.Module | None = None, enabled: bool = True) -> Iterator[None]:
-    """Undo every BatchNorm running-statistics update made inside the block.
-
-    With ``model`` given, its BatchNorm layers are saved up front. Without it (``SAM.step(closure)``
-    where the optimizer never sees the model), a module forward pre-hook saves each BatchNorm layer the
-    first time it runs inside the block; the hook is removed on exit.
-    """
+    """Undo every BatchNorm running-statistics update made inside the block (see :class:`BNGuard`)."""
     if not enabled:
         yield
         return
-    saved: dict[nn.Module, list[torch.Tensor | None]] = {}
-    handle = None
-    if model is not None:
-        for module in model.modules():
-            if _tracking(module):
-                _save(module, saved)
-    else:
-
-        def hook(module: nn.Module, args: object) -> None:
-            if _tracking(module):
-                _save(module, saved)
-
-        handle = nn.modules.module.register_module_forward_pre_hook(hook)
+    guard = BNGuard(model).start()
     try:
         yield
     finally:
-        if handle is not None:
-            handle.remove()
-        _restore(saved)
+        guard.stop()
 
 
 class RNGSnapshot:

@@ -134,8 +134,7 @@ def sam_grad(
 
 def check_finite(norm: torch.Tensor, step: int | None) -> None:
     if not torch.isfinite(norm).all():
-        where = f" at step {step}" if step is not None else ""
-        raise Diverged(-1 if step is None else step, f"ascent gradient norm ({norm.max().item()}){where}")
+        raise Diverged(step, f"ascent gradient norm ({norm.max().item()})")
 
 
 def _whole_batch(model, core, ddp, loss_fn, x, y, rho, rule, mechanism, named, pert, bn_policy,
