@@ -56,5 +56,24 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if status == "failed" else 0
 
 
+def _end_rank(code: int) -> None:
+    """End a torchrun rank without interpreter shutdown (``os._exit``) once everything is written.
+
+    A rank that goes through shutdown while gloo's worker thread still holds the last finished work can
+    abort with SIGABRT ("terminate called without an active exception"): the thread needs the GIL to free
+    a Python object, Python ends it with ``pthread_exit``, and the forced unwind hits ``std::terminate``.
+    Measured on a minimal script without sharplab: 5 of 15 runs aborted that way, 0 of 15 with ``os._exit``.
+    """
+    import logging
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_code = main()
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        _end_rank(exit_code)
+    sys.exit(exit_code)
