@@ -342,6 +342,8 @@ class SAM(torch.optim.Optimizer):
                 loss = self._call(closure)
         if not params:  # rho = 0 everywhere: exactly the base optimizer
             self._base_step(scaler)
+            if pre_ran:
+                self.zero_grad()
             self.stats = {"loss": loss}
             return loss
         if scaler is not None and self._overflowed(scaler, params):
@@ -362,7 +364,9 @@ class SAM(torch.optim.Optimizer):
             self._restore()
             raise
         stats = self.stats
-        self.second_step(scaler=scaler)
+        # the framework runs the next pass at w before SAM can zero (Lightning's manual 16-mixed never
+        # zeroes): leave no gradient behind for it to accumulate onto
+        self.second_step(zero_grad=pre_ran, scaler=scaler)
         if isinstance(loss, torch.Tensor) and isinstance(perturbed, torch.Tensor):
             stats.update(loss=loss, perturbed_loss=perturbed, sharpness=perturbed - loss)
         self.stats = stats
