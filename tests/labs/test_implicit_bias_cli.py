@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import textwrap
 
+import numpy as np
 import pytest
 
 from sharplab.cli import main
@@ -45,10 +46,20 @@ def test_diag_net_grid_json_and_figures(tmp_path, capsys) -> None:
 def test_diag_net_switching_figure_and_errors(tmp_path, capsys) -> None:
     out = tmp_path / "sw"
     assert main(["diag-net", "--method", "gd", "--then", "1sam", "--switch-at", "50", "--rho", "0.1",
-                 "--alpha", "0.1", "--iters", "200", "--json", "--out", str(out), "--quiet"]) == 0
+                 "--alpha", "0.1", "--iters", "200", "--json", "--out", str(out), "--quiet", "--interpolate",
+                 "--log-curves", "20"]) == 0
     (rec,) = _lines(capsys.readouterr().out)
     assert (rec["switch_at"], rec["then"]) == (50, "1sam")
-    assert (out / "switching_test_error.png").read_bytes().startswith(PNG)
+    for name in ("switching_test_error.png", "interpolation.png", "curves_test.png", "curves_train.png"):
+        assert (out / name).read_bytes().startswith(PNG)
+    (row,) = json.loads((out / "interpolation.json").read_text())
+    t, test = np.array(row["t"]), np.array(row["test_error"])
+    # t = 0 is the switched run, t = 1 the GD solution at the switch point (50 updates)
+    assert row["first_phase"]["iters"] == 50 and row["first_phase"]["method"] == "gd"
+    assert test[t == 0][0] == pytest.approx(rec["test_error"], rel=1e-12)
+    assert test[t == 1][0] == pytest.approx(row["first_phase"]["test_error"], rel=1e-12)
+    assert main(["diag-net", "--interpolate", "--quiet"]) == 2  # needs --then and --out
+    capsys.readouterr()
     assert main(["diag-net", "--method", "msam", "--m", "3", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "divide" in err
@@ -60,11 +71,18 @@ def test_diag_net_switching_figure_and_errors(tmp_path, capsys) -> None:
 def test_relu_and_convergence_commands(tmp_path, capsys) -> None:
     out = tmp_path / "relu"
     assert main(["relu-1d", "--method", "gd,sam", "--rho", "0.1", "--steps", "20", "--width", "8", "--json",
-                 "--out", str(out), "--quiet"]) == 0
+                 "--seed", "0,1", "--then-gd", "--out", str(out), "--quiet"]) == 0
     recs = _lines(capsys.readouterr().out)
-    assert [r["method"] for r in recs] == ["gd", "sam"]
-    assert all({"rho", "lr", "seed", "train_loss", "kinks", "pieces"} <= set(r) for r in recs)
+    assert [(r["run"], r["seed"]) for r in recs] == [("GD", 0), ("GD", 1), ("SAM rho=0.1", 0), ("SAM rho=0.1", 1),
+                                                   ("SAM rho=0.1 -> GD", 0), ("SAM rho=0.1 -> GD", 1)]
+    assert all({"rho", "lr", "seed", "train_loss", "fits", "kinks", "pieces", "init"} <= set(r) for r in recs)
+    assert recs[0]["init"] == "blanc" and recs[0]["lr"] == 5e-5 and recs[2]["lr_decay"] == "notebook"
     assert (out / "relu_fits_seed0.png").read_bytes().startswith(PNG)
+    assert (out / "relu_fits.png").read_bytes().startswith(PNG)
+    assert main(["relu-1d", "--protocol", "legacy", "--method", "sam", "--steps", "5", "--width", "4", "--seed", "0",
+                 "--json", "--quiet"]) == 0
+    (rec,) = _lines(capsys.readouterr().out)
+    assert (rec["init"], rec["loss"], rec["lr"], rec["rho"], rec["output_bias"]) == ("normal", "mean", 6e-3, 0.1, True)
     out = tmp_path / "conv"
     assert main(["convergence", "--method", "sam,usam", "--rho-schedule", "constant,inv", "--steps", "30",
                  "--json", "--out", str(out), "--quiet"]) == 0
@@ -123,7 +141,7 @@ def test_report_hooks_add_tables_and_figures() -> None:
                 {"test_error": 0.1 + r, "l1_norm": 1.5, "train_loss": 0.0})
             for m, r in (("nsam", 0.0), ("1sam", 0.1))]
     report_diag_net(diag + [run({}, {}, status="failed")], b)
-    relu = [run({"method": "gd", "rho": 0.0, "lr": 0.006}, {"train_loss": 1e-7, "kinks": 23.0})]
+    relu = [run({"method": "gd", "rho": 0.0, "lr": 0.006}, {"train_loss": 1e-7, "kinks": 23.0, "fits": 1.0})]
     report_relu_1d(relu, b)
     hist = {t: {"grad_norm": 1.0 / (t + 1), "loss": 0.0} for t in range(0, 100, 10)}
     conv = [run({"method": "sam", "rho_schedule": s}, {"final_grad_norm": 0.1}, hist, seed=k)
@@ -133,6 +151,6 @@ def test_report_hooks_add_tables_and_figures() -> None:
     assert kinds.count("figure") == 3 and kinds.count("table") == 2  # diag-net metrics table + ReLU kinks
     diag_table, table = [blk for blk in b.blocks if blk.kind == "table"]
     assert len(diag_table.rows) == 2  # one row per (method, rho)
-    assert table.rows == [["gd", 0.0, 0.006, 0, 1e-7, 23.0]]
+    assert table.rows == [["gd", 0.0, 0.006, 0, 1e-7, 1.0, 23.0]]
     report_conv([], b)  # nothing finished: nothing added, no error
     assert len(b.blocks) == len(kinds)

@@ -1,5 +1,6 @@
-"""1-D ReLU network: the data, kink counting against a numerical count, GD and SAM steps against a
-hand-written NumPy network (gradient checked by finite differences)."""
+"""1-D ReLU network: the data, kink counting against a numerical count, GD and SAM steps of the legacy
+parameterisation (mean loss, output bias, N(0, 1) init) against a hand-written NumPy network (gradient
+checked by finite differences)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 
 from sharplab.errors import ConfigError
 from sharplab.labs.implicit_bias.relu1d import (
+    LEGACY,
     X_POINTS,
     Y_POINTS,
     Relu1dConfig,
@@ -102,7 +104,8 @@ def test_numpy_reference_gradient_equals_finite_differences() -> None:
 
 @pytest.mark.parametrize("method,rho", [("gd", 0.0), ("sam", 0.3), ("usam", 0.05)])
 def test_training_matches_a_numpy_loop(method: str, rho: float) -> None:
-    cfg = Relu1dConfig(method=method, rho=rho, lr=5e-3, width=10, steps=60, tol=0.0)
+    cfg = Relu1dConfig(**{**LEGACY, "method": method, "rho": rho, "lr": 5e-3, "width": 10, "steps": 60,
+                          "tol": 0.0})
     res = train_relu_1d(cfg, seed=2)
     p = _params(make_network(width=10, seed=2))
     for _ in range(60):
@@ -120,7 +123,7 @@ def test_training_matches_a_numpy_loop(method: str, rho: float) -> None:
 
 
 def test_stops_at_tolerance_and_rejects_bad_configs() -> None:
-    res = train_relu_1d(Relu1dConfig(method="gd", width=10, steps=500, tol=10.0), seed=0)
+    res = train_relu_1d(Relu1dConfig(**{**LEGACY, "method": "gd", "width": 10, "steps": 500, "tol": 10.0}), seed=0)
     assert res.steps_run == 1  # the initial loss is already below tol
     with pytest.raises(ConfigError):
         Relu1dConfig(method="adam")

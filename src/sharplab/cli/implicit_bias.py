@@ -30,7 +30,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     from sharplab.labs.implicit_bias.convergence import CONV_METHODS, SCHEDULES
     from sharplab.labs.implicit_bias.methods import METHODS
-    from sharplab.labs.implicit_bias.relu1d import RELU_METHODS
+    from sharplab.labs.implicit_bias.relu1d import INITS, LOSSES, LR_DECAYS, RELU_METHODS
 
     p = sub.add_parser("diag-net", help="diagonal linear networks: GD/SGD/n-SAM/1-SAM/m-SAM (vectorised grid)",
                        description="Train beta = u*v on sparse regression (Andriushchenko & Flammarion, 2022); "
@@ -50,20 +50,38 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--r", type=int, default=3, help="support size of theta")
     p.add_argument("--n-test", type=int, default=1000)
     p.add_argument("--record-every", type=int, default=0, help="trajectory resolution (0: auto)")
+    p.add_argument("--log-curves", type=int, default=0, metavar="N",
+                   help="record test/train loss at N log-spaced steps; with --out: curves.png (long runs)")
+    p.add_argument("--interpolate", action="store_true",
+                   help="with --then and --out: losses along (u, v) from each switched run (t=0) to its "
+                   "first-phase solution at --switch-at (t=1), t in [-1, 2] (interpolation.png)")
     _common(p)
     p.set_defaults(func=handle_diag_net)
 
     p = sub.add_parser("relu-1d", help="1-D ReLU network on 12 points: GD vs SAM, kinks of the fit",
                        description="Full-batch GD vs SAM on a 1-100-1 ReLU network; reports the number of kinks.")
+    p.add_argument("--protocol", type=choices(["official", "legacy"]), default=["official"],
+                   help="defaults of the options below: official = the study's notebook (lr 5e-5, rho 0.3, "
+                   "10^6 steps, tol 1e-5, Blanc init, 1/2-sum loss, no output bias, SAM lr decay); legacy = "
+                   "the earlier N(0,1)/mean-loss parameterisation")
     p.add_argument("--method", type=choices(RELU_METHODS), default=["gd", "sam"], help="comma list")
-    p.add_argument("--rho", type=numbers, default=[0.1], help="comma list (ignored by gd)")
-    p.add_argument("--lr", type=numbers, default=[6e-3], help="comma list of step sizes")
-    p.add_argument("--steps", type=int, default=40_000)
+    p.add_argument("--rho", type=numbers, default=None, help="comma list (ignored by gd)")
+    p.add_argument("--lr", type=numbers, default=None, help="comma list of step sizes")
+    p.add_argument("--steps", type=int, default=None, help="most steps T (also the lr decay horizon)")
     p.add_argument("--width", type=int, default=100)
-    p.add_argument("--tol", type=float, default=1e-8, help="stop when the training loss is below")
+    p.add_argument("--tol", type=float, default=None, help="stop when the step's loss is below")
     p.add_argument("--slope-tol", type=float, default=0.1, help="smallest slope change counted as a kink")
+    p.add_argument("--init", type=choices(INITS), default=None, help="blanc or normal")
+    p.add_argument("--loss", type=choices(LOSSES), default=None, help="half-sum or mean")
+    p.add_argument("--lr-decay", type=choices(LR_DECAYS), default=None,
+                   help="notebook (SAM only), linear (every method) or none")
+    p.add_argument("--output-bias", action=argparse.BooleanOptionalAction, default=None,
+                   help="train an output bias")
+    p.add_argument("--then-gd", action="store_true",
+                   help="continue every SAM/USAM run with GD (same lr, steps, tol) until it fits: "
+                   "are the fewer kinks kept once the data are interpolated?")
     _common(p)
-    p.set_defaults(func=handle_relu_1d)
+    p.set_defaults(func=handle_relu_1d, seed=[0, 1, 2, 3, 4])
 
     p = sub.add_parser("convergence", help="SGD/SAM/USAM with stochastic gradients: does ||grad f|| -> 0?",
                        description="Without --method/--lr-schedule/--rho-schedule: the default comparison "
@@ -108,8 +126,10 @@ def _write_results(out: Path, records: list[dict[str, Any]]) -> None:
 
 # --- diag-net --------------------------------------------------------------------------------------
 def handle_diag_net(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from sharplab.labs.implicit_bias import plots
-    from sharplab.labs.implicit_bias.diag_net import DiagNetConfig, expand_grid, run_grid
+    from sharplab.labs.implicit_bias.diag_net import DiagNetConfig, expand_grid, log_steps, run_grid
 
     then = args.then[0] if args.then else "none"
     if args.then and len(args.then) > 1:
@@ -129,15 +149,30 @@ def handle_diag_net(args: argparse.Namespace) -> int:
                     base = DiagNetConfig(**{**_asdict(base), "rho": 0.0})
                 if base not in cfgs and base not in extra:
                     extra.append(base)
-    every = args.record_every or (max(1, args.iters // 200) if switching and args.out else 0)
+    if args.interpolate and not (switching and args.out):
+        raise ConfigError("--interpolate needs --then METHOD --switch-at T and --out DIR")
+    halves: list[DiagNetConfig] = []
+    if args.interpolate:  # the first-phase solutions at the switch point (t = 1 of the interpolation)
+        halves = [DiagNetConfig(**{**_asdict(c), "then": "none", "switch_at": 0, "iters": c.switch_at})
+                  for c in cfgs]
+        halves = [h if h.uses_rho else DiagNetConfig(**{**_asdict(h), "rho": 0.0}) for h in halves]
+    if args.log_curves < 0:
+        raise ConfigError(f"--log-curves must be >= 0, got {args.log_curves}")
+    every = args.record_every or (max(1, args.iters // 200) if switching and args.out and not args.log_curves
+                                  else 0)
+    at = log_steps(args.iters, args.log_curves) if args.log_curves else ()
     t0 = time.perf_counter()
-    results = run_grid(cfgs + extra, args.seed, record_every=every, progress=not _quiet(args))
+    results = run_grid(cfgs + extra, args.seed, record_every=every, record_at=at, progress=not _quiet(args))
+    half_results = run_grid(halves, args.seed) if halves else []
     seconds = time.perf_counter() - t0
     print(f"diag-net: {len(cfgs + extra) * len(args.seed)} configurations x {args.iters} updates in "
           f"{seconds:.2f} s (one vectorised float64 batch)", file=sys.stderr)
     main = results[:len(cfgs) * len(args.seed)]
     records = [r.record() for r in main]
-    _emit(records, args, ["method", "rho", "lr", "alpha", "seed", "test_error", "train_loss", "l1_norm"])
+    columns = ["method", "rho", "lr", "alpha", "seed", "test_error", "train_loss", "l1_norm"]
+    if switching:
+        columns[1:1] = ["then", "switch_at"]
+    _emit(records, args, columns)
     if args.out:
         out = Path(args.out)
         _write_results(out, records)
@@ -146,9 +181,33 @@ def handle_diag_net(args: argparse.Namespace) -> int:
             plots.save(plots.test_error_vs_rho(records, "l1_norm"), out / "l1_norm_vs_rho.png")
         if switching:
             curves = [(_label(r.config, len(args.seed) > 1 and r.seed), r.steps, r.test_curve)
-                      for r in results]
-            plots.save(plots.curves_vs_iterations(curves, "test error", vline=args.switch_at),
+                      for r in results if np.all(np.isfinite(r.test_curve))]
+            for r in results:
+                if not np.all(np.isfinite(r.test_curve)):
+                    print(f"diag-net: {_label(r.config)} diverged; left out of the figure", file=sys.stderr)
+            plots.save(plots.curves_vs_iterations(curves, "test error", vline=args.switch_at,
+                                                  logx=bool(args.log_curves)),
                        out / "switching_test_error.png")
+        if args.log_curves:
+            multi = len(args.seed) > 1 and len(args.seed)
+            for key, name in (("test_curve", "test loss"), ("train_curve", "train loss")):
+                lines = [(_label(r.config, multi and r.seed), r.steps, getattr(r, key)) for r in results]
+                plots.save(plots.curves_vs_iterations(lines, name, logx=True), out / f"curves_{key[:-6]}.png")
+        if half_results:
+            from sharplab.labs.implicit_bias.interpolation import interpolate
+
+            rows = []
+            for k, (res, half) in enumerate(zip(main, half_results)):
+                curve = interpolate(res, half)
+                rows.append({"switched": res.record(), "first_phase": half.record(), "t": curve.t.tolist(),
+                             "test_error": curve.test_error.tolist(), "train_loss": curve.train_loss.tolist()})
+                names = (f"{res.config.method} -> {res.config.then}", f"{half.config.method} @ {half.config.iters}")
+                suffix = "" if len(main) == 1 else f"_{k}"
+                plots.save(plots.interpolation_curve(curve.t, curve.test_error, curve.train_loss, names),
+                           out / f"interpolation{suffix}.png")
+            from sharplab.io import atomic_write_json
+
+            atomic_write_json(out / "interpolation.json", rows)
         print(f"wrote {out}/results.json and figures", file=sys.stderr)
     return 0
 
@@ -173,9 +232,9 @@ def _run_each(args: argparse.Namespace, cfgs, run, label) -> tuple[list, list[di
         for cfg in cfgs:
             bar = None
             if not _quiet(args):
-                from tqdm.auto import tqdm
+                from sharplab.progress import progress as make_progress
 
-                bar = tqdm(range(cfg.steps), desc=f"{label(cfg)} seed {seed}", leave=False)
+                bar = make_progress(range(cfg.steps), desc=f"{label(cfg)} seed {seed}", leave=False)
             res = run(cfg, seed, progress=bar)
             results.append(res)
             records.append(res.record())
@@ -186,25 +245,70 @@ def _run_each(args: argparse.Namespace, cfgs, run, label) -> tuple[list, list[di
 
 # --- relu-1d ---------------------------------------------------------------------------------------
 def handle_relu_1d(args: argparse.Namespace) -> int:
-    from sharplab.labs.implicit_bias import plots
-    from sharplab.labs.implicit_bias.relu1d import X_POINTS, Y_POINTS, Relu1dConfig, train_relu_1d
+    from dataclasses import fields
 
+    from sharplab.labs.implicit_bias import plots
+    from sharplab.labs.implicit_bias.relu1d import LEGACY, X_POINTS, Y_POINTS, Relu1dConfig, train_relu_batch
+
+    base = {f.name: f.default for f in fields(Relu1dConfig)}
+    if args.protocol[0] == "legacy":
+        base.update(LEGACY)
+    given = {"lr": args.lr, "rho": args.rho, "steps": args.steps, "tol": args.tol, "init": args.init,
+             "loss": args.loss, "lr_decay": args.lr_decay, "output_bias": args.output_bias}
+    common = {k: (given[k] if given[k] is not None else base[k])
+              for k in ("steps", "tol", "init", "loss", "lr_decay", "output_bias")}
+    common["init"], common["loss"], common["lr_decay"] = (
+        v[0] if isinstance(v, list) else v for v in (common["init"], common["loss"], common["lr_decay"]))
     cfgs: dict[Relu1dConfig, None] = {}
-    for method, rho, lr in product(args.method, args.rho, args.lr):
-        cfgs.setdefault(Relu1dConfig(method=method, rho=0.0 if method == "gd" else rho, lr=lr,
-                                     steps=args.steps, width=args.width, tol=args.tol,
-                                     slope_tol=args.slope_tol), None)
-    results, records = _run_each(args, cfgs, train_relu_1d, lambda cfg: f"relu-1d {cfg.method}")
-    if not args.json:
-        _emit(records, args, ["method", "rho", "lr", "seed", "steps_run", "train_loss", "kinks", "pieces"])
+    for method, rho, lr in product(args.method, given["rho"] or [base["rho"]], given["lr"] or [base["lr"]]):
+        cfgs.setdefault(Relu1dConfig(method=method, rho=0.0 if method == "gd" else rho, lr=lr, width=args.width,
+                                     slope_tol=args.slope_tol, **common), None)
+    cfg_list = list(cfgs)
+    bar = None
+    if not _quiet(args):
+        from sharplab.progress import progress as make_progress
+
+        bar = make_progress(total=max(c.steps for c in cfg_list), desc="relu-1d (batch)", leave=False)
+    t0 = time.perf_counter()
+    results = train_relu_batch(cfg_list, args.seed, progress=bar)
+    labels = [_relu_label(r.config) for r in results]
+    if args.then_gd:
+        first = [r for r in results if r.config.method != "gd"]
+        if first:
+            gd_cfgs = [Relu1dConfig(**{**_asdict(r.config), "method": "gd", "rho": 0.0}) for r in first]
+            results += _continue_batch(gd_cfgs, first, train_relu_batch)
+            labels += [f"{_relu_label(r.config)} -> GD" for r in first]
+    if bar is not None:
+        bar.close()
+    print(f"relu-1d: {len(results)} networks in {time.perf_counter() - t0:.1f} s (vectorised float64 batch)",
+          file=sys.stderr)
+    records = [{**r.record(), "run": name} for r, name in zip(results, labels)]
+    _emit(records, args, ["run", "lr", "seed", "steps_run", "train_loss", "fits", "kinks", "pieces"])
     if args.out:
         out = Path(args.out)
         _write_results(out, records)
+        plots.save(plots.relu_fits_over_seeds(results, X_POINTS, Y_POINTS, labels), out / "relu_fits.png")
         for seed in args.seed:
             fig = plots.relu_fits([r for r in results if r.seed == seed], X_POINTS, Y_POINTS)
             plots.save(fig, out / f"relu_fits_seed{seed}.png")
         print(f"wrote {out}/results.json and figures", file=sys.stderr)
     return 0
+
+
+def _relu_label(cfg: Any) -> str:
+    return "GD" if cfg.method == "gd" else f"{cfg.method.upper()} rho={cfg.rho:g}"
+
+
+def _continue_batch(cfgs: list, first: list, train) -> list:
+    """GD continuations of several runs: configs equal up to the seed share one batch."""
+    groups: dict[Any, list[int]] = {}
+    for i, c in enumerate(cfgs):
+        groups.setdefault(c, []).append(i)
+    out: list = [None] * len(cfgs)
+    for cfg, idx in groups.items():
+        for i, res in zip(idx, train([cfg], [first[i].seed for i in idx], start=[first[i].net for i in idx])):
+            out[i] = res
+    return out
 
 
 # --- convergence -----------------------------------------------------------------------------------

@@ -5,7 +5,9 @@ Sharpness-Aware Minimization* (ICML 2022, arXiv:2206.06232):
 
 * :mod:`.diag_net` -- diagonal linear networks ``beta = u * v``: GD, SGD, n-SAM, 1-SAM, m-SAM, the
   importance-weighting-only 1-SAM and switching, whole grids in one vectorised float64 computation;
-* :mod:`.relu1d` -- a 1-100-1 ReLU network on twelve points: GD vs SAM and the number of linear pieces;
+* :mod:`.relu1d` -- a 1-100-1 ReLU network on twelve points (the official notebook's protocol): GD vs SAM
+  and the number of linear pieces, seeds x methods vectorised in :mod:`.relu1d_batch`;
+* :mod:`.interpolation` -- losses along the straight line between two diagonal-network solutions in (u, v);
 * :mod:`.convergence` -- SGD / SAM / USAM with stochastic gradients, constant vs decaying rho and step size.
 
 Notebook use::
@@ -29,25 +31,31 @@ from sharplab.labs.implicit_bias.diag_net import (
     DiagNetData,
     DiagNetResult,
     expand_grid,
+    log_steps,
     make_data,
     run_grid,
     train_diag_net,
 )
+from sharplab.labs.implicit_bias.interpolation import InterpolationCurve, interpolate
 from sharplab.labs.implicit_bias.methods import METHODS, MethodSpec, get_method
 from sharplab.labs.implicit_bias.relu1d import (
+    LEGACY,
     X_POINTS,
     Y_POINTS,
     Relu1dConfig,
     Relu1dResult,
+    blanc_init,
     compare,
     count_kinks,
     make_network,
     train_relu_1d,
+    train_relu_batch,
 )
 
 __all__ = [
     "METHODS", "X_POINTS", "Y_POINTS", "ConvergenceConfig", "ConvergenceResult", "DiagNetConfig",
     "DiagNetData", "DiagNetResult", "MethodSpec", "Relu1dConfig", "Relu1dResult", "compare", "count_kinks",
     "default_study", "train_diag_net", "expand_grid", "get_method", "make_data", "make_network", "make_problem",
-    "run_convergence", "run_grid", "train_relu_1d",
+    "run_convergence", "run_grid", "train_relu_1d", "LEGACY", "InterpolationCurve", "blanc_init", "interpolate",
+    "log_steps", "train_relu_batch",
 ]

@@ -116,6 +116,8 @@ class DiagNetResult:
     l1_norm: float
     dist_theta: float
     beta: np.ndarray
+    u: np.ndarray | None = None
+    v: np.ndarray | None = None
     steps: np.ndarray | None = None
     test_curve: np.ndarray | None = None
     train_curve: np.ndarray | None = None
@@ -146,13 +148,14 @@ def expand_grid(methods: Sequence[str] = ("1sam",), rhos: Sequence[float] = (0.0
 
 
 def run_grid(configs: Iterable[DiagNetConfig], seeds: Iterable[int] = (0,), *, record_every: int = 0,
-             progress: bool = False) -> list[DiagNetResult]:
+             record_at: Iterable[int] = (), progress: bool = False) -> list[DiagNetResult]:
     """Train every ``(config, seed)`` pair; pairs with equal ``(n, d, iters)`` share one vectorised batch.
 
     Args:
         configs: configurations (see :func:`expand_grid`).
         seeds: data seeds; each also seeds SGD's example draws (``np.random.default_rng(seed)``).
         record_every: record test error and training loss every this many updates (0: final only).
+        record_at: also record after these numbers of updates (e.g. :func:`log_steps` for long runs).
         progress: show a tqdm bar over the updates.
 
     Returns:
@@ -164,7 +167,7 @@ def run_grid(configs: Iterable[DiagNetConfig], seeds: Iterable[int] = (0,), *, r
         groups.setdefault((c.n, c.d, c.n_test, c.iters), []).append(i)
     results: list[DiagNetResult | None] = [None] * len(pairs)
     for idx in groups.values():
-        for i, res in zip(idx, _run_batch([pairs[i] for i in idx], record_every, progress)):
+        for i, res in zip(idx, _run_batch([pairs[i] for i in idx], record_every, set(record_at), progress)):
             results[i] = res
     return results  # type: ignore[return-value]
 
@@ -185,7 +188,13 @@ def _phase_arrays(cfgs: Sequence[DiagNetConfig], phase: int) -> dict[str, np.nda
     return {"S": S, "F": F, "M": M, "stoch": stoch}
 
 
-def _run_batch(pairs: Sequence[tuple[DiagNetConfig, int]], record_every: int,
+def log_steps(iters: int, points: int = 200) -> list[int]:
+    """About ``points`` update counts from 0 to ``iters``, log-spaced (all of the first few), ends included."""
+    grid = np.unique(np.round(np.logspace(0, np.log10(max(iters, 1)), points)).astype(int))
+    return sorted({0, *grid[grid <= iters].tolist(), iters})
+
+
+def _run_batch(pairs: Sequence[tuple[DiagNetConfig, int]], record_every: int, record_at: set[int],
                progress: bool) -> list[DiagNetResult]:
     cfgs = [c for c, _ in pairs]
     c0 = cfgs[0]
@@ -234,11 +243,12 @@ def _run_batch(pairs: Sequence[tuple[DiagNetConfig, int]], record_every: int,
 
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from sharplab.progress import progress as make_progress
 
-        bar = tqdm(total=iters, desc="diag-net", leave=False, dynamic_ncols=True)
+        bar = make_progress(total=iters, desc="diag-net", leave=False)
     with np.errstate(all="ignore"):
-        if record_every:
+        recording = bool(record_every or record_at)
+        if recording and (record_every or 0 in record_at):
             snapshot(0)
         for t in range(iters):
             if t in switch:
@@ -248,7 +258,7 @@ def _run_batch(pairs: Sequence[tuple[DiagNetConfig, int]], record_every: int,
             gU, gV = step_gradients(U, V, X, Y, cur["S"], cur["F"], groups, weights(t), shared)
             U = U - LR * gU
             V = V - LR * gV
-            if record_every and (t + 1) % record_every == 0:
+            if recording and ((record_every and (t + 1) % record_every == 0) or (t + 1) in record_at):
                 snapshot(t + 1)
             if bar is not None and (t + 1) % 100 == 0:
                 bar.update(100)
@@ -260,8 +270,9 @@ def _run_batch(pairs: Sequence[tuple[DiagNetConfig, int]], record_every: int,
         out = []
         for c, (cfg, seed) in enumerate(pairs):
             res = DiagNetResult(cfg, seed, float(test[c]), float(train[c]), float(np.abs(B[c]).sum()),
-                                float(np.linalg.norm(B[c] - data[c].theta)), B[c].copy())
-            if record_every:
+                                float(np.linalg.norm(B[c] - data[c].theta)), B[c].copy(), U[c].copy(),
+                                V[c].copy())
+            if recording:
                 res.steps = np.array(steps)
                 res.test_curve = np.array([v[c] for v in tests])
                 res.train_curve = np.array([v[c] for v in trains])

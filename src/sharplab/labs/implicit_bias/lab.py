@@ -62,7 +62,7 @@ def run_relu_1d(cfg: Relu1dConfig, ctx: Any) -> dict[str, float]:
     if getattr(ctx, "is_main", True):
         plots.save(plots.relu_fits([res], X_POINTS, Y_POINTS), ctx.artifact("relu_fit.png"))
     return {"train_loss": res.train_loss, "kinks": float(res.kinks), "pieces": float(res.pieces),
-            "steps_run": float(res.steps_run)}
+            "steps_run": float(res.steps_run), "fits": float(res.fits)}
 
 
 def report_relu_1d(runs: list[Any], builder: Any) -> None:
@@ -71,7 +71,8 @@ def report_relu_1d(runs: list[Any], builder: Any) -> None:
         return
     builder.add_table("1-D ReLU network: kinks inside the data range", [
         {"method": r.config.get("method"), "rho": r.config.get("rho"), "lr": r.config.get("lr"),
-         "seed": r.seed, "train_loss": r.metrics.get("train_loss"), "kinks": r.metrics.get("kinks")}
+         "seed": r.seed, "train_loss": r.metrics.get("train_loss"), "fits": r.metrics.get("fits"),
+         "kinks": r.metrics.get("kinks")}
         for r in done])
 
 
@@ -107,6 +108,6 @@ def report_conv(runs: list[Any], builder: Any) -> None:
 register_lab(Lab("diag-net", DiagNetConfig, run_diag_net, report_diag_net,
                  "diagonal linear network beta = u*v: GD/SGD/n-SAM/1-SAM/m-SAM, implicit sparsity"))
 register_lab(Lab("relu-1d", Relu1dConfig, run_relu_1d, report_relu_1d,
-                 "1-D ReLU network on 12 points: GD vs SAM and the number of linear pieces"))
+                 "1-D ReLU network on 12 points (official notebook protocol): GD vs SAM, number of linear pieces"))
 register_lab(Lab("convergence", ConvergenceConfig, run_conv, report_conv,
                  "SGD/SAM/USAM with stochastic gradients: constant vs decaying rho and step size"))

@@ -114,6 +114,70 @@ def relu_fits(results: Sequence[Any], x_data: np.ndarray, y_data: np.ndarray):
     return fig
 
 
+def relu_fits_over_seeds(results: Sequence[Any], x_data: np.ndarray, y_data: np.ndarray,
+                         labels: Sequence[str] | None = None):
+    """One panel per seed with every run's fit (kinks marked), and a last panel of kink counts per seed.
+
+    ``results``: :class:`~.relu1d.Relu1dResult` objects; ``labels``: one legend name per result
+    (default ``GD`` / ``SAM rho=...``). The legend gives kinks and final training loss.
+    """
+    from sharplab.labs.implicit_bias.relu1d import kinks
+
+    plt = _plt()
+    names = list(labels) if labels is not None else [
+        "GD" if r.config.method == "gd" else f"{r.config.method.upper()} rho={r.config.rho:g}" for r in results]
+    seeds = sorted({r.seed for r in results})
+    order = list(dict.fromkeys(names))
+    colors = {name: f"C{i}" for i, name in enumerate(order)}
+    fig, axes = plt.subplots(1, len(seeds) + 1, figsize=(3.3 * (len(seeds) + 1), 3.4), squeeze=False)
+    lo, hi = x_data.min(), x_data.max()
+    grid = np.linspace(lo - 0.1, hi + 0.1, 1200)
+    for ax, seed in zip(axes[0], seeds):
+        for res, name in zip(results, names):
+            if res.seed != seed:
+                continue
+            ax.plot(grid, res.predict(grid), lw=1.3, color=colors[name],
+                    label=f"{name}: {res.kinks} kinks, L={res.train_loss:.0e}")
+            pos, _ = kinks(res.net)
+            pos = pos[(pos >= lo) & (pos <= hi)]
+            ax.plot(pos, res.predict(pos), "|", color=colors[name], ms=7, alpha=0.6)
+        ax.scatter(x_data, y_data, color="k", zorder=5, s=14)
+        ax.set_title(f"seed {seed}", fontsize=9)
+        ax.legend(fontsize=6, loc="lower center")
+        ax.grid(alpha=0.3)
+    ax = axes[0][-1]
+    for k, name in enumerate(order):
+        pts = [(r.seed, r.kinks) for r, nm in zip(results, names) if nm == name]
+        ax.plot([p[0] + 0.08 * (k - (len(order) - 1) / 2) for p in pts], [p[1] for p in pts], "o",
+                color=colors[name], label=f"{name} (mean {np.mean([p[1] for p in pts]):.1f})")
+    ax.set_xticks(seeds)
+    ax.set_xlabel("seed")
+    ax.set_ylabel("kinks inside the data range")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def interpolation_curve(t: np.ndarray, test: np.ndarray, train: np.ndarray, names: tuple[str, str]):
+    """Test and train loss along ``(1 - t) w_a + t w_b``; ``t = 0`` is ``names[0]``, ``t = 1`` ``names[1]``."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(t, test, lw=1.8, color="C0", label="test loss")
+    ax.plot(t, train, lw=1.8, ls="--", color="C0", label="train loss")
+    for value, marker, name in ((0.0, "*", names[0]), (1.0, "o", names[1])):
+        hit = np.flatnonzero(t == value)
+        if hit.size:
+            ax.plot(value, test[hit[0]], marker, ms=10, color="C3", label=f"test loss of {name}")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"t: (1 - t) [{names[0]}] + t [{names[1]}]  (u, v interpolated)")
+    ax.set_ylabel("squared loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def save(fig: Any, path) -> None:
     """Write ``fig`` as PNG atomically and close it."""
     import io
