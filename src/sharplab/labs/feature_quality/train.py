@@ -9,7 +9,11 @@ to a gradient ``g``:
 - ``iw-only``: SAM's importance weighting only (per-example loss derivatives taken at w + eps)
 - ``lr-only``: SAM's learning-rate scaling only (Jacobian taken at w + eps)
 
-The SAM variants call :func:`sharplab.optim.sam_grad`; ``rho = 0`` reproduces SGD exactly. The loop
+The SAM variants call :func:`sharplab.optim.sam_grad`; ``rho = 0`` reproduces SGD exactly. ``m > 0`` is
+m-sharpness (every micro-batch of ``m`` examples ascends on its own gradient, ``sam_grad(m=)``; a last
+batch that ``m`` does not divide is trimmed to a multiple of ``m``), ``sam_start_epoch = k`` takes plain SGD
+steps for the first ``k`` epochs (SAM switched on after an ERM warm-up), and per-example loss weights
+(``train(weights=)``, JTT-style upweighting) make the loss ``sum_i u_i l_i / sum_i u_i`` per batch. The loop
 checkpoints model, optimizer, RNG and data-order state after every epoch through the
 :class:`~sharplab.runner.RunContext` (a killed run resumes where it stopped) and raises
 :class:`~sharplab.errors.Diverged` on a non-finite loss.
@@ -53,6 +57,8 @@ class TrainConfig:
         lr, momentum, weight_decay: of the SGD base step.
         epochs, batch_size: passes over the training split and examples per step.
         model: ``auto`` (PathwayNet on the toy, SmallCNN on images) or a name for :func:`make_model`.
+        m: micro-batch size of m-sharpness (0 = the whole batch ascends together).
+        sam_start_epoch: epochs of plain SGD before the rule is switched on.
     """
 
     optimizer: str = "sgd"
@@ -63,6 +69,8 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 128
     model: str = "auto"
+    m: int = 0
+    sam_start_epoch: int = 0
 
     def __post_init__(self) -> None:
         STEP_RULES.get(self.optimizer)  # raises with the list of known names
@@ -73,6 +81,8 @@ class TrainConfig:
             "weight_decay": self.weight_decay >= 0,
             "epochs": self.epochs >= 0,
             "batch_size": self.batch_size >= 1,
+            "m": 0 <= self.m <= self.batch_size,
+            "sam_start_epoch": self.sam_start_epoch >= 0,
         }
         for name, ok in checks.items():
             if not ok:
@@ -146,6 +156,8 @@ def train(
     seed: int,
     ctx: RunContext | None = None,
     callback: Callable[[int, int, nn.Module], None] | None = None,
+    weights: torch.Tensor | None = None,
+    on_epoch: Callable[[int, nn.Module], None] | None = None,
 ) -> dict[str, float]:
     """Train ``model`` on ``data.splits["train"]`` with ``cfg``; return final metrics.
 
@@ -156,6 +168,9 @@ def train(
         seed: seeds the data order and any randomness of the step.
         ctx: checkpoints (resumed from if present), metrics per epoch, progress bar, device.
         callback: ``callback(epoch, step, model)`` after every optimizer step (``step`` counts from 1).
+        weights: optional per-example loss weights of the training split (``[n]``, positive).
+        on_epoch: ``on_epoch(epoch, model)`` after every epoch (``epoch`` counts from 0), before the
+            checkpoint is written.
 
     Returns:
         ``train_loss`` (mean over the last epoch, at w), ``val_loss``, ``val_error``, ``test_error``,
@@ -170,6 +185,12 @@ def train(
     split = data.splits["train"]
     x, y = split.x.to(device), split.y.to(device)
     n = len(y)
+    if weights is not None:
+        if weights.shape != (n,) or not bool((weights > 0).all()):
+            raise ConfigError(f"weights must be positive with shape ({n},), got {tuple(weights.shape)}")
+        if cfg.m:
+            raise ConfigError("per-example weights do not combine with m-sharpness here; use m=0")
+        weights = weights.to(device)
     order = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     base = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -184,9 +205,9 @@ def train(
 
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     quiet = ctx.quiet if ctx is not None else True
-    from tqdm.auto import tqdm
+    from sharplab.progress import progress
 
-    bar = tqdm(
+    bar = progress(
         total=steps_per_epoch * cfg.epochs,
         initial=steps_per_epoch * start_epoch,
         disable=quiet,
@@ -201,7 +222,13 @@ def train(
             total = 0.0
             for start in range(0, n, cfg.batch_size):
                 idx = perm[start : start + cfg.batch_size]
-                loss = _step(model, base, rule, cfg.rho, x[idx], y[idx])
+                active = rule if epoch >= cfg.sam_start_epoch else STEP_RULES.get("sgd")
+                if cfg.m and active(model) is not None:
+                    idx = idx[: len(idx) - len(idx) % cfg.m] if len(idx) >= cfg.m else idx[:0]
+                    if len(idx) == 0:
+                        continue
+                u = None if weights is None else weights[idx]
+                loss = _step(model, base, active, cfg.rho, x[idx], y[idx], cfg.m, u)
                 step += 1
                 if not math.isfinite(loss):
                     raise Diverged(step)
@@ -212,6 +239,8 @@ def train(
                 bar.update(1)
             train_loss = total / n
             val_loss, val_error = evaluate(model, data.splits["val"].x, data.splits["val"].y)
+            if on_epoch is not None:
+                on_epoch(epoch, model)
             bar.set_postfix(loss=f"{train_loss:.3g}", val_err=f"{val_error:.3g}")
             if ctx is not None:
                 ctx.log_metrics(epoch + 1, {"train_loss": train_loss, "val_loss": val_loss, "val_error": val_error})
@@ -240,14 +269,29 @@ def train(
     }
 
 
-def _step(model: nn.Module, base: torch.optim.Optimizer, rule: StepRule, rho: float, xb, yb) -> float:
+def weighted_ce(u: torch.Tensor | None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Cross-entropy of a batch with per-example weights ``u``: ``sum_i u_i l_i / sum_i u_i``."""
+    if u is None:
+        return F.cross_entropy
+
+    def loss(out: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return (F.cross_entropy(out, t, reduction="none") * u).sum() / u.sum()
+
+    return loss
+
+
+def _step(model: nn.Module, base: torch.optim.Optimizer, rule: StepRule, rho: float, xb, yb, m: int = 0,
+          u: torch.Tensor | None = None) -> float:
     """Fill ``p.grad`` with the rule's gradient; return the mini-batch loss at w."""
     base.zero_grad(set_to_none=True)
     kwargs = rule(model)
+    loss_fn = weighted_ce(u)
     if kwargs is None:
-        loss = F.cross_entropy(model(xb), yb)
+        loss = loss_fn(model(xb), yb)
         loss.backward()
         return float(loss.detach())
     from sharplab.optim import sam_grad
 
-    return float(sam_grad(model, F.cross_entropy, xb, yb, rho=rho, **kwargs))
+    if m and m < len(yb):
+        kwargs = {**kwargs, "m": m}
+    return float(sam_grad(model, loss_fn, xb, yb, rho=rho, **kwargs))
