@@ -19,8 +19,7 @@ name       eps                                                          referenc
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 
 import torch
 
@@ -46,6 +45,17 @@ class PerturbationRule:
     name: str = "rule"
     #: Number of ascent steps (gradient evaluations before the descent gradient).
     steps: int = 1
+    #: False for rules whose eps needs no gradient at w (Momentum-SAM): SAM then runs one pass per step.
+    needs_grad: bool = True
+    #: True for rules that keep per-step state (an EMA): not usable inside vectorised m-sharpness.
+    stateful: bool = False
+
+    def bind(self, optimizer: torch.optim.Optimizer) -> None:
+        """Called by SAM with its base optimizer (rules that read optimizer state keep it)."""
+
+    def select(self, params: Tensors) -> list[bool] | None:
+        """Which perturbed tensors need a gradient in the next ascent pass (``None``: all)."""
+        return None
 
     def perturbation(self, grads: Tensors, params: Tensors, rhos: Sequence[float]) -> list[torch.Tensor]:
         raise NotImplementedError
@@ -85,24 +95,48 @@ class USAMRule(PerturbationRule):
         return [g * rho for g, rho in zip(grads, rhos)]
 
 
-@dataclass
 class ASAMRule(PerturbationRule):
     """Adaptive SAM, eps = rho * T^2 g / ||T g||_2 with T = |w| + eta (Kwon et al., 2021, eq. 9).
 
-    The scaling is applied to every perturbed tensor, weights and biases alike (as in the reference
-    implementation of davda54/sam); restrict the perturbed set to exclude biases if wanted.
+    Two conventions are in use, both available:
+
+    * default (``scaled=None``): T = |w| + eta on every perturbed tensor, weights and biases alike;
+      with ``eta=0`` this is exactly davda54/sam and pytorch_optimizer (``adaptive=True``, no eta);
+    * the ASAM authors' code (SamsungLabs/ASAM): T = |w| + eta only on tensors whose name contains
+      ``"weight"``, T = 1 on the others (biases): ``ASAMRule(eta=0.01, scaled=weights_only(model))``.
+
+    ASAM's normalised radius is measured in the scaled metric, so it needs a larger rho than SAM
+    (Kwon et al. use rho = 0.5 - 1.0 on CIFAR where SAM uses 0.05 - 0.1).
 
     Args:
         eta: offset keeping T positive for zero weights (0.01 as in Kwon et al.).
+        scaled: the tensors that get T = |w| + eta (``None``: all); the others get T = 1.
     """
 
-    eta: float = 0.01
     name = "asam"
 
+    def __init__(self, eta: float = 0.01, scaled: Iterable[torch.Tensor] | None = None) -> None:
+        if eta < 0:
+            raise _error(f"ASAM eta must be >= 0, got {eta}")
+        self.eta = eta
+        self._scaled = None if scaled is None else {id(p) for p in scaled}
+
     def perturbation(self, grads, params, rhos):
-        scales = [p.detach().abs() + self.eta for p in params]
-        scaled = [s * g for s, g in zip(scales, grads)]
-        return _scale([s * tg for s, tg in zip(scales, scaled)], rhos, global_norm(scaled))
+        scales = [p.detach().abs() + self.eta if self._scaled is None or id(p) in self._scaled else None
+                  for p in params]
+        scaled = [g if s is None else s * g for s, g in zip(scales, grads)]
+        return _scale([tg if s is None else s * tg for s, tg in zip(scales, scaled)], rhos, global_norm(scaled))
+
+
+def weights_only(model: torch.nn.Module) -> list[torch.Tensor]:
+    """The tensors the ASAM authors' code scales: parameters whose name contains ``"weight"``."""
+    return [p for n, p in model.named_parameters() if "weight" in n]
+
+
+def _error(message: str) -> Exception:
+    from sharplab.errors import SharplabError
+
+    return SharplabError(message)
 
 
 class RandomRule(PerturbationRule):
