@@ -136,7 +136,9 @@ class FamilySAM(SAM):
             p.grad = t
         self.combiner.combine(g, gs, params)
         self.stats = {"grad_norm": norm, "eps_norm": global_norm(eps), "loss": loss, "perturbed_loss": perturbed}
-        if isinstance(loss, torch.Tensor) and isinstance(perturbed, torch.Tensor) and self.selection is None:
+        if isinstance(call, _SelectionPasses):
+            self.stats["selected"] = call.selected  # indices of the examples the descent used
+        elif isinstance(loss, torch.Tensor) and isinstance(perturbed, torch.Tensor):
             self.stats["sharpness"] = perturbed - loss
         return self._fam_finish(loss, self.combiner, params, lrs)
 
@@ -226,5 +228,5 @@ class _SelectionPasses(_ClosurePasses):
         with torch.enable_grad():
             loss = opt.loss_fn(opt.model(self.x[idx]), self.y[idx]).mean()
             loss.backward()
-        opt.stats["selected"] = idx
+        self.selected = idx
         return loss.detach()
