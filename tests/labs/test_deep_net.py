@@ -1,0 +1,98 @@
+"""The deep-net lab end to end on scikit-learn's digits through the runner, and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from sharplab.cli import main
+from sharplab.labs import load_all
+from sharplab.labs.deep_net.config import DeepNetConfig
+from sharplab.labs.deep_net.train import Stepper, load_data
+
+TINY = {"dataset": "digits", "width": 4, "n_train": 128, "n_test": 64, "batch_size": 32, "epochs": 2,
+        "lr": 0.05}
+
+
+def test_runner_study_with_label_noise_and_resume(tmp_path):
+    from sharplab.runner.config import parse_study
+    from sharplab.runner.execute import run_study
+    from sharplab.runner.store import ResultsStore
+
+    load_all()
+    from sharplab.labs.deep_net.studies import analyse
+
+    study = parse_study({"lab": "deep-net", "name": "t", "config": {**TINY, "label_noise": 0.5,
+                                                                    "sharpness_n": 64, "sharpness_m": 32},
+                         "grid": {"method": ["erm", "nsam", "msam"], "m": [0], "rho": [0.05]}})
+    assert sum(run_study(study, tmp_path).values()) == 3
+    with ResultsStore(tmp_path, create=False) as store:
+        runs = store.runs()
+    assert {r.status for r in runs} == {"done"}
+    for r in runs:
+        assert len(r.history) == 2
+        m = r.metrics
+        for key in ("test_error", "train_error_noisy", "train_error_clean", "early_stopped_test_error"):
+            assert key in m and m[key] == m[key], key
+        assert (tmp_path / "runs" / r.run_id / "final.pt").exists()
+    counts = run_study(study, tmp_path)  # all finished: nothing re-runs
+    assert counts == {"done": 3}
+    # study 2: sharpness of a finished run's saved weights, cached in sharpness.json
+    sharp = analyse("sharpness", tmp_path, runs[:1])
+    (row,) = sharp.values()
+    assert row["m_sharpness"] > 0 and row["hessian_top"] > 0 and row["hessian_trace"] == row["hessian_trace"]
+    assert json.loads((tmp_path / "sharpness.json").read_text()) == sharp
+
+
+def test_label_noise_in_the_data_matches_the_mask():
+    cfg = DeepNetConfig(**{**TINY, "label_noise": 0.6})
+    data, noisy, mask = load_data(cfg, seed=0)
+    assert int(mask.sum()) == int(0.6 * 128)
+    assert bool((noisy[mask] != data.y_train[mask]).all()) and bool((noisy[~mask] == data.y_train[~mask]).all())
+
+
+def test_nsam_uses_the_previous_batch_for_the_ascent():
+    """n-SAM's gradient = grad L_B(w + rho g'/||g'||) with g' from the previous batch (hand-computed)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3)).double()
+    x1, y1 = torch.randn(8, 4, dtype=torch.float64), torch.randint(0, 3, (8,))
+    x2, y2 = torch.randn(8, 4, dtype=torch.float64), torch.randint(0, 3, (8,))
+    step = Stepper(model, seed=0)
+    step("erm", 0.0, 0, x1, y1)
+    model.zero_grad()
+    step("nsam", 0.1, 0, x2, y2)
+    got = [p.grad.clone() for p in model.parameters()]
+    g_prev = torch.autograd.grad(torch.nn.functional.cross_entropy(model(x1), y1), list(model.parameters()))
+    norm = torch.sqrt(sum((g ** 2).sum() for g in g_prev))
+    w_eps = {n: (p.detach() + 0.1 * g / norm).requires_grad_() for (n, p), g in zip(model.named_parameters(), g_prev)}
+    loss = torch.nn.functional.cross_entropy(torch.func.functional_call(model, w_eps, (x2,)), y2)
+    want = torch.autograd.grad(loss, list(w_eps.values()))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_config_checks():
+    with pytest.raises(ValueError, match="divide"):
+        DeepNetConfig(batch_size=64, m=5)
+    with pytest.raises(ValueError, match="switch_epoch"):
+        DeepNetConfig(epochs=5, then_method="msam", switch_epoch=5)
+    cfg = DeepNetConfig(epochs=10, method="erm", then_method="msam", switch_epoch=6, rho=0.2)
+    assert cfg.method_at(5) == ("erm", 0.2) and cfg.method_at(6) == ("msam", 0.2)
+    assert [cfg.lr_at(t) for t in (0, 5, 7.5)] == [0.1, pytest.approx(0.01), pytest.approx(0.001)]
+
+
+def test_cli_finetune_with_interpolation(tmp_path, capsys):
+    out = tmp_path / "ft"
+    args = ["deep-net", "finetune", "--out", str(out), "--epochs", "1", "--epochs-after", "1", "--json",
+            "--quiet"] + [f"--set={k}={json.dumps(v)}" for k, v in TINY.items() if k != "epochs"]
+    assert main(args) == 0
+    lines = [json.loads(s) for s in capsys.readouterr().out.splitlines()]
+    runs, analysis = lines[:-1], lines[-1]["analysis"]
+    assert len(runs) == 3 and all(r["status"] == "done" for r in runs)
+    (curve,) = analysis.values()
+    assert [p["alpha"] for p in curve][0] == -0.5 and curve[-1]["alpha"] == 1.5 and len(curve) == 9
+    assert (out / "report.md").exists() and any((out / "figures").iterdir())
+    assert main(["deep-net", "finetune", "--out", str(out), "--set", "nonsense=1"]) == 2
+    assert "use KEY=VALUE" in capsys.readouterr().err
