@@ -1,6 +1,8 @@
 import subprocess
 import sys
 
+import pytest
+
 import sharplab
 from sharplab.cli import main
 
@@ -19,8 +21,33 @@ def test_console_script_help_runs():
     assert "usage: sharplab" in out.stdout
 
 
-def test_allocator_setting_is_reported():
-    assert isinstance(sharplab.ALLOCATOR_SETTING, str) and sharplab.ALLOCATOR_SETTING
+RSS_AFTER_FREE = """
+import sys
+import numpy as np
+import sharplab
+def rss_mib():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+if sys.argv[1] == "tune":
+    sharplab.tune_allocator()
+a = np.ones(512 * 2**20 // 8)
+del a
+print(sharplab.allocator_setting(), "|", rss_mib())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status (glibc malloc)")
+def test_import_leaves_the_allocator_alone_and_tuning_is_opt_in():
+    """After a plain import a freed 512 MiB block goes back to the OS; only tune_allocator() keeps it."""
+    def run(mode):
+        out = subprocess.run([sys.executable, "-c", RSS_AFTER_FREE, mode], capture_output=True, text=True, check=True)
+        setting, rss = out.stdout.rsplit("|", 1)
+        return setting.strip(), float(rss)
+
+    plain, tuned = run("plain"), run("tune")
+    assert plain[0] == "glibc defaults" and plain[1] < 300
+    if tuned[0].startswith("mallopt"):
+        assert tuned[1] > 500
 
 
 def test_every_command_module_registers_its_commands():

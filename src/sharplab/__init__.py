@@ -2,16 +2,15 @@
 
 Public entry points::
 
-    from sharplab.optim import SAM, sam_grad
+    from sharplab.optim import SAM, sam_grad, create
 
-The package tunes glibc's allocator at import (see :mod:`sharplab._allocator`); set
-``SHARPLAB_NO_MALLOC_TUNING=1`` to opt out.
+Importing sharplab changes nothing process-wide. ``sharplab.tune_allocator()`` is an explicit opt-in that
+keeps freed memory in the process (glibc only; see :mod:`sharplab._allocator`), and
+``sharplab.allocator_setting()`` reports what is in force.
 """
 
-from sharplab._allocator import tune_allocator
+from sharplab._allocator import allocator_setting, tune_allocator
 
 __version__ = "0.1.0"
 
-ALLOCATOR_SETTING = tune_allocator()
-
-__all__ = ["__version__", "ALLOCATOR_SETTING"]
+__all__ = ["__version__", "allocator_setting", "tune_allocator"]

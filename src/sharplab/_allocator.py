@@ -5,9 +5,11 @@ blocks above a dynamic threshold, ``trim`` of the heap top), and touching fresh 
 per-example gradients under ``vmap`` and large activations then run up to 2x slower (see
 ``shared/perf-notes.md``). Raising the mmap and trim thresholds and turning off mmap for large blocks with
 ``mallopt`` keeps the memory in the heap, as a caching allocator would (the process's peak memory then
-stays reserved). Done once at ``import sharplab``; opt out with
-``SHARPLAB_NO_MALLOC_TUNING=1``. Settings given by the user through ``MALLOC_MMAP_THRESHOLD_`` /
-``MALLOC_TRIM_THRESHOLD_`` / ``MALLOC_MMAP_MAX_`` are respected.
+stays reserved). This changes the allocator of the whole process -- the user's own code and every other
+library too (a freed 512 MiB array then stays resident) -- so it is never done at import: call
+``sharplab.tune_allocator()`` explicitly. ``SHARPLAB_NO_MALLOC_TUNING=1`` makes that call a no-op, and settings
+given through ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` / ``MALLOC_MMAP_MAX_`` are respected.
+``allocator_setting()`` says what is in force (run records store it).
 """
 
 from __future__ import annotations
@@ -28,8 +30,13 @@ TRIM_THRESHOLD = 1024 * 1024 * 1024
 _state: str | None = None
 
 
+def allocator_setting() -> str:
+    """What is in force: ``"glibc defaults"`` unless :func:`tune_allocator` has run in this process."""
+    return _state or "glibc defaults"
+
+
 def tune_allocator() -> str:
-    """Raise glibc's mmap/trim thresholds once; return a one-line description of what is in force."""
+    """Opt in: raise glibc's mmap/trim thresholds for this process (once); return what is in force."""
     global _state
     if _state is not None:
         return _state

@@ -10,8 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sharplab.errors import SharplabError
-from sharplab.optim import SAM, create
-from sharplab.optim import Cosine, Linear, Schedule, weights_only
+from sharplab.optim import SAM, Cosine, Linear, Schedule, create, weights_only
 
 LR, MU = 0.2, 0.9
 

@@ -46,7 +46,7 @@ def environment() -> dict[str, Any]:
             "torch_threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         },
-        "allocator": sharplab.ALLOCATOR_SETTING,
+        "allocator": sharplab.allocator_setting(),
         "git": git_revision(),
         "argv": sys.argv,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
