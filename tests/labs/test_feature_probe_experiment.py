@@ -22,20 +22,22 @@ def _row(opt, lr, rho, seed, val_error, val_loss, **metrics):
     return ProbeRow("d", opt, lr, rho, seed, {"val_error": val_error, "val_loss": val_loss, **metrics})
 
 
-def test_selection_uses_validation_error_then_loss_then_smaller_rho():
+def test_selection_uses_validation_error_then_the_largest_rho_within_one_standard_error():
     rows = [
         _row("sam", 0.1, 0.05, 0, 0.10, 0.3, probe_error_hard=0.0),  # best probe error, worse validation
         _row("sam", 0.1, 0.05, 1, 0.12, 0.3, probe_error_hard=0.0),
         _row("sam", 0.1, 0.2, 0, 0.08, 0.5),
         _row("sam", 0.1, 0.2, 1, 0.08, 0.5),
         _row("sam", 0.1, 0.4, 0, 0.08, 0.4),
-        _row("sam", 0.1, 0.4, 1, 0.08, 0.4),
+        _row("sam", 0.1, 0.4, 1, 0.09, 0.4),
     ]
-    assert select_config(rows) == (0.1, 0.4)  # mean val error 0.08 ties; lower val loss wins
-    rows += [_row("sam", 0.1, 0.3, s, 0.08, 0.4) for s in (0, 1)]
-    assert select_config(rows) == (0.1, 0.3)  # full tie: the smaller rho
+    assert select_config(rows) == (0.1, 0.2)  # exact: 0.08 beats 0.085
+    assert select_config(rows, n_val=1000) == (0.1, 0.4)  # within one s.e. (0.86 pts): the larger rho
+    rows += [_row("sam", 0.1, 0.8, s, 0.08, 0.4) for s in (0, 1)]
+    rows += [_row("sam", 0.1, 1.6, s, 0.08 if s else 0.79, 9.0) for s in (0, 1)]
+    assert select_config(rows, num_classes=5) == (0.1, 0.8)  # rho 1.6 has a run at chance: never chosen
     rows += [_row("sam", 0.1, 0.5, s, float("nan"), float("nan")) for s in (0, 1)]
-    assert select_config(rows) == (0.1, 0.3)  # missing validation numbers never win
+    assert select_config(rows, num_classes=5) == (0.1, 0.8)  # missing validation numbers never win
 
 
 def test_summary_by_hand():

@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any
 
-from sharplab.cli._args import numbers
+from sharplab.cli._args import ints, numbers
 from sharplab.errors import ConfigError
 
 
@@ -37,6 +37,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", default="toy", choices=DATASETS)
     p.add_argument("--optimizer", type=_names, default=["sgd", "sam"], help="comma list: sgd,sam,lsam,iw-only,lr-only")
     p.add_argument("--rho", type=numbers, default=[0.05, 0.1, 0.2], help="rho grid (default 0.05,0.1,0.2)")
+    p.add_argument("--m", type=ints, default=[0], metavar="M[,M...]",
+                   help="m-sharpness micro-batch sizes for the SAM variants (0 = whole batch; e.g. 0,1,16); "
+                   "m > 0 rows are named 'sam m=16'")
+    p.add_argument("--sam-start-epoch", type=int, default=0, dest="sam_start_epoch",
+                   help="plain SGD epochs before the SAM variant is switched on (default 0)")
     p.add_argument("--lr", type=numbers, default=[0.05], help="comma list: the learning-rate grid (default 0.05)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=128)
@@ -66,17 +71,22 @@ def handle(args: argparse.Namespace) -> int:
 
     if args.seeds < 1:
         raise ConfigError(f"--seeds {args.seeds} must be at least 1")
+    if any(m < 0 or m > args.batch_size for m in args.m):
+        raise ConfigError(f"--m {args.m} must be between 0 and --batch-size {args.batch_size}")
+    if args.sam_start_epoch < 0:
+        raise ConfigError(f"--sam-start-epoch {args.sam_start_epoch} must be >= 0")
     if args.threads < 1:
         raise ConfigError(f"--threads {args.threads} must be at least 1")
     torch.set_num_threads(args.threads)  # default 1: measured, extra intra-op threads cost more than they gain
     base = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, momentum=args.momentum,
-        weight_decay=args.weight_decay, model=args.model,
+        weight_decay=args.weight_decay, model=args.model, sam_start_epoch=args.sam_start_epoch,
     )  # fmt: skip
     quiet = args.quiet or bool(os.environ.get("CI"))
     result = run_feature_probe(
         args.dataset, args.optimizer, seeds=list(range(args.seeds)), lrs=args.lr, rhos=args.rho, base=base,
         root=args.root, data_seed=args.data_seed, data_options=dict(args.data_option), quiet=quiet,
+        ms=args.m,
     )  # fmt: skip
     chosen = [r.record() for r in result.selected()]
     title = (

@@ -4,8 +4,9 @@ Protocol (Springer, Nagarajan & Raghunathan, ICLR 2024, Sec. 3; arXiv:2405.20439
 
 1. For every optimizer and every (lr, rho) of a small grid, train one model per seed on the ``train``
    split, where the easy and the hard feature both predict the label.
-2. Per optimizer, select the (lr, rho) with the lowest mean **validation error** over seeds (ties: lowest
-   mean validation loss, then the smaller rho and lr). The probe splits never enter the selection.
+2. Per optimizer, select the (lr, rho) with the lowest mean **validation error** over seeds, never one with
+   a run that did not learn; ties within one binomial standard error go to the **largest** rho (the
+   one-standard-error rule, :func:`select_config`). The probe splits never enter the selection.
 3. Probe the penultimate representation of every model for each feature on the decorrelated splits
    (:func:`sharplab.probe.probe_model`) and report probe errors, the model's test error and, as the
    baseline that random features already reach, the same probes on the **untrained** network of each seed.
@@ -143,19 +144,39 @@ def _mean(values: Iterable[float]) -> float:
     return sum(v) / len(v) if v else math.nan
 
 
-def select_config(rows: Sequence[ProbeRow]) -> tuple[float, float]:
-    """(lr, rho) with the lowest mean validation error over seeds; ties: val loss, then smaller rho, lr."""
+def select_config(rows: Sequence[ProbeRow], n_val: int | None = None, num_classes: int | None = None
+                  ) -> tuple[float, float]:
+    """(lr, rho) of the pre-registered selection rule (docs/feature_quality.md).
+
+    Configurations with a run that did not learn (validation error above half the chance error, when
+    ``num_classes`` is given) are never selected. Among the rest, the lowest mean validation error wins; the
+    configurations within one binomial standard error of it (``n_val`` validation examples; exact ties
+    without it) tie, and the tie goes to the **largest** rho (the one-standard-error rule: the most
+    regularised setting validation cannot tell from the best), then the lower validation loss and lr.
+    """
     groups: dict[tuple[float, float], list[ProbeRow]] = {}
     for r in rows:
         groups.setdefault((r.lr, r.rho), []).append(r)
+    limit = 0.5 * (1.0 - 1.0 / num_classes) if num_classes else math.inf
 
-    def key(item: tuple[tuple[float, float], list[ProbeRow]]) -> tuple[float, float, float, float]:
+    def err(rs: list[ProbeRow]) -> float:
+        e = _mean(r.metrics.get("val_error", math.nan) for r in rs)
+        return e if math.isfinite(e) else math.inf
+
+    def ok(rs: list[ProbeRow]) -> bool:
+        return all(r.metrics.get("val_error", math.nan) <= limit for r in rs) and math.isfinite(err(rs))
+
+    usable = {k: v for k, v in groups.items() if ok(v)} or groups
+    best = min(err(v) for v in usable.values())
+    se = math.sqrt(best * (1 - best) / n_val) if n_val and math.isfinite(best) else 0.0
+    tied = {k: v for k, v in usable.items() if err(v) <= best + se + 1e-12}
+
+    def key(item: tuple[tuple[float, float], list[ProbeRow]]) -> tuple[float, float, float]:
         (lr, rho), rs = item
-        err = _mean(r.metrics.get("val_error", math.nan) for r in rs)
         loss = _mean(r.metrics.get("val_loss", math.nan) for r in rs)
-        return (err if math.isfinite(err) else math.inf, loss if math.isfinite(loss) else math.inf, rho, lr)
+        return (-rho, loss if math.isfinite(loss) else math.inf, lr)
 
-    return min(groups.items(), key=key)[0]
+    return min(tied.items(), key=key)[0]
 
 
 def run_feature_probe(
@@ -172,6 +193,7 @@ def run_feature_probe(
     include_untrained: bool = True,
     quiet: bool = True,
     on_row: Callable[[ProbeRow], None] | None = None,
+    ms: Sequence[int] = (0,),
 ) -> FeatureProbeResult:
     """Run the protocol of the module docstring and return every row.
 
@@ -181,7 +203,9 @@ def run_feature_probe(
         seeds: training seeds (initialisation and data order).
         lrs, rhos: the grid searched per optimizer on validation error (``sgd`` ignores ``rhos``).
         base: the other hyperparameters (epochs, batch size, momentum, weight decay, model).
-        include_untrained: add the untrained-network baseline row for each seed.
+        include_untrained: add the untrained-network baseline row for each seed (same model as the rest).
+        ms: m-sharpness micro-batch sizes for the SAM variants (0 = whole batch); a row with ``m > 0`` is
+            named ``"<optimizer> m=<m>"``.
         on_row: called with each finished row (progress, streaming output).
 
     A diverged run (non-finite loss) is kept as a row with ``val_error = 1`` so the grid never selects it.
@@ -195,32 +219,33 @@ def run_feature_probe(
     t0 = time.perf_counter()
     data = load_data(dataset, root=root, data_seed=data_seed, options=data_options)
     result = FeatureProbeResult(dataset=data.name)
-    jobs: list[tuple[str, float, float]] = []
+    jobs: list[tuple[str, float, float, int]] = []
     if include_untrained:
-        jobs.append((UNTRAINED, 0.0, 0.0))
+        jobs.append((UNTRAINED, 0.0, 0.0, 0))
     for name in optimizers:
-        for lr in lrs:
-            for rho in (0.0,) if name == "sgd" else rhos:
-                jobs.append((name, float(lr), float(rho)))
+        for m in (0,) if name == "sgd" else ms:
+            for lr in lrs:
+                for rho in (0.0,) if name == "sgd" else rhos:
+                    jobs.append((name, float(lr), float(rho), int(m)))
     from sharplab.progress import progress
 
     with progress(total=len(jobs) * len(seeds), disable=quiet, desc=dataset) as bar:
-        for name, lr, rho in jobs:
-            cfg = None if name == UNTRAINED else base.replace(optimizer=name, lr=lr, rho=rho)
+        for name, lr, rho, m in jobs:
+            cfg = None if name == UNTRAINED else base.replace(optimizer=name, lr=lr, rho=rho, m=m)
             for seed in seeds:
                 bar.set_postfix_str(f"{name} lr={lr:g} rho={rho:g} seed={seed}")
                 try:
                     metrics = run_one(data, cfg, seed=seed, model_name=base.model)
                 except Diverged as exc:
                     metrics = {"val_error": 1.0, "diverged_step": float(exc.step)}
-                row = ProbeRow(data.name, name, lr, rho, int(seed), metrics)
+                row = ProbeRow(data.name, f"{name} m={m}" if m else name, lr, rho, int(seed), metrics)
                 result.rows.append(row)
                 if on_row is not None:
                     on_row(row)
                 bar.update(1)
     for name in result.optimizers():
         rows = [r for r in result.rows if r.optimizer == name]
-        lr, rho = select_config(rows)
+        lr, rho = select_config(rows, n_val=len(data.splits["val"].y), num_classes=int(data.num_classes))
         for r in rows:
             r.selected = r.lr == lr and r.rho == rho
     result.seconds = time.perf_counter() - t0

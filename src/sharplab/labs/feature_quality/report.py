@@ -177,11 +177,37 @@ def report(runs: Sequence[Any], builder: Any) -> None:
         "validation part of probe_train) scored on the decorrelated probe_test split. Errors in %, mean ± "
         "std over seeds; gain = untrained network's probe error minus the row's."
     )
+    if any(r.get("arm") for r in records):
+        _protocol_sections(runs, records, builder)
+        return
     builder.add_table("feature-quality: probe errors per feature", summary_rows(records))
     builder.add_figure("feature-quality: probe error per feature and optimizer", plot_probe_errors(records))
     sweep = plot_rho_sweep(records)
     if sweep is not None:
         builder.add_figure("feature-quality: rho sweep, test error vs hard-feature probe error", sweep)
+
+
+def _protocol_sections(runs: Sequence[Any], records: list[dict[str, Any]], builder: Any) -> None:
+    """The pre-registered protocol's view (studies that name their configurations with ``arm``)."""
+    from sharplab.labs.feature_quality import protocol
+
+    builder.add_table(
+        "feature-quality: paired differences SGD − X of the hard-probe error (95 % t-interval over seeds), "
+        "manipulation check (final Gini at w / at the step's phantom) and runs that did not learn",
+        protocol.paired_rows(records))
+    lines = []
+    for a, b in (("lsam rho=1.0 jtt_epochs=4 jtt_upweight=5", "sgd jtt_epochs=4 jtt_upweight=5"),
+                 ("lsam rho=1.0 jtt_epochs=4 jtt_upweight=5", "lsam rho=1.0")):
+        m, lo, hi, n = protocol.contrast(records, b, a)
+        if n:
+            lines.append(f"{b} − {a}: {100 * m:+.2f} pts, 95 % CI [{100 * lo:+.2f}, {100 * hi:+.2f}] ({n} seeds)")
+    if lines:
+        builder.add_text("Combination vs each alone (hard-probe error, paired by seed): " + "; ".join(lines))
+    builder.add_figure("feature-quality: hard/easy probe error vs in-distribution test error (every run; "
+                       "floor = untrained, ceiling = hard-only)", protocol.plot_tradeoff(records))
+    fig = protocol.plot_check(runs)
+    if fig is not None:
+        builder.add_figure("feature-quality: manipulation check along training", fig)
 
 
 def write_figures(records: Sequence[dict[str, Any]], out_dir: Any, dataset: str) -> list[Any]:

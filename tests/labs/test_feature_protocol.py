@@ -1,0 +1,117 @@
+"""The pre-registered protocol's pieces: floor architecture, manipulation check, paired CIs, selection."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sharplab.labs.feature_quality import FeatureQualityConfig, run
+from sharplab.labs.feature_quality.check import measure
+from sharplab.labs.feature_quality.experiment import load_data, probe_trained, run_one
+from sharplab.labs.feature_quality.protocol import contrast, paired_ci, paired_rows, select_one_se, verdict
+from sharplab.labs.feature_quality.train import TrainConfig, make_model
+from sharplab.runner.context import RunContext
+
+SMALL_TOY = {"n_train": 400, "n_val": 100, "n_test": 200, "n_probe_train": 400, "n_probe_test": 400}
+
+
+def test_untrained_floor_uses_the_trained_rows_architecture(tmp_path):
+    data = load_data("toy", options=SMALL_TOY)
+    floor = run_one(data, None, seed=3, model_name="mlp")
+    mlp = probe_trained(make_model(data, "mlp", seed=3), data, seed=3)
+    pathway = probe_trained(make_model(data, "auto", seed=3), data, seed=3)
+    assert floor["probe_error_hard"] == mlp["probe_error_hard"]  # the very same computation
+    assert "v_hard_over_v_easy" not in floor and "v_hard_over_v_easy" in pathway  # not the 'auto' PathwayNet
+    opts = ",".join(f"{k}={v}" for k, v in SMALL_TOY.items())
+    out = run(FeatureQualityConfig(dataset="toy", arm="untrained", model="mlp", data_options=opts),
+              RunContext(tmp_path, seed=3, quiet=True))
+    assert out["probe_error_hard"] == mlp["probe_error_hard"]
+
+
+def _gini_closed_form(s: np.ndarray) -> float:
+    """Gini = sum_ij |s_i - s_j| / (2 n^2 mean(s))."""
+    n = len(s)
+    return float(np.abs(s[:, None] - s[None, :]).sum() / (2 * n * n * s.mean()))
+
+
+def _phantom_norms_by_hand(W, b, x, y, rho, chunk):
+    """Softmax-CE linear model: per chunk, eps = rho g / ||g|| with g = mean_i (p_i - e_i) [x_i, 1]."""
+    out = []
+    k = W.shape[0]
+    for i in range(0, len(y), chunk):
+        xs, ys = x[i : i + chunk], y[i : i + chunk]
+        e = np.eye(k)[ys]
+        z = xs @ W.T + b
+        p = np.exp(z - z.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        gW, gb = (p - e).T @ xs / len(ys), (p - e).mean(0)
+        norm = math.sqrt((gW**2).sum() + (gb**2).sum())
+        Wt, bt = W + rho * gW / norm, b + rho * gb / norm
+        zt = xs @ Wt.T + bt
+        pt = np.exp(zt - zt.max(1, keepdims=True))
+        pt /= pt.sum(1, keepdims=True)
+        out.append(np.linalg.norm(pt - e, axis=1))
+    return np.concatenate(out)
+
+
+@pytest.mark.parametrize("m", [0, 4])
+def test_gini_at_the_phantom_matches_a_hand_computation_on_a_linear_model(m):
+    torch.manual_seed(0)
+    model = nn.Linear(5, 3).double()
+    x, y = torch.randn(32, 5, dtype=torch.float64), torch.randint(0, 3, (32,))
+    cfg = TrainConfig(optimizer="sam", rho=0.7, batch_size=8, m=m)
+    got = measure(model, x, y, cfg, epoch=0)
+    W, b = model.weight.detach().numpy(), model.bias.detach().numpy()
+    xn, yn = x.numpy(), y.numpy()
+    norms = _phantom_norms_by_hand(W, b, xn, yn, 0.7, m or 8)
+    real = _phantom_norms_by_hand(W, b, xn, yn, 0.0, 32)
+    assert got["gini_phantom"] == pytest.approx(_gini_closed_form(norms), abs=1e-10)
+    assert got["gini_w"] == pytest.approx(_gini_closed_form(real), abs=1e-10)
+    assert got["gini_phantom"] != pytest.approx(got["gini_w"], abs=1e-3)  # the phantom does move them
+    # SGD steps at w, and SAM before its start epoch does too
+    assert measure(model, x, y, cfg.replace(optimizer="sgd"), 0)["gini_phantom"] == got["gini_w"]
+    assert measure(model, x, y, cfg.replace(sam_start_epoch=2), 1)["gini_phantom"] == got["gini_w"]
+
+
+def test_paired_ci_matches_the_closed_form_t_interval():
+    d = [0.01, 0.02, 0.03, 0.04, 0.05]
+    mean, lo, hi, n = paired_ci(d)
+    t975_4 = 2.7764451051977987  # Student t, 0.975 quantile, 4 degrees of freedom (tables)
+    half = t975_4 * math.sqrt(0.00025) / math.sqrt(5)  # sample variance of d is 2.5e-4
+    assert (n, mean) == (5, pytest.approx(0.03, abs=1e-15))
+    assert (lo, hi) == (pytest.approx(0.03 - half, abs=1e-12), pytest.approx(0.03 + half, abs=1e-12))
+    assert verdict(lo, hi) == "better"
+    assert verdict(*paired_ci([0.01, -0.02, 0.015])[1:3]) == "no difference detected"
+    assert verdict(*paired_ci([-0.01, -0.02, -0.015])[1:3]) == "worse"
+    assert math.isnan(paired_ci([0.1])[1])
+
+
+def _rec(arm, seed, hard, **kw):
+    return {"arm": arm, "seed": seed, "probe_error_hard": hard, "probe_error_easy": 0.1, "test_error": 0.02, **kw}
+
+
+def test_paired_rows_pair_by_seed_flag_near_chance_and_call_the_mechanism():
+    recs = [_rec("sgd", s, 0.20 + 0.01 * s) for s in range(4)]
+    recs += [_rec("sam rho=0.5", s, 0.19 + 0.01 * s + 0.001 * (s % 2), gini_w=0.8, gini_phantom=0.7 - 0.01 * s)
+             for s in range(4)]
+    recs += [_rec("sam rho=2", s, 0.5, near_chance=1.0 if s == 0 else 0.0, gini_w=0.5, gini_phantom=0.5)
+             for s in range(4)]
+    rows = {r["configuration"]: r for r in paired_rows(recs)}
+    sam = rows["sam rho=0.5"]
+    assert sam["verdict"] == "X better" and sam["mechanism"] == "on"  # seed-to-seed spread cancels
+    assert rows["sam rho=2"]["did not learn"] == "1 run(s)" and rows["sam rho=2"]["mechanism"] == "off"
+    assert rows["sam rho=2"]["verdict"] == "X worse"
+    m, lo, hi, n = contrast(recs, "sam rho=2", "sgd")
+    assert n == 4 and m == pytest.approx(0.5 - 0.215)
+
+
+def test_one_se_selection_prefers_the_largest_rho_within_noise_and_skips_runs_that_did_not_learn():
+    rows = [{"rho": 0.05, "val_error": 0.010}, {"rho": 0.2, "val_error": 0.012},
+            {"rho": 0.5, "val_error": 0.030}, {"rho": 1.0, "val_error": 0.8, "near_chance": True}]
+    assert select_one_se(rows, n_val=1000)["rho"] == 0.2  # s.e. of 1 % on 1000 examples is 0.31 points
+    assert select_one_se(rows)["rho"] == 0.05  # without n_val: exact ties only
+    assert select_one_se(rows[3:]) is None
