@@ -5,16 +5,16 @@
 
 Every variant runs on the same random 3x32x32 data with 2 threads (``--threads``); steps are
 interleaved round-robin after a warm-up and the median of ``--steps`` steps is reported, with the ratio
-to SGD. The peer is the SAM of ``pytorch_optimizer`` (``pip install -e '.[bench]'``), skipped if absent.
-The allocator setting in force (``sharplab.ALLOCATOR_SETTING``) is printed: sharplab raises glibc's
-mmap/trim thresholds at import (see ``sharplab/_allocator.py``); ``--compare-allocator`` reruns the
-small-CNN 1-SAM rows in a subprocess with ``SHARPLAB_NO_MALLOC_TUNING=1`` to show what it buys.
+to SGD. Each family member is shown next to the same variant of ``pytorch_optimizer``
+(``pip install -e '.[bench]'``; rows skipped if absent). sharplab is imported plainly, which leaves glibc's
+allocator alone; ``--tune-allocator`` calls ``sharplab.tune_allocator()`` first and ``--compare-allocator``
+reruns the small-CNN 1-SAM rows in a subprocess with it. ``--peak-memory`` reports the peak RSS of one
+1-SAM step for several ``chunk_size`` values (each in a fresh process).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import statistics
 import subprocess
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 import sharplab
 from sharplab.models import PreActResNet18, SmallCNN
-from sharplab.optim import SAM, sam_grad
+from sharplab.optim import SAM, create, sam_grad
 
 
 def sgd_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
@@ -51,6 +51,66 @@ def sharplab_step(model, x, y, rule: str) -> Callable[[], None]:
         return loss
 
     return lambda: opt.step(closure)
+
+
+def family_step(name: str, **kw) -> Callable:
+    def make(model, x, y) -> Callable[[], None]:
+        extra = dict(kw)
+        if name == "esam":
+            extra.update(model=model, loss_fn=torch.nn.CrossEntropyLoss(reduction="none"))
+        opt = create(name, model.parameters(), torch.optim.SGD, lr=0.01, momentum=0.9, **extra)
+        if name == "esam":
+            return lambda: opt.step(inputs=x, targets=y)
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            return loss
+
+        return lambda: opt.step(closure)
+
+    return make
+
+
+def peer_family(cls_name: str, pre_closure: bool = True, needs_model: bool = False, **kw) -> Callable:
+    def make(model, x, y) -> Callable[[], None] | None:
+        try:
+            import pytorch_optimizer
+        except ImportError:
+            return None
+        cls = getattr(pytorch_optimizer, cls_name)
+        if cls_name == "GSAM":
+            base = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+            class ConstantRho:
+                def step(self) -> float:
+                    return 0.05
+
+            opt = cls(model.parameters(), base, model=model, rho_scheduler=ConstantRho(), **kw)
+
+            def gsam_step() -> None:
+                opt.set_closure(F.cross_entropy, x, y)
+                opt.step()
+
+            return gsam_step
+        args = (model, model.parameters()) if needs_model else (model.parameters(),)
+        opt = cls(*args, torch.optim.SGD, lr=0.01, momentum=0.9, **kw)
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            return loss
+
+        def step() -> None:
+            if pre_closure:
+                closure()
+            opt.step(closure)
+
+        return step
+
+    return make
 
 
 def one_sam_vectorised(model, x, y) -> Callable[[], None]:
@@ -115,6 +175,17 @@ VARIANTS: dict[str, Callable] = {
     "SAM (sharplab)": lambda m, x, y: sharplab_step(m, x, y, "sam"),
     "SAM (pytorch_optimizer)": peer_step,
     "ASAM (sharplab)": lambda m, x, y: sharplab_step(m, x, y, "asam"),
+    "ASAM (pytorch_optimizer)": peer_family("SAM", adaptive=True),
+    "GSAM (sharplab)": family_step("gsam"),
+    "GSAM (pytorch_optimizer)": peer_family("GSAM", alpha=0.4),
+    "WSAM (sharplab)": family_step("wsam"),
+    "WSAM (pytorch_optimizer)": peer_family("WSAM", pre_closure=False, needs_model=True),
+    "LookSAM k=5 (sharplab)": family_step("looksam", k=5),
+    "LookSAM k=5 (pytorch_optimizer)": peer_family("LookSAM", k=5),
+    "Friendly-SAM (sharplab)": family_step("fsam"),
+    "Friendly-SAM (pytorch_optimizer)": peer_family("FriendlySAM"),
+    "ESAM b=0.6 g=0.5 (sharplab)": family_step("esam", gamma=0.5),
+    "Momentum-SAM (sharplab)": family_step("msam"),
     "1-SAM vectorised (sharplab)": one_sam_vectorised,
     "1-SAM per-example loop": one_sam_loop,
 }
@@ -145,16 +216,36 @@ def measure(make_model: Callable[[], torch.nn.Module], batch: int, steps: int, w
 
 def report(title: str, medians: dict[str, float]) -> None:
     base = medians["SGD"]
-    peer = medians.get("SAM (pytorch_optimizer)")
     print(f"\n{title}")
-    print(f"  {'variant':32s} {'median ms':>10s} {'x SGD':>7s}")
+    print(f"  {'variant':34s} {'median ms':>10s} {'x SGD':>7s} {'x peer':>7s}")
     for name, t in medians.items():
-        print(f"  {name:32s} {1e3 * t:10.1f} {t / base:7.2f}")
-    if peer:
-        print(f"  SAM sharplab / peer = {medians['SAM (sharplab)'] / peer:.3f}  (target <= 1.05)")
+        twin = medians.get(name.replace("(sharplab)", "(pytorch_optimizer)")) if "(sharplab)" in name else None
+        vs_peer = f"{t / twin:7.2f}" if twin else ""
+        print(f"  {name:34s} {1e3 * t:10.1f} {t / base:7.2f} {vs_peer}")
     if "1-SAM per-example loop" in medians and "1-SAM vectorised (sharplab)" in medians:
         speedup = medians["1-SAM per-example loop"] / medians["1-SAM vectorised (sharplab)"]
-        print(f"  1-SAM vectorised speed-up over the loop = {speedup:.2f}x  (target >= 2.5x, aim 4x)")
+        print(f"  1-SAM vectorised speed-up over the loop = {speedup:.2f}x")
+
+
+PEAK = """
+import resource, sys, torch, torch.nn.functional as F
+from sharplab.models import SmallCNN
+from sharplab.optim import sam_grad
+torch.set_num_threads(int(sys.argv[2]))
+model, x, y = SmallCNN(3, 10), torch.randn(128, 3, 32, 32), torch.randint(0, 10, (128,))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+chunk = None if sys.argv[1] == "none" else int(sys.argv[1])
+sam_grad(model, F.cross_entropy, x, y, rho=0.05, m=1, chunk_size=chunk)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+"""
+
+
+def peak_memory(threads: int) -> None:
+    print("\n1-SAM (small CNN, batch 128): peak RSS growth of one step, fresh process each")
+    for chunk in ["none", "64", "16", "4"]:
+        out = subprocess.run([sys.executable, "-c", PEAK, chunk, str(threads)], capture_output=True, text=True,
+                             check=True)
+        print(f"  chunk_size={chunk:>5s}: {float(out.stdout):8.0f} MiB")
 
 
 def main() -> None:
@@ -166,13 +257,17 @@ def main() -> None:
     parser.add_argument("--only", choices=["cnn", "resnet"], help="run one model only")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma list of variant names")
     parser.add_argument("--compare-allocator", action="store_true",
-                        help="also run the small-CNN 1-SAM rows with glibc's default allocator settings")
+                        help="also run the small-CNN 1-SAM rows with sharplab.tune_allocator() in force")
+    parser.add_argument("--tune-allocator", action="store_true", help="call sharplab.tune_allocator() first")
+    parser.add_argument("--peak-memory", action="store_true", help="peak memory of 1-SAM per chunk_size")
     args = parser.parse_args()
+    if args.tune_allocator:
+        sharplab.tune_allocator()
     torch.set_num_threads(args.threads)
     names = [n for n in args.variants.split(",") if n]
     steps = 10 if args.quick else args.steps
     print(f"sharplab {sharplab.__version__}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} threads, allocator: {sharplab.ALLOCATOR_SETTING}")
+          f"{torch.get_num_threads()} threads, allocator: {sharplab.allocator_setting()}")
     if args.only != "resnet":
         report("Small CNN (feature-quality study), batch 128, 3x32x32",
                measure(lambda: SmallCNN(3, 10), 128, steps, args.warmup, names))
@@ -181,12 +276,13 @@ def main() -> None:
         report("PreAct ResNet-18 (BatchNorm), batch 32, 3x32x32",
                measure(lambda: PreActResNet18(10), 32, max(5, steps // 2) if steps < 20 else steps,
                        args.warmup, resnet_names))
+    if args.peak_memory:
+        peak_memory(args.threads)
     if args.compare_allocator:
-        env = dict(os.environ, SHARPLAB_NO_MALLOC_TUNING="1")
         cmd = [sys.executable, __file__, "--only", "cnn", "--steps", str(steps), "--threads", str(args.threads),
-               "--variants", "SGD,1-SAM vectorised (sharplab),1-SAM per-example loop"]
-        print("\n--- the same small-CNN rows with glibc's default allocator (SHARPLAB_NO_MALLOC_TUNING=1) ---")
-        subprocess.run(cmd, env=env, check=True)
+               "--tune-allocator", "--variants", "SGD,1-SAM vectorised (sharplab),1-SAM per-example loop"]
+        print("\n--- the same small-CNN rows with sharplab.tune_allocator() ---")
+        subprocess.run(cmd, check=True)
 
 
 if __name__ == "__main__":

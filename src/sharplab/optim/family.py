@@ -88,6 +88,7 @@ class FamilySAM(SAM):
         elif closure is None:
             raise SharplabError("step needs a closure (zero grads, forward, backward, return loss)")
         else:
+            self._check_fresh()  # as SAM: gradients made outside the closure are an error, not dropped
             call = _ClosurePasses(torch.enable_grad()(closure), self)
         return self._family_step(call)
 
@@ -156,10 +157,9 @@ class FamilySAM(SAM):
         torch._foreach_copy_(params, old)
 
     def _fam_finish(self, loss: torch.Tensor, combiner: Combiner | None, params: list, lrs: list) -> torch.Tensor:
-        self.base.step()
+        self._base_step(None)  # SAM's: the base step, the step count, and which gradients it left
         if combiner is not None:
             combiner.after_step(params, lrs)
-        self.steps_taken += 1
         return loss
 
     def _selection_passes(self, x: torch.Tensor, y: torch.Tensor) -> _SelectionPasses:
