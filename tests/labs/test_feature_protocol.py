@@ -115,3 +115,22 @@ def test_one_se_selection_prefers_the_largest_rho_within_noise_and_skips_runs_th
     assert select_one_se(rows, n_val=1000)["rho"] == 0.2  # s.e. of 1 % on 1000 examples is 0.31 points
     assert select_one_se(rows)["rho"] == 0.05  # without n_val: exact ties only
     assert select_one_se(rows[3:]) is None
+
+
+def test_hetero_toy_makes_sgd_weights_unequal_and_the_phantom_flattens_them():
+    from sharplab.labs.feature_quality.check import check_batch
+    from sharplab.labs.feature_quality.importance import importance_snapshot
+    from sharplab.labs.feature_quality.train import train
+
+    opts = {"n_train": 1000, "n_val": 100, "n_test": 100, "n_probe_train": 100, "n_probe_test": 100}
+    plain, hetero = load_data("toy", options=opts), load_data("toy-hetero", options=opts)
+    ginis = {}
+    for name, data in (("toy", plain), ("toy-hetero", hetero)):
+        model = make_model(data, "auto", seed=0)
+        train(model, data, TrainConfig(optimizer="sgd", epochs=10, batch_size=64), seed=0)
+        x, y = check_batch(data, 256, 0)
+        snap = importance_snapshot(model, x, y, rho=1.0, per_example=True)
+        ginis[name] = (snap.gini_real, snap.gini_phantom)
+    assert ginis["toy"][0] < 0.3  # the plain toy: SGD's weights nearly uniform
+    assert ginis["toy-hetero"][0] > 0.6  # heterogeneous margins: concentrated at w ...
+    assert ginis["toy-hetero"][1] < 0.5  # ... and spread out at the 1-SAM phantom

@@ -30,13 +30,14 @@ from sharplab.runner.context import RunContext
 
 UNTRAINED = "untrained"
 DATASETS: tuple[str, ...] = (
-    "toy", "fmnist-mnist", "cifar-mnist", "celeba", "waterbirds", "pacs", "vlcs", "officehome",
+    "toy", "toy-hetero", "fmnist-mnist", "cifar-mnist", "celeba", "waterbirds", "pacs", "vlcs", "officehome",
 )  # fmt: skip
 
 # Data-set options the lab uses unless the user overrides them. The toy's hard feature is spread over 16
 # noisy coordinates (per-coordinate margin/sigma = 0.5, Bayes error 2.3 % along the best direction): with a
 # single hard coordinate any monotone unit reads it optimally and no optimizer could make a difference.
-DATA_DEFAULTS: dict[str, dict[str, Any]] = {"toy": {"hard_dims": 16, "margin_hard": 0.05}}
+DATA_DEFAULTS: dict[str, dict[str, Any]] = {"toy": {"hard_dims": 16, "margin_hard": 0.05},
+                                             "toy-hetero": {"hard_dims": 16, "margin_hard": 0.05}}
 
 _CACHE: dict[str, Any] = {}
 
@@ -65,6 +66,7 @@ def parse_options(text: str) -> dict[str, Any]:
 def load_data(dataset: str, *, root: str | None = None, data_seed: int = 0, options: dict | None = None):
     """``load_two_feature`` with the lab's defaults (:data:`DATA_DEFAULTS`); the last load is cached."""
     from sharplab.data import load_two_feature
+    from sharplab.labs.feature_quality import hetero_toy  # noqa: F401  (registers "toy-hetero")
 
     opts = {**DATA_DEFAULTS.get(dataset, {}), **(options or {})}
     key = json.dumps([dataset, root, data_seed, opts], sort_keys=True, default=str)
