@@ -38,7 +38,8 @@ def _celeba(root, writers, n=400, seed=0, ext="png"):
 
 def test_celeba_reader_labels_splits_and_pixels(isolated, writers):
     blond, male, part = _celeba(isolated, writers)
-    data = load_two_feature("celeba", root=str(isolated), seed=0, image_size=8, norm="none", limit=None)
+    data = load_two_feature("celeba", root=str(isolated), seed=0, image_size=8, norm="none", limit=None,
+                            target="Blond_Hair", spurious="Male", correlation="full")
     assert data.input_shape == (3, 8, 8) and data.meta["easy_encoding"] == "easy = 1 - Male (+1)"
     female = 1 - male
     for name, s in data.splits.items():
@@ -58,9 +59,9 @@ def test_celeba_reader_labels_splits_and_pixels(isolated, writers):
             assert torch.equal(s.easy, s.hard)
             p = np.flatnonzero((part == want_part) & (blond == female))
             assert sorted(rows) == p.tolist()
-    natural = load_two_feature("celeba", root=str(isolated), image_size=8, norm="none", correlation="natural",
-                               limit=None)
-    assert len(natural.splits["train"]) == int(np.sum(part == 0))
+    natural = load_two_feature("celeba", root=str(isolated), image_size=8, norm="none", limit=None)
+    assert len(natural.splits["train"]) == int(np.sum(part == 0))  # default: standard splits, all groups
+    assert natural.meta["hard_feature"] == "Male" and natural.meta["easy_feature"] == "Blond_Hair"
 
 
 def test_celeba_jpeg_imagenet_norm_and_errors(isolated, writers):
@@ -97,7 +98,8 @@ def test_waterbirds_metadata_reader(isolated, writers):
     y = np.array([r["y"] for r in rows])
     place = np.array([r["place"] for r in rows])
     split = np.array([r["split"] for r in rows])
-    data = load_two_feature("waterbirds", root=str(isolated), image_size=5, norm="none", limit=None)
+    data = load_two_feature("waterbirds", root=str(isolated), image_size=5, norm="none", limit=None,
+                            correlation="full")
     assert data.meta["easy_encoding"] == "easy = place"
     for name, s in data.splits.items():
         idx = writers.index_of(s.x)
@@ -108,6 +110,8 @@ def test_waterbirds_metadata_reader(isolated, writers):
             assert set(split[idx]) == {1 if name == "probe_train" else 2}
     tr = writers.index_of(data.splits["train"].x)
     assert sorted(tr) == np.flatnonzero((split == 0) & (y == place)).tolist()
+    natural = load_two_feature("waterbirds", root=str(isolated), image_size=5, norm="none", limit=None)
+    assert sorted(writers.index_of(natural.splits["train"].x)) == np.flatnonzero(split == 0).tolist()
 
 
 def _domainbed(root, writers, name="PACS", domains=("art_painting", "cartoon", "photo", "sketch"),

@@ -3,7 +3,9 @@
 * ``celeba`` (Liu et al. 2015), official files under ``<root>/celeba/``: ``img_align_celeba/``,
   ``list_attr_celeba.txt`` (count line, attribute-name line, then ``name v1 ... v40`` with values +-1) and
   ``list_eval_partition.txt`` (``name p``, p = 0 train / 1 val / 2 test). hard = y = ``target``
-  (default ``Blond_Hair``), easy = ``spurious`` (default ``Male``).
+  (default ``Male``: gender), easy = ``spurious`` (default ``Blond_Hair``: hair colour), the roles of
+  Springer et al. (ICLR 2024) Table 1; ``target="Blond_Hair", spurious="Male"`` gives the usual
+  group-robustness setting of Sagawa et al. (2020).
 * ``waterbirds`` (Sagawa et al. 2020), ``<root>/waterbird_complete95_forest2water2/metadata.csv`` with
   columns ``img_id,img_filename,y,split,place,place_filename``: hard = y = bird (1 = waterbird),
   easy = place (1 = water); ``split`` 0 / 1 / 2 = train / val / test.
@@ -11,9 +13,10 @@
 The easy label is encoded so that it agrees with ``y`` on most training examples (for CelebA, easy = 1
 means *not* Male, since blond hair is more frequent among women); ``meta["easy_encoding"]`` says which.
 
-Splits: ``train``/``val``/``test`` are the official partitions. With ``correlation="full"`` (default, the
-contract of :mod:`sharplab.data.core`) they keep only examples whose two features agree (``easy == y``);
-``"natural"`` keeps the official partitions as released. ``probe_train`` (from the official validation
+Splits: ``train``/``val``/``test`` are the official partitions. ``correlation="natural"`` (default) keeps
+them as released, minority groups included, as the study does; the test split's worst-group error is then
+reported over the four (easy, hard) groups. ``"full"`` keeps only examples whose two features agree
+(``easy == y``), the fully redundant contract of the synthetic sets. ``probe_train`` (from the official validation
 partition) and ``probe_test`` (from the official test partition) hold every (easy, hard) pair equally often
 (:func:`~sharplab.data.core.balanced_pairs`), so they share images with ``val`` and ``test``, never with
 ``train``.
@@ -38,9 +41,9 @@ WATERBIRDS_DIR = "waterbird_complete95_forest2water2"
 
 @dataclass(frozen=True)
 class CelebAOptions(ImageOptions):
-    target: str = "Blond_Hair"
-    spurious: str = "Male"
-    correlation: str = "full"
+    target: str = "Male"  # hard feature (the study's Table 1: gender hard, hair colour easy)
+    spurious: str = "Blond_Hair"
+    correlation: str = "natural"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -49,7 +52,7 @@ class CelebAOptions(ImageOptions):
 
 @dataclass(frozen=True)
 class WaterbirdsOptions(ImageOptions):
-    correlation: str = "full"
+    correlation: str = "natural"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -150,7 +153,7 @@ def build(name: str, table: Table, opt: CelebAOptions | WaterbirdsOptions, seed:
     )
 
 
-@register_dataset("celeba", CelebAOptions, "CelebA: Blond_Hair (hard, target) vs Male (easy)",
+@register_dataset("celeba", CelebAOptions, "CelebA: Male (hard, target) vs Blond_Hair (easy), standard splits",
                   folders=("celeba",))
 def load_celeba(opt: CelebAOptions, root: str | None, seed: int) -> TwoFeatureData:
     folder = sources.require_folder(
