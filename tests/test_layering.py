@@ -17,7 +17,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "sharplab"
 
 LAYER = {"optim": 0, "data": 1, "models": 1, "probe": 2, "sharpness": 2, "runner": 3, "labs": 4, "cli": 5}
 #: shared helpers below every layer (errors, registry, io, allocator, version)
-BASE = {"errors", "registry", "io", "_allocator", "__init__", "__main__"}
+BASE = {"errors", "registry", "io", "progress", "_allocator", "__init__", "__main__"}
 
 
 def module_name(path: Path, root: Path = SRC.parent) -> str:

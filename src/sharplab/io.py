@@ -1,6 +1,9 @@
 """Atomic file writes: write to a temporary file in the same folder, fsync, then rename.
 
 A reader (or a crash at any moment) sees either the old file or the complete new one, never a prefix.
+Ctrl-C (SIGINT) during the write is deferred until the file is in place, then raised: an interrupted
+``torch.save`` would otherwise leave a half-written stream and a confusing error. A kill -9 can still
+leave the ``.NAME.*.tmp`` file, which the runner deletes when it next claims the run.
 """
 
 from __future__ import annotations
@@ -8,14 +11,62 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
 
+def check_writable_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """One-line :class:`~sharplab.errors.SharplabError` unless ``path`` is, or can be created as, a folder
+    this process can write in (not a file, not under a file, not under /proc, /sys or /dev)."""
+    from sharplab.errors import SharplabError
+
+    p = Path(path).expanduser()
+    if str(path).strip() == "":
+        raise SharplabError(f"{what}: empty path; name a folder")
+    parts = p.resolve().parts
+    if len(parts) > 1 and parts[1] in ("proc", "sys", "dev"):
+        raise SharplabError(f"{what} {str(path)!r} is under /{parts[1]}; choose another folder")
+    for q in (p, *p.parents):
+        if q.exists():
+            if not q.is_dir():
+                raise SharplabError(f"{what} {str(path)!r}: {str(q)!r} is a file, not a folder; choose another")
+            if not os.access(q, os.W_OK | os.X_OK):
+                raise SharplabError(f"{what} {str(path)!r}: no permission to write in {str(q)!r}")
+            break
+    return p
+
+
+@contextlib.contextmanager
+def deferred_interrupt():
+    """Hold back SIGINT inside the block (main thread only); raise KeyboardInterrupt after it if one came."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    except ValueError:  # not allowed here (e.g. an embedded interpreter)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
-    """Call ``write(f)`` on a temp file next to ``path`` and rename it over ``path``."""
+    """Call ``write(f)`` on a temp file next to ``path`` and rename it over ``path`` (Ctrl-C deferred)."""
+    with deferred_interrupt():
+        return _atomic_write(path, write)
+
+
+def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

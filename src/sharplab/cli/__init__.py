@@ -28,7 +28,9 @@ COMMAND_MODULES: tuple[str, ...] = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from sharplab.cli._args import OneLineParser
+
+    parser = OneLineParser(
         prog="sharplab",
         description="Sharpness-Aware Minimization: optimizers and labs that show what SAM does.",
     )

@@ -9,6 +9,7 @@ import math
 import sys
 from pathlib import Path
 
+from sharplab.cli._args import out_dir, positive_int, seed, text, threads, typed
 from sharplab.errors import SharplabError
 
 
@@ -22,15 +23,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars (also when CI is set)")
     p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars per run")
     p.set_defaults(func=cmd_run, needs_labs=True)
+    typed(p, study=text, out=out_dir, jobs=positive_int, nproc=positive_int, threads=threads)
 
-    p = sub.add_parser("status", help="table of the runs in an output folder")
-    p.add_argument("out", help="output folder of `sharplab run`")
+    p = sub.add_parser("status", help="table of the runs in an output folder (--check: verify their files)")
+    p.add_argument("out", type=text, help="output folder of `sharplab run`")
+    p.add_argument("--check", action="store_true",
+                   help="verify that every finished run's files exist and match the store (exit 1 if not)")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("reset", help="make runs pending again (their checkpoint and history are deleted)")
+    p.add_argument("out", type=text, help="output folder of `sharplab run`")
+    p.add_argument("run_ids", nargs="+", type=text, metavar="RUN", help="run id(s) from `sharplab status`")
+    p.add_argument("--force", action="store_true",
+                   help="also reset a finished run, or one held by a live process")
+    p.set_defaults(func=cmd_reset)
 
     p = sub.add_parser("report", help="write report.md, report.html and figures for an output folder")
     p.add_argument("out", help="output folder of `sharplab run`")
     p.add_argument("--title", default=None)
     p.set_defaults(func=cmd_report, needs_labs=True)
+    typed(p, out=text, title=text)
 
     p = sub.add_parser("export", help="one row per run (config, status, final metrics) to stdout")
     p.add_argument("out", help="output folder of `sharplab run`")
@@ -38,6 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     fmt.add_argument("--csv", dest="format", action="store_const", const="csv", help="CSV (default)")
     fmt.add_argument("--json", dest="format", action="store_const", const="json", help="JSON lines")
     p.set_defaults(func=cmd_export, format="csv")
+    typed(p, out=text)
 
     p = sub.add_parser("sweep", help="Optuna hyperparameter search over the study's [sweep] space")
     p.add_argument("study", help="study file with a [sweep] table")
@@ -49,10 +62,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler-seed", type=int, default=None, help="TPE sampler seed (default: random)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_sweep, needs_labs=True)
+    typed(p, study=text, trials=positive_int, storage=storage_url, out=out_dir, study_name=text,
+          sampler_seed=seed)
 
     p = sub.add_parser("labs", help="list registered labs, or the config fields of one")
     p.add_argument("name", nargs="?", help="a lab name: show its config fields, defaults and allowed values")
     p.set_defaults(func=cmd_labs, needs_labs=True)
+    typed(p, name=text)
+
+
+def storage_url(value: str) -> str:
+    """An Optuna storage URL of a known scheme with a usable SQLite path."""
+    from sharplab.runner.sweep import check_storage_url
+
+    try:
+        check_storage_url(value)
+    except SharplabError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
 
 
 def _quiet(args: argparse.Namespace) -> bool:
@@ -68,8 +95,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     study = load_study(args.study)
     out = Path(args.out or Path("runs") / study.name)
-    if args.threads is not None and args.threads < 1:
-        raise SharplabError(f"--threads {args.threads} must be >= 1")
     options = RunOptions(quiet=_quiet(args), tensorboard=args.tensorboard, threads=args.threads)
     n = len(study.runs(args.nproc))
     print(f"study {study.name!r}: lab {study.lab}, {n} runs -> {out}", file=sys.stderr)
@@ -98,6 +123,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not runs:
         print(f"no runs in {args.out}")
         return 0
+    if args.check:
+        return _check(args.out, runs)
     keys = varying_keys(runs)
     metric_names = list(dict.fromkeys(k for r in runs for k in r.metrics))[:3]
     header = ["run", "lab", "status", *keys, "seed", "step", *metric_names, "time", "note"]
@@ -107,13 +134,43 @@ def cmd_status(args: argparse.Namespace) -> int:
         note = r.error or ""
         if r.status == "diverged":
             note = f"step {r.diverged_step}: {note}"
+        elif r.status == "running":
+            reason = r.takeover_reason()
+            note = (f"{reason}: the next `sharplab run` takes it over" if reason
+                    else f"{r.blocked_by()}; `sharplab reset {args.out} {r.run_id} --force` frees it")
         rows.append([r.run_id, r.lab, r.display_status, *[_fmt(p.get(k)) for k in keys], str(r.seed),
                      _fmt(r.last_step), *[_fmt(r.metrics.get(m)) for m in metric_names],
-                     f"{r.seconds:.0f}s", note[:60]])
+                     f"{r.seconds:.0f}s", note[:110]])
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     for row in [header, *rows]:
         print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
     print("\n" + status_line(r.display_status for r in runs))
+    return 0
+
+
+def _check(out: str, runs: list) -> int:
+    """``status --check``: every finished run's folder, run.json and recorded files exist and match."""
+    from sharplab.runner.execute import verify_run_files
+
+    problems = [(r.run_id, p) for r in runs if r.status in ("done", "diverged") for p in verify_run_files(r)]
+    for run_id, problem in problems:
+        print(f"{run_id}: {problem}")
+    n = sum(r.status in ("done", "diverged") for r in runs)
+    if problems:
+        bad = len({run_id for run_id, _ in problems})
+        print(f"\n{bad} of {n} finished runs have problems; `sharplab reset {out} RUN --force` reruns one",
+              file=sys.stderr)
+        return 1
+    print(f"all {n} finished runs have their files in place")
+    return 0
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    from sharplab.runner.execute import reset_run
+
+    for run_id in dict.fromkeys(args.run_ids):
+        before = reset_run(args.out, run_id, force=args.force)
+        print(f"{run_id}: {before} -> pending (checkpoint and history deleted)")
     return 0
 
 

@@ -165,9 +165,9 @@ def load_images(paths: Sequence[str | Path], size: int, norm: str = "imagenet",
     out = torch.empty(len(paths), 3, size, size)
     it = paths
     if progress:
-        from tqdm import tqdm
+        from sharplab.progress import progress
 
-        it = tqdm(paths, desc="decoding images", unit="img", leave=False)
+        it = progress(paths, desc="decoding images", unit="img", leave=False)
     for i, p in enumerate(it):
         out[i] = resize_center_crop(decode_image(p), size)
     if norm == "imagenet":

@@ -118,7 +118,14 @@ def load_study(path: str | Path) -> Study:
     path = Path(path)
     if not path.is_file():
         raise SharplabError(f"study file {str(path)!r} not found; pass the path of a .toml file")
-    return parse_study(_toml_loads(path.read_text(encoding="utf-8")), default_name=path.stem)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"study file {str(path)!r} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    except OSError as exc:
+        raise SharplabError(f"cannot read study file {str(path)!r}: {exc.strerror}") from None
+    default = "".join(c if c in _NAME_CHARS else "-" for c in path.stem).lstrip(".") or "study"
+    return parse_study(_toml_loads(text), default_name=default)
 
 
 def parse_study(doc: dict[str, Any], default_name: str = "study") -> Study:
@@ -131,9 +138,7 @@ def parse_study(doc: dict[str, Any], default_name: str = "study") -> Study:
     if "lab" not in doc or not isinstance(doc["lab"], str):
         raise ConfigError('study file needs lab = "<name>" at the top; see `sharplab labs`')
     lab = get_lab(doc["lab"])
-    name = doc.get("name", default_name)
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"name = {name!r} must be a non-empty string")
+    name = check_study_name(doc.get("name", default_name))
     base = dict(_table(doc, "config"))
     grid_raw = dict(_table(doc, "grid"))
     seeds: list[Any] = [0]
@@ -144,8 +149,7 @@ def parse_study(doc: dict[str, Any], default_name: str = "study") -> Study:
         if not isinstance(seeds, list) or not seeds:
             raise ConfigError(f"[grid] seed = {seeds!r} must be a non-empty list of integers, e.g. [0, 1, 2]")
     for s in seeds:
-        if not isinstance(s, int) or isinstance(s, bool) or s < 0:
-            raise ConfigError(f"seed = {s!r} is not allowed; seeds are integers >= 0")
+        check_seed(s, "seed")
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"[grid] seed = {seeds!r} repeats a seed; list each seed once")
     grid: dict[str, list[Any]] = {}
@@ -153,6 +157,9 @@ def parse_study(doc: dict[str, Any], default_name: str = "study") -> Study:
         if not isinstance(values, list) or not values:
             raise ConfigError(f"[grid] {key} = {values!r} must be a non-empty list of values, "
                               f"e.g. {key} = [...]")
+        canon = [json.dumps(v, sort_keys=True) for v in values]
+        if len(set(canon)) != len(canon):
+            raise ConfigError(f"[grid] {key} = {values!r} repeats a value; list each value once")
         grid[key] = values
     cls = lab.config_cls
     validate_config(cls, base, where="config")
@@ -163,6 +170,27 @@ def parse_study(doc: dict[str, Any], default_name: str = "study") -> Study:
                   str(doc.get("description", "")))
     study.runs()  # combinations can still fail the config class's own cross-field checks
     return study
+
+
+#: a study name becomes a file name (``DIR/studies/<name>.json``, ``runs/<name>``): no paths
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+MAX_SEED = 2**63 - 1
+
+
+def check_study_name(name: Any) -> str:
+    """A study name: 1-100 letters, digits, ``.``, ``_``, ``-``, not starting with ``.`` (no path parts)."""
+    if (not isinstance(name, str) or not name or len(name) > 100 or name[0] == "."
+            or not set(name) <= _NAME_CHARS):
+        raise ConfigError(f"name = {name!r} is not allowed; use 1-100 letters, digits, '.', '_' or '-', "
+                          "not starting with '.' (the name is used as a file name)")
+    return name
+
+
+def check_seed(seed: Any, where: str = "seed") -> int:
+    """A seed: an integer in [0, 2^63 - 1] (what torch and NumPy generators accept)."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"{where} = {seed!r} is not allowed; seeds are integers in [0, 2^63 - 1]")
+    return seed
 
 
 def _table(doc: dict[str, Any], key: str) -> dict[str, Any]:
@@ -240,6 +268,10 @@ def check_value(name: str, value: Any, typ: Any, meta: Any) -> Any:
                 raise ConfigError(f"{name} = {value!r} is out of range; allowed: {allowed(typ, meta)}")
             if item != item:  # NaN
                 raise ConfigError(f"{name} = {value!r} is not a number; allowed: {allowed(typ, meta)}")
+            if isinstance(item, float) and abs(item) == float("inf") and not meta.get("allow_inf"):
+                raise ConfigError(f"{name} = {value!r} is not finite; allowed: {allowed(typ, meta)}")
+            if isinstance(item, int) and abs(item) > MAX_SEED:
+                raise ConfigError(f"{name} = {value!r} is too large; allowed: {allowed(typ, meta)}")
     return out
 
 

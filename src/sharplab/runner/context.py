@@ -19,6 +19,24 @@ import torch
 from sharplab.io import atomic_torch_save
 
 CHECKPOINT_NAME = "checkpoint.pt"
+#: per-step metrics, one JSON line per ``log_metrics`` call, so that a lost or emptied store can be refilled
+HISTORY_NAME = "history.jsonl"
+
+
+def read_history(run_dir: Path) -> list[tuple[int, dict[str, float]]]:
+    """The ``(step, metrics)`` lines of a run folder's history file (a torn last line is skipped)."""
+    import json
+
+    path = Path(run_dir) / HISTORY_NAME
+    rows = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                row = json.loads(line)
+                rows.append((int(row["step"]), {k: float(v) for k, v in row["metrics"].items()}))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                continue
+    return rows
 
 
 @dataclass
@@ -34,6 +52,8 @@ class RunContext:
         rank, world_size: this process's place in a ``torchrun`` launch (0 and 1 when not distributed);
             the runner has initialised ``torch.distributed`` when ``world_size > 1``. Only rank 0
             writes checkpoints.
+        history_file: also append every ``log_metrics`` call to ``run_dir/history.jsonl`` (the runner
+            does, so that the per-step history survives a lost results store).
     """
 
     run_dir: Path
@@ -44,6 +64,7 @@ class RunContext:
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("sharplab.run"))
     rank: int = 0
     world_size: int = 1
+    history_file: bool = False
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir)
@@ -62,6 +83,12 @@ class RunContext:
         """Record metrics at ``step`` (an epoch or iteration index chosen by the lab)."""
         clean = {k: float(v) for k, v in metrics.items()}
         self.history.append((step, clean))
+        if self.history_file and self.is_main:
+            import json
+
+            with (self.run_dir / HISTORY_NAME).open("a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": int(step), "metrics": {k: _json_float(v) for k, v in clean.items()}})
+                        + "\n")
         if self.on_metrics is not None:
             self.on_metrics(step, clean)
         self.logger.info("step %d: %s", step, " ".join(f"{k}={v:.6g}" for k, v in clean.items()))
@@ -83,7 +110,14 @@ class RunContext:
         """The last checkpoint written by this run, or None. Loaded with ``weights_only=True``."""
         if not self.checkpoint_path.exists():
             return None
-        return torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+        try:
+            return torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # truncated, corrupt, or not a checkpoint at all
+            from sharplab.errors import SharplabError
+
+            reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+            raise SharplabError(f"checkpoint {self.checkpoint_path} cannot be read ({reason}); delete it to "
+                                "start this run over, or `sharplab reset DIR RUN_ID`") from None
 
     # --- artifacts and progress --------------------------------------------------------------------
     def artifact(self, name: str) -> Path:
@@ -93,7 +127,11 @@ class RunContext:
         return path
 
     def progress(self, iterable: Iterable | None = None, *, total: int | None = None, desc: str = ""):
-        """A tqdm progress bar (disabled when quiet)."""
-        from tqdm.auto import tqdm
+        """A progress bar on a terminal, a plain line every few percent otherwise (off when quiet)."""
+        from sharplab.progress import progress
 
-        return tqdm(iterable, total=total, desc=desc, disable=self.quiet, leave=False, dynamic_ncols=True)
+        return progress(iterable, total=total, desc=desc, disable=self.quiet, leave=False)
+
+
+def _json_float(v: float) -> float | str:
+    return v if v == v and abs(v) != float("inf") else str(v)

@@ -18,6 +18,7 @@ Parallelism: ``jobs=1, nproc=1`` runs everything in this process. Otherwise each
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -35,10 +36,10 @@ import torch
 from sharplab.errors import Diverged, SharplabError
 from sharplab.io import atomic_write_json
 from sharplab.runner.config import RunSpec, Study
-from sharplab.runner.context import RunContext
+from sharplab.runner.context import CHECKPOINT_NAME, RunContext, read_history
 from sharplab.runner.env import environment
 from sharplab.runner.labs import get_lab
-from sharplab.runner.store import FINISHED, ResultsStore, pid_alive
+from sharplab.runner.store import FINISHED, Heartbeat, ResultsStore, RunRecord, heartbeat_timeout, pid_alive
 
 
 @dataclass(frozen=True)
@@ -98,16 +99,22 @@ def execute_run(out_dir: str | os.PathLike, spec: RunSpec, options: RunOptions =
     run_dir.mkdir(parents=True, exist_ok=True)
     device = _resolve_device(cfg, local_rank)  # fails here, before the run is claimed
     main = rank == 0
+    if options.threads:
+        torch.set_num_threads(options.threads)
     store = ResultsStore(out_dir) if main else None
     handler: logging.Handler | None = None
     writer = None
     try:
-        claim = store.claim(run_id) if store is not None else "claimed"
+        if store is not None:
+            check_threads(store.get(run_id), torch.get_num_threads())
+        claim = store.claim(run_id, torch.get_num_threads()) if store is not None else "claimed"
         if world_size > 1:  # every rank must agree to start, or the others would wait in collectives forever
             claim = _agree(claim, device)
         if claim != "claimed":
             return claim
         if store is not None:
+            remove_temp_files(run_dir)
+            store.restore_history(run_id, read_history(run_dir))
             attempt = store.get(run_id).attempts
             atomic_write_json(run_dir / "run.json", {
                 "run_id": run_id, "lab": spec.lab, "study": spec.study, "seed": spec.seed,
@@ -115,10 +122,8 @@ def execute_run(out_dir: str | os.PathLike, spec: RunSpec, options: RunOptions =
             })
         log_name = "run.log" if main else f"run.rank{rank}.log"
         logger, handler = _run_logger(run_id, run_dir / log_name)
-        logger.info("start %s run %s seed %d (rank %d/%d): %s", spec.lab, run_id, spec.seed, rank, world_size,
-                    spec.config)
-        if options.threads:
-            torch.set_num_threads(options.threads)
+        logger.info("start %s run %s seed %d (rank %d/%d, %d threads): %s", spec.lab, run_id, spec.seed, rank,
+                    world_size, torch.get_num_threads(), spec.config)
         if options.tensorboard and main:
             require_tensorboard()
             from torch.utils.tensorboard import SummaryWriter
@@ -127,13 +132,15 @@ def execute_run(out_dir: str | os.PathLike, spec: RunSpec, options: RunOptions =
         on_metrics = _metrics_sink(store, run_id, writer, options.watch_pid)
         ctx = RunContext(run_dir, seed=spec.seed, device=device,
                          quiet=options.quiet or not main, on_metrics=on_metrics, logger=logger, rank=rank,
-                         world_size=world_size)
+                         world_size=world_size, history_file=main)
+        beat = Heartbeat(out_dir, run_id) if main else contextlib.nullcontext()
         try:
-            metrics = {k: float(v) for k, v in (lab.run(cfg, ctx) or {}).items()}
+            with beat:
+                metrics = {k: float(v) for k, v in (lab.run(cfg, ctx) or {}).items()}
         except Diverged as exc:
             logger.warning("diverged: %s", exc)
             if store is not None:
-                store.finish(run_id, "diverged", error=str(exc), diverged_step=exc.step)
+                store.finish(run_id, "diverged", error=str(exc), diverged_step=exc.step, files=run_files(run_dir))
             return "diverged"
         except KeyboardInterrupt:
             if store is not None:
@@ -147,7 +154,7 @@ def execute_run(out_dir: str | os.PathLike, spec: RunSpec, options: RunOptions =
             store.finish(run_id, "failed", error=message)
             return "failed"
         if store is not None:
-            store.finish(run_id, "done", metrics=metrics)
+            store.finish(run_id, "done", metrics=metrics, files=run_files(run_dir))
         logger.info("done: %s", metrics)
         return "done"
     finally:
@@ -158,6 +165,53 @@ def execute_run(out_dir: str | os.PathLike, spec: RunSpec, options: RunOptions =
             handler.close()
         if store is not None:
             store.close()
+
+
+#: more torch threads than this per process is refused (oversubscription; 100000 crashes OpenMP)
+MAX_THREADS_PER_CPU = 4
+
+
+def check_parallelism(jobs: int, nproc: int, threads: int | None) -> None:
+    """One-line errors for ``--jobs``, ``--nproc`` and ``--threads`` outside what this machine can run."""
+    cpus = os.cpu_count() or 1
+    limit = MAX_THREADS_PER_CPU * cpus
+    for name, value in (("--jobs", jobs), ("--nproc", nproc), ("--threads", threads)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+            raise SharplabError(f"{name} {value} must be an integer in [1, {limit}] ({cpus} CPUs here)")
+
+
+def check_threads(rec: RunRecord, threads: int) -> None:
+    """Refuse to resume a run from its checkpoint with another torch thread count than it started with:
+    float reductions differ between thread counts, so the result would match neither count."""
+    if rec.status in FINISHED or rec.threads in (None, threads) or rec.run_dir is None:
+        return
+    if (rec.run_dir / CHECKPOINT_NAME).exists():
+        raise SharplabError(f"run {rec.run_id} was started with {rec.threads} torch threads and has a checkpoint; "
+                            f"resume it with --threads {rec.threads}, or `sharplab reset "
+                            f"{rec.run_dir.parent.parent} {rec.run_id}` to start it over")
+
+
+def remove_temp_files(run_dir: Path) -> None:
+    """Delete temporary files of atomic writes left by a killed attempt (``.NAME.*.tmp``)."""
+    for tmp in run_dir.rglob(".*.tmp"):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+#: files whose content changes after a run finishes (logs) are not part of its manifest
+_UNLISTED = (".log",)
+
+
+def run_files(run_dir: Path) -> dict[str, int]:
+    """``relative path -> size`` of the files a run left in its folder (logs and TensorBoard excepted)."""
+    out = {}
+    for p in sorted(run_dir.rglob("*")):
+        rel = p.relative_to(run_dir).as_posix()
+        if p.is_file() and not rel.endswith(_UNLISTED) and not rel.startswith("tensorboard/"):
+            out[rel] = p.stat().st_size
+    return out
 
 
 def _agree(claim: str, device: torch.device) -> str:
@@ -190,25 +244,27 @@ def _metrics_sink(store: ResultsStore | None, run_id: str, writer: Any,
 def run_study(study: Study, out_dir: str | os.PathLike, jobs: int = 1, nproc: int = 1,
               options: RunOptions = RunOptions()) -> Counter:
     """Run every configuration of ``study`` not finished yet in ``out_dir``; return a status count."""
-    from tqdm.auto import tqdm
+    from sharplab.progress import progress
 
-    if jobs < 1 or nproc < 1:
-        raise SharplabError(f"--jobs {jobs} / --nproc {nproc}: both must be >= 1")
+    check_parallelism(jobs, nproc, options.threads)
     if options.tensorboard:
         require_tensorboard()
     out_dir = Path(out_dir)
     specs = study.runs(nproc)
+    threads = options.threads or max(1, (os.cpu_count() or 1) // (jobs * nproc))
+    used = threads if (jobs > 1 or nproc > 1) else (options.threads or torch.get_num_threads())
     with ResultsStore(out_dir) as store:
         store.add_runs(specs)
-        status = {r.run_id: r.status for r in store.runs(history=False)}
+        records = {r.run_id: r for r in store.runs(history=False)}
+        status = {run_id: r.status for run_id, r in records.items()}
+    for s in specs:  # before anything starts: a resume must use the thread count the run started with
+        check_threads(records[s.run_id], used)
     atomic_write_json(out_dir / "studies" / f"{study.name}.json",
                       {**asdict(study), "run_ids": [s.run_id for s in specs], "nproc": nproc})
     todo = [s for s in specs if status[s.run_id] not in FINISHED]
     counts: Counter = Counter(status[s.run_id] for s in specs if status[s.run_id] in FINISHED)
     quiet = options.quiet or bool(os.environ.get("CI"))
-    bar = tqdm(total=len(specs), initial=len(specs) - len(todo), desc=f"study {study.name}", disable=quiet,
-               dynamic_ncols=True)
-    threads = options.threads or max(1, (os.cpu_count() or 1) // (jobs * nproc))
+    bar = progress(total=len(specs), initial=len(specs) - len(todo), desc=f"study {study.name}", disable=quiet)
     if jobs == 1 and nproc == 1:
         run_one = _in_process(out_dir, options)
     else:
@@ -236,10 +292,18 @@ def run_study(study: Study, out_dir: str | os.PathLike, jobs: int = 1, nproc: in
 
 def _until_claimed(out_dir: Path, spec: RunSpec, run_one: Callable[[RunSpec], str]) -> str:
     """Run ``spec``; if another live process holds it, wait for that process and take over if needed."""
+    told = False
     while True:
         result = run_one(spec)
         if result != "busy":
             break
+        if not told:
+            with ResultsStore(out_dir) as store:
+                rec = store.get(spec.run_id)
+            print(f"run {spec.run_id} is {rec.blocked_by()}; waiting. It is taken over once that process is "
+                  f"gone or {heartbeat_timeout():.0f} s without a heartbeat (or: sharplab reset {out_dir} "
+                  f"{spec.run_id} --force)", file=sys.stderr)
+            told = True
         time.sleep(1.0)
     if result == "finished":
         with ResultsStore(out_dir) as store:
@@ -302,3 +366,42 @@ def worker_command(out_dir: Path, run_id: str, nproc: int, options: RunOptions,
     if nproc == 1:
         return [sys.executable, *args]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
+
+
+def reset_run(out_dir: str | os.PathLike, run_id: str, force: bool = False) -> str:
+    """``sharplab reset``: the run becomes ``pending`` and starts over (checkpoint, history deleted)."""
+    from sharplab.runner.context import HISTORY_NAME
+
+    with ResultsStore(out_dir, create=False) as store:
+        before = store.reset(run_id, force=force)
+    run_dir = run_dir_of(out_dir, run_id)
+    for name in (CHECKPOINT_NAME, HISTORY_NAME):
+        with contextlib.suppress(FileNotFoundError):
+            (run_dir / name).unlink()
+    return before
+
+
+def verify_run_files(rec: RunRecord) -> list[str]:
+    """Problems with a finished run's folder: missing run.json or one that disagrees with the store, and
+    recorded files that are missing or changed size."""
+    import json
+
+    assert rec.run_dir is not None
+    problems = []
+    meta = rec.run_dir / "run.json"
+    if not meta.is_file():
+        return [f"{meta} is missing"]
+    try:
+        info = json.loads(meta.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return [f"{meta} is not valid JSON"]
+    for key, want in (("run_id", rec.run_id), ("lab", rec.lab), ("seed", rec.seed), ("config", rec.config)):
+        if info.get(key) != want:
+            problems.append(f"{meta}: {key} differs from the store")
+    for name, size in (rec.files or {}).items():
+        path = rec.run_dir / name
+        if not path.is_file():
+            problems.append(f"{path} is missing")
+        elif path.stat().st_size != size:
+            problems.append(f"{path} has {path.stat().st_size} bytes, the store recorded {size}")
+    return problems

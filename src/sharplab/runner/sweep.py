@@ -17,25 +17,44 @@ trials the Optuna study should reach: re-running the same command after a crash,
 machines at once against one storage, stops once the study holds N completed trials (each worker may
 finish the trial it is in). Several workers share a study simply by running the same command with the same
 ``--storage`` and study name; see ``docs/runner.md`` for PostgreSQL.
+
+Crashes: each worker's trials beat in the storage (Optuna's heartbeat, every :data:`HEARTBEAT_S` s); a
+trial whose worker was killed is marked FAIL by the next worker once its heartbeat is
+:data:`GRACE_S` s old (at once when the worker ran on this host and its process is gone), so no trial
+stays RUNNING. A fixed ``--sampler-seed`` is combined with the number of trials already in the study, so
+a restarted sweep does not draw the configurations it already tried again.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import socket
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sharplab.errors import ConfigError, SharplabError
-from sharplab.runner.config import RunSpec, Study, check_value, config_fields, config_to_dict, validate_config
+from sharplab.runner.config import (
+    RunSpec,
+    Study,
+    check_seed,
+    check_value,
+    config_fields,
+    config_to_dict,
+    validate_config,
+)
 from sharplab.runner.execute import RunOptions, _in_process, _until_claimed
-from sharplab.runner.store import ResultsStore
+from sharplab.runner.store import ResultsStore, check_out_dir
 
 SWEEP_KEYS = ("metric", "direction", "seeds", "space")
+HEARTBEAT_S = 10
+GRACE_S = 30
+STORAGE_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg2", "mysql", "mysql+pymysql")
 
 
 @dataclass(frozen=True)
@@ -82,8 +101,12 @@ def parse_sweep(study: Study) -> SweepSpec:
     if direction not in ("minimize", "maximize"):
         raise ConfigError(f"[sweep] direction = {direction!r} is not allowed; use 'minimize' or 'maximize'")
     seeds = table.get("seeds", list(study.seeds))
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
+    if not isinstance(seeds, list) or not seeds:
         raise ConfigError(f"[sweep] seeds = {seeds!r} must be a non-empty list of integers >= 0")
+    for s in seeds:
+        check_seed(s, "[sweep] seeds")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"[sweep] seeds = {seeds!r} repeats a seed; list each seed once")
     fields = config_fields(get_lab(study.lab).config_cls)
     space_raw = table.get("space")
     if not isinstance(space_raw, dict) or not space_raw:
@@ -110,24 +133,52 @@ def parse_sweep(study: Study) -> SweepSpec:
         log = spec.get("log", False)
         if low >= high or not isinstance(log, bool) or (log and low <= 0):
             raise ConfigError(f"{where} = {spec!r}: need low < high, and low > 0 when log = true")
-        space.append(Param(name, "int" if typ is int else "float", low, high, log, spec.get("step")))
+        step = spec.get("step")
+        if step is not None:
+            ok = isinstance(step, int) if typ is int else isinstance(step, (int, float))
+            if not ok or isinstance(step, bool) or not math.isfinite(step) or step <= 0 or step > high - low:
+                raise ConfigError(f"{where}.step = {step!r} must be a positive {typ.__name__} <= high - low")
+            if log:
+                raise ConfigError(f"{where}: step and log = true cannot be combined; drop one")
+        space.append(Param(name, "int" if typ is int else "float", low, high, log, step))
     return SweepSpec(metric, direction, tuple(seeds), tuple(space))
 
 
+def check_storage_url(url: str) -> None:
+    """One-line error for a storage URL of an unknown scheme or an unusable SQLite path."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in STORAGE_SCHEMES:
+        raise SharplabError(f"--storage {url!r} is not a supported database URL; use sqlite:///path.db or "
+                            "postgresql://user@host/db")
+    if scheme == "sqlite":
+        if not rest.startswith("/") or rest == "/":
+            raise SharplabError(f"--storage {url!r}: write sqlite:///relative/path.db or sqlite:////absolute.db")
+        path = Path(rest[1:])
+        if path.is_dir():
+            raise SharplabError(f"--storage {url!r}: {str(path)!r} is a folder; name a database file")
+        check_out_dir(path.parent)
+
+
 def make_storage(url: str) -> Any:
-    """An Optuna ``RDBStorage``; SQLite gets a long lock timeout so that workers can share the file."""
+    """An Optuna ``RDBStorage`` with trial heartbeats; SQLite gets a long lock timeout so that workers can
+    share the file."""
     import optuna
 
-    kwargs: dict[str, Any] = {}
+    check_storage_url(url)
+    kwargs: dict[str, Any] = {"heartbeat_interval": HEARTBEAT_S, "grace_period": GRACE_S}
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
-    elif "://" not in url:
-        raise SharplabError(f"--storage {url!r} is not a database URL; use sqlite:///path.db or postgresql://...")
     try:
-        return _retry(lambda: optuna.storages.RDBStorage(url, **kwargs))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return _retry(lambda: optuna.storages.RDBStorage(url, **kwargs))
     except ImportError as exc:
         raise SharplabError(f"--storage {url!r} needs a database driver: {exc}".splitlines()[0]) from None
+    except Exception as exc:  # sqlalchemy OperationalError & co: unreachable server, bad credentials
+        if type(exc).__module__.startswith(("sqlalchemy", "psycopg2", "sqlite3")):
+            raise SharplabError(f"--storage {url!r} cannot be opened: {exc}".splitlines()[0][:300]) from None
+        raise
 
 
 def _retry(make: Callable[[], Any], attempts: int = 6) -> Any:
@@ -160,13 +211,16 @@ def run_sweep(study: Study, out_dir: str | os.PathLike, trials: int, storage: st
     if (options and options.quiet) or os.environ.get("CI"):
         optuna.logging.set_verbosity(optuna.logging.WARNING)
     rdb = make_storage(storage)
-    ostudy = _retry(lambda: optuna.create_study(
-        study_name=study_name or study.name, storage=rdb, direction=sweep.direction,
-        sampler=optuna.samplers.TPESampler(seed=sampler_seed), load_if_exists=True,
-    ))
+    name = study_name or study.name
+    ostudy = _retry(lambda: optuna.create_study(study_name=name, storage=rdb, direction=sweep.direction,
+                                                load_if_exists=True))
+    fail_dead_trials(ostudy)
+    ostudy.sampler = optuna.samplers.TPESampler(seed=restart_seed(sampler_seed, ostudy))
     run_one = _in_process(out_dir, options or RunOptions())
+    here = f"{socket.gethostname()}:{os.getpid()}"
 
     def objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker", here)
         values = {p.name: p.suggest(trial) for p in sweep.space}
         cfg = validate_config(cls, {**study.base, **values}, where="sweep")
         specs = [RunSpec(study.lab, config_to_dict(cfg), seed, 1, study.name) for seed in sweep.seeds]
@@ -174,7 +228,6 @@ def run_sweep(study: Study, out_dir: str | os.PathLike, trials: int, storage: st
             store.add_runs(specs)
         statuses = [_until_claimed(out_dir, spec, run_one) for spec in specs]
         trial.set_user_attr("run_ids", [s.run_id for s in specs])
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         if any(s != "done" for s in statuses):
             trial.set_user_attr("statuses", statuses)
             raise optuna.TrialPruned(f"runs ended {statuses}")
@@ -189,6 +242,36 @@ def run_sweep(study: Study, out_dir: str | os.PathLike, trials: int, storage: st
         ostudy.optimize(objective, n_trials=trials, callbacks=[MaxTrialsCallback(trials, states=done)],
                         catch=())
     return ostudy
+
+
+def restart_seed(sampler_seed: int | None, ostudy: Any) -> int | None:
+    """The TPE seed for this worker: ``sampler_seed`` mixed with the number of trials already stored, so a
+    restart (or a second worker) does not replay the first worker's draws; None stays random."""
+    if sampler_seed is None:
+        return None
+    n = len(ostudy.get_trials(deepcopy=False))
+    return (sampler_seed * 1_000_003 + n) % 2**32 if n else sampler_seed % 2**32
+
+
+def fail_dead_trials(ostudy: Any) -> list[int]:
+    """Mark FAIL the RUNNING trials whose worker ran on this host and is gone (killed); return their numbers.
+    Trials of workers on other hosts are failed by Optuna once their heartbeat is ``GRACE_S`` old."""
+    from optuna.storages import fail_stale_trials
+    from optuna.trial import TrialState
+
+    from sharplab.runner.store import pid_alive
+
+    failed = []
+    host = socket.gethostname()
+    for t in ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker_host, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
+        dead = worker_host == host and pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid))
+        if dead and ostudy._storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+            failed.append(t.number)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fail_stale_trials(ostudy)
+    return failed
 
 
 def _config_cls(lab: str) -> type:
