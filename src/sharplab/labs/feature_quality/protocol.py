@@ -117,7 +117,8 @@ def paired_rows(records: Sequence[dict[str, Any]], reference: str = "sgd", metri
             row["gini_w"] = f"{np.nanmean([_get(r, 'gini_w') for r in rs]):.3f}"
             row["gini_phantom"] = f"{np.nanmean([_get(r, 'gini_phantom') for r in rs]):.3f}"
             on = math.isfinite(flo) and flo > 0 and fm >= MIN_FLATTENING
-            row["mechanism"] = "on" if on else "off"
+            plain = arm.split()[0] in ("sgd", CEILING)
+            row["mechanism"] = "(steps at w)" if plain else ("on" if on else "off")
         chance = 0 if arm == FLOOR else sum(1 for r in rs if _get(r, "near_chance") == 1.0)
         row["did not learn"] = f"{chance} run(s)" if chance else ""
         rows.append(row)
@@ -211,3 +212,31 @@ def plot_check(runs: Sequence[Any], title: str = "") -> Any | None:
     ax.set_title(title or "manipulation check: Gini at w (solid) and at the step's phantom (dashed)", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def selected_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Secondary view: per optimizer (first word of the configuration), the configuration that
+    :func:`select_one_se` picks on mean validation error (the probe splits never enter)."""
+    arms = by_arm(records)
+    per_opt: dict[str, list[dict[str, Any]]] = {}
+    for arm, seeds in arms.items():
+        opt = arm.split()[0]
+        if opt in (FLOOR, CEILING):
+            continue
+        rs = list(seeds.values())
+        rho = next((float(t.split("=")[1]) for t in arm.split()[1:] if t.startswith("rho=")),
+                   float(rs[0].get("rho", 0.0)) if opt != "sgd" else 0.0)
+        per_opt.setdefault(opt, []).append({
+            "configuration": arm, "rho": rho,
+            "val_error": float(np.nanmean([_get(r, "val_error") for r in rs])),
+            "near_chance": any(_get(r, "near_chance") == 1.0 for r in rs),
+            "hard": float(np.nanmean([_get(r, "probe_error_hard") for r in rs])),
+        })
+    out = []
+    for opt, rows in per_opt.items():
+        best = select_one_se(rows)
+        if best is not None:
+            out.append({"optimizer": opt, "selected": best["configuration"],
+                        "val err %": f"{100 * best['val_error']:.2f}", "hard probe err %": f"{100 * best['hard']:.2f}",
+                        "candidates": len(rows)})
+    return out

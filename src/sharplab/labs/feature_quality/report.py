@@ -203,6 +203,13 @@ def _protocol_sections(runs: Sequence[Any], records: list[dict[str, Any]], build
             lines.append(f"{b} − {a}: {100 * m:+.2f} pts, 95 % CI [{100 * lo:+.2f}, {100 * hi:+.2f}] ({n} seeds)")
     if lines:
         builder.add_text("Combination vs each alone (hard-probe error, paired by seed): " + "; ".join(lines))
+    chosen = protocol.selected_rows(records)
+    title = ("feature-quality (secondary view): validation-selected configuration per optimizer "
+             "(one-standard-error rule, largest rho among ties; runs that did not learn never selected)")
+    if chosen:
+        builder.add_table(title, chosen)
+    else:
+        builder.add_text(title + ": no configuration learned, nothing to select.")
     builder.add_figure("feature-quality: hard/easy probe error vs in-distribution test error (every run; "
                        "floor = untrained, ceiling = hard-only)", protocol.plot_tradeoff(records))
     fig = protocol.plot_check(runs)
