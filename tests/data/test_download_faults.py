@@ -118,8 +118,15 @@ def test_bad_download_arguments(server, tmp_path, birds, capsys, args, match):
         argv += ["--base-url", server.url]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: {match}") and err.count("\n") == 1
+    assert err.startswith("error: ") and match in err and err.count("\n") == 1
     assert server.requests == [] and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("timeout", [-1.0, 0.0, float("nan"), float("inf")])
+def test_library_checks_the_timeout_too(server, tmp_path, birds, timeout):
+    with pytest.raises(SharplabError, match="--timeout"):
+        dl.download("birds", tmp_path, base_url=server.url, timeout=timeout)
+    assert server.requests == []
 
 
 def test_root_that_is_a_file(server, tmp_path, birds, capsys):

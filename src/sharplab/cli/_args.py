@@ -176,3 +176,11 @@ def typed(parser: argparse.ArgumentParser, **types: Callable[[str], Any]) -> arg
             raise KeyError(f"{parser.prog}: no option with dest {dest!r}")
         actions[dest].type = typ
     return parser
+
+
+def nonneg_ints(value: str) -> list[int]:
+    """A comma list of distinct integers >= 0."""
+    values = ints(value)
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"{value!r}: every value must be >= 0")
+    return values

@@ -15,6 +15,8 @@ import json
 import types
 import typing
 
+from sharplab.cli._args import existing_dir, positive, text, typed
+from sharplab.cli._args import seed as seed_type
 from sharplab.errors import ConfigError
 
 
@@ -34,6 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="data-set option, e.g. --set limit=1000 (repeatable)")
     info.add_argument("--json", action="store_true", help="one JSON object per split")
     info.set_defaults(func=cmd_info)
+    typed(info, name=text, root=existing_dir, seed=seed_type, options=text)
 
     dl = sub.add_parser("download", help="download a data set into a data root (needs internet)")
     dl.add_argument("name", help="data set (e.g. fmnist-mnist) or file group (mnist, fashion-mnist, cifar10)")
@@ -42,6 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dl.add_argument("--timeout", type=float, default=30.0, help="network timeout in seconds")
     dl.add_argument("--quiet", action="store_true", help="no progress bar")
     dl.set_defaults(func=cmd_download)
+    typed(dl, name=text, root=text, base_url=text, timeout=positive)
 
 
 def cmd_list(args: argparse.Namespace) -> int:

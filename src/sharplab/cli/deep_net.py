@@ -15,7 +15,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sharplab.cli._args import ints, numbers
+from sharplab.cli._args import (
+    existing_dir,
+    ints,
+    nonneg_int,
+    nonneg_numbers,
+    numbers,
+    out_dir,
+    positive_int,
+    seeds,
+    text,
+    typed,
+)
 from sharplab.errors import ConfigError
 
 
@@ -40,6 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config field")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=handle, needs_labs=True)
+    typed(p, out=out_dir, seed=seeds, rho=nonneg_numbers, epochs=nonneg_int, epochs_after=positive_int,
+          dataset=text, root=existing_dir, set=text)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:

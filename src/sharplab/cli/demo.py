@@ -10,9 +10,12 @@ offline data when it is installed. Re-running resumes; finished runs are not rep
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from importlib import resources
 from pathlib import Path
+
+from sharplab.cli._args import int_in, out_dir, typed
 
 DEMO_STUDIES = ("demo_toy.toml", "demo_mechanisms.toml", "demo_fmnist.toml")
 
@@ -25,6 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=handle, needs_labs=True)
+    typed(p, out=out_dir, threads=int_in(0, 4 * (os.cpu_count() or 1), "--threads (0 = all cores)"))
 
 
 def fmnist_available() -> str | None:

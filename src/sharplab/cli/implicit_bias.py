@@ -16,7 +16,19 @@ from itertools import product
 from pathlib import Path
 from typing import Any
 
-from sharplab.cli._args import choices, ints, numbers
+from sharplab.cli._args import (
+    choices,
+    ints,
+    nonneg_int,
+    nonneg_numbers,
+    numbers,
+    out_dir,
+    positive,
+    positive_int,
+    positive_numbers,
+    seeds,
+    typed,
+)
 from sharplab.errors import ConfigError
 
 
@@ -57,6 +69,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "first-phase solution at --switch-at (t=1), t in [-1, 2] (interpolation.png)")
     _common(p)
     p.set_defaults(func=handle_diag_net)
+    typed(p, rho=nonneg_numbers, lr=positive_numbers, alpha=positive_numbers, m=positive_int, iters=positive_int,
+          switch_at=nonneg_int, n=positive_int, d=positive_int, r=positive_int, n_test=positive_int,
+          record_every=nonneg_int, log_curves=nonneg_int, seed=seeds, out=out_dir)
 
     p = sub.add_parser("relu-1d", help="1-D ReLU network on 12 points: GD vs SAM, kinks of the fit",
                        description="Full-batch GD vs SAM on a 1-100-1 ReLU network; reports the number of kinks.")
@@ -82,6 +97,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "are the fewer kinks kept once the data are interpolated?")
     _common(p)
     p.set_defaults(func=handle_relu_1d, seed=[0, 1, 2, 3, 4])
+    typed(p, rho=nonneg_numbers, lr=positive_numbers, steps=positive_int, width=positive_int, tol=positive,
+          slope_tol=positive, seed=seeds, out=out_dir)
 
     p = sub.add_parser("convergence", help="SGD/SAM/USAM with stochastic gradients: does ||grad f|| -> 0?",
                        description="Without --method/--lr-schedule/--rho-schedule: the default comparison "
@@ -97,6 +114,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=1)
     _common(p)
     p.set_defaults(func=handle_convergence)
+    typed(p, rho=nonneg_numbers, lr=positive_numbers, decay_steps=positive, steps=positive_int,
+          batch_size=positive_int, seed=seeds, out=out_dir)
 
 
 def _quiet(args: argparse.Namespace) -> bool:

@@ -21,6 +21,22 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from sharplab.cli._args import (
+    existing_dir,
+    float_in,
+    int_in,
+    nonneg,
+    nonneg_int,
+    out_dir,
+    positive,
+    positive_int,
+    text,
+    threads,
+    typed,
+)
+from sharplab.cli._args import (
+    seed as seed_type,
+)
 from sharplab.errors import ConfigError
 from sharplab.labs.feature_quality.experiment import parse_value
 
@@ -68,6 +84,10 @@ def register(subparsers: Any) -> None:
                    help="torch CPU threads (default 1; more helps CNNs only on an otherwise idle machine)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=handler)
+    typed(p, dataset=text, ablation=text, rho=nonneg, lr=positive, momentum=float_in(0.0, 0.999),
+          weight_decay=nonneg, epochs=nonneg_int, batch_size=positive_int, record_every=positive_int,
+          weight_batch=int_in(2, what="--weight-batch"), root=existing_dir, data_seed=seed_type, data_option=text,
+          seeds=positive_int, out=lambda t: Path(out_dir(t)), threads=threads)
 
 
 def data_options(items: list[str]) -> dict[str, Any]:

@@ -95,6 +95,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     study = load_study(args.study)
     out = Path(args.out or Path("runs") / study.name)
+    if (out / "results.sqlite").exists():  # a corrupt store stops here, before anything is printed or run
+        from sharplab.runner.store import ResultsStore
+
+        ResultsStore(out, create=False).close()
     options = RunOptions(quiet=_quiet(args), tensorboard=args.tensorboard, threads=args.threads)
     n = len(study.runs(args.nproc))
     print(f"study {study.name!r}: lab {study.lab}, {n} runs -> {out}", file=sys.stderr)

@@ -131,14 +131,24 @@ def list_datasets(pattern: str = "*") -> list[str]:
 
 
 # --- option validation ------------------------------------------------------------------------------
+#: the largest size option accepted (examples, dimensions): more would only exhaust memory
+MAX_SIZE = 10**7
+
+
 def check_positive(obj: Any, *names: str, allow_none: bool = False) -> None:
-    """Raise ConfigError unless each named field of ``obj`` is > 0 (or None when ``allow_none``)."""
+    """Raise ConfigError unless each named field of ``obj`` is a finite number > 0 (or None when
+    ``allow_none``); integer fields (sizes) must also be at most :data:`MAX_SIZE`."""
+    import math
+
+    hints = getattr(type(obj), "__annotations__", {})
     for n in names:
         v = getattr(obj, n)
         if v is None and allow_none:
             continue
-        if v is None or not v > 0:
-            raise ConfigError(f"option {n}={v!r} must be > 0")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not v > 0:
+            raise ConfigError(f"option {n}={v!r} must be > 0 (a finite number)")
+        if "int" in str(hints.get(n, "")) and (v != int(v) or v > MAX_SIZE):
+            raise ConfigError(f"option {n}={v!r} must be an integer in [1, {MAX_SIZE}]")
 
 
 def check_fraction(obj: Any, *names: str) -> None:
