@@ -143,7 +143,7 @@ def run(cfg: FeatureQualityConfig, ctx: RunContext) -> dict[str, float]:
     final = {k: v for k, v in metrics.items() if k in RUN_METRICS or k.startswith("probe_error_")}
     ctx.log_metrics(cfg.epochs + 1, {k: v for k, v in final.items() if k.startswith("probe_error_")})
     if arm:
-        atomic_write_json(ctx.artifact("arm.json"), {"arm": arm, **dataclasses.asdict(cfg)})
+        atomic_write_json(ctx.artifact("arm.json"), {**dataclasses.asdict(cfg), "arm": arm})
     return final
 
 
