@@ -52,6 +52,7 @@ def sam_grad(
     ascent_steps: int = 1,
     sync_ascent: bool = False,
     chunk_size: int | None = None,
+    strategy: str = "auto",
     step: int | None = None,
 ) -> torch.Tensor:
     """Add the SAM gradient of ``loss_fn(model(inputs), targets)`` to the parameters' ``.grad``.
@@ -74,7 +75,12 @@ def sam_grad(
             and the running statistics are updated once per step by a forward at w on the whole batch.
         ascent_steps: k > 1 runs k projected ascent steps (:class:`~sharplab.optim.rules.MultiStep`).
         sync_ascent: under DDP, average the ascent gradient over workers (default: local ascent).
-        chunk_size: with ``m``, process this many micro-batches at a time in ``vmap`` (bounds memory).
+        chunk_size: with ``m``, process this many micro-batches at a time in ``vmap`` (bounds memory:
+            the per-micro-batch gradients held at once are ``chunk_size`` copies of the parameters).
+        strategy: with ``m``: ``"vmap"`` (all micro-batches at once with ``torch.func``), ``"loop"`` (one
+            plain-autograd SAM step per micro-batch, memory of one step) or ``"auto"``: the loop for models
+            with a wide convolution (in x out channels >= 128 x 128, e.g. PreAct ResNet-18), where per-example
+            weights turn each convolution into a slow grouped convolution on CPU; vmap otherwise.
         step: optional step index, used only in error messages.
 
     Returns:
@@ -119,8 +125,12 @@ def sam_grad(
         loss, new = _whole_batch(model, core, ddp, loss_fn, inputs, targets, rho, rule_obj, mechanism,
                                  named, pert, bn_policy, sync_ascent, step)
     else:
-        loss, new = _micro_batches(core, loss_fn, inputs, targets, rho, m, rule_obj, mechanism, named,
-                                   pert, chunk_size, step)
+        if _strategy(strategy, core) == "loop":
+            loss, new = _micro_batch_loop(model, core, loss_fn, inputs, targets, rho, m, rule_obj, mechanism, named,
+                                          pert, step)
+        else:
+            loss, new = _micro_batches(core, loss_fn, inputs, targets, rho, m, rule_obj, mechanism, named,
+                                       pert, chunk_size, step)
     grads = [torch.zeros_like(p) if g is None else g for g, (_, p) in zip(new, named)]
     allreduce_mean_(grads)
     with torch.no_grad():
@@ -189,6 +199,38 @@ def _whole_batch(model, core, ddp, loss_fn, x, y, rho, rule, mechanism, named, p
     return loss, new
 
 
+STRATEGIES = ("auto", "vmap", "loop")
+
+
+def _strategy(strategy: str, core: nn.Module) -> str:
+    if strategy not in STRATEGIES:
+        raise SharplabError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if strategy != "auto":
+        return strategy
+    wide = any(isinstance(mod, nn.modules.conv._ConvNd) and mod.in_channels * mod.out_channels >= 128 * 128
+               for mod in core.modules())
+    return "loop" if wide else "vmap"
+
+
+def _micro_batch_loop(model, core, loss_fn, x, y, rho, m, rule, mechanism, named, pert, step):
+    """m-sharpness as a loop of plain-autograd SAM steps, one per micro-batch, with the BatchNorm semantics of
+    the vectorised path (micro-batch statistics, running statistics updated once from the whole batch)."""
+    k = x.shape[0] // m
+    total, losses = None, []
+    with _batch_statistics_only(core):
+        for j in range(k):
+            sl = slice(j * m, (j + 1) * m)
+            loss, new = _whole_batch(core, core, None, loss_fn, x[sl], y[sl], rho, rule, mechanism, named, pert,
+                                     "every", False, step)
+            new = [torch.zeros_like(p) if g is None else g for g, (_, p) in zip(new, named)]
+            total = new if total is None else [a.add_(b) for a, b in zip(total, new)]
+            losses.append(loss.detach())
+    if _tracks_running_stats(core):
+        with torch.no_grad():
+            core(x)
+    return torch.stack(losses).mean(), [t / k for t in total]
+
+
 def _micro_batches(core, loss_fn, x, y, rho, m, rule, mechanism, named, pert, chunk_size, step):
     """Vectorised m-sharpness: every micro-batch ascends on its own gradient (torch.func.vmap)."""
     k = x.shape[0] // m
@@ -198,7 +240,6 @@ def _micro_batches(core, loss_fn, x, y, rho, m, rule, mechanism, named, pert, ch
     all_w = {n: p.detach() for n, p in named}
     buffers = dict(core.named_buffers())
     rhos = [rho] * len(pert)
-    rng = RNGSnapshot(pert_params)
 
     def f(params: dict[str, torch.Tensor], xj: torch.Tensor) -> torch.Tensor:
         return functional_call(core, (params, buffers), (xj,))
@@ -232,16 +273,29 @@ def _micro_batches(core, loss_fn, x, y, rho, m, rule, mechanism, named, pert, ch
             _, pullback = vjp(lambda w: f(w, xj), phantom)
         return pullback(dl_df)[0]
 
+    # chunk by chunk, summing as we go: memory holds ``chunk`` per-micro-batch gradients and eps at a time
+    chunk = k if chunk_size is None else max(1, min(chunk_size, k))
+    total: dict[str, torch.Tensor] = {}
+    losses = []
     with _batch_statistics_only(core):
-        losses, norms, eps = vmap(ascent, randomness="different", chunk_size=chunk_size)(xs, ys)
-        check_finite(norms, step)
-        rng.restore()
-        per_micro = vmap(descent, randomness="different", chunk_size=chunk_size)(eps, xs, ys)
+        for c in range(0, k, chunk):
+            xc, yc = xs[c : c + chunk], ys[c : c + chunk]
+            rng = RNGSnapshot(pert_params)
+            loss_c, norms, eps = vmap(ascent, randomness="different")(xc, yc)
+            check_finite(norms, step)
+            rng.restore()
+            per_micro = vmap(descent, randomness="different")(eps, xc, yc)
+            del eps
+            for n, _ in named:
+                part = per_micro[n].sum(0)
+                total[n] = part if n not in total else total[n].add_(part)
+            del per_micro
+            losses.append(loss_c)
     if _tracks_running_stats(core):
         with torch.no_grad():
             core(x)  # one running-statistics update per step, from the whole batch at w
-    new = [per_micro[n].mean(0) for n, _ in named]
-    return losses.mean(), new
+    new = [total[n] / k for n, _ in named]
+    return torch.cat(losses).mean(), new
 
 
 def _tracks_running_stats(core: nn.Module) -> bool:
