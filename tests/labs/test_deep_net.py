@@ -96,3 +96,16 @@ def test_cli_finetune_with_interpolation(tmp_path, capsys):
     assert (out / "report.md").exists() and any((out / "figures").iterdir())
     assert main(["deep-net", "finetune", "--out", str(out), "--set", "nonsense=1"]) == 2
     assert "use KEY=VALUE" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_gpu_check_without_cuda_says_so():
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.sh"
+    res = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 3
+    assert res.stderr.startswith("error: no CUDA device") and "--device cpu --smoke" in res.stderr
+    bad = subprocess.run(["bash", str(script), "--device", "tpu"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "use cuda or cpu" in bad.stderr

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# GPU check of issue 12: optimizer tests, CUDA-vs-CPU agreement of the SAM gradients, the quick deep-net
+# studies on CUDA (Fashion-MNIST only), and the throughput of SGD / SAM / 1-SAM on PreAct ResNet-18 at
+# batch 128. Under 8 minutes on one large GPU.
+#
+#   benchmarks/gpu_check.sh                      # on a CUDA machine
+#   benchmarks/gpu_check.sh --device cpu --smoke # what a machine without CUDA can check (tiny sizes, digits)
+#
+# Output goes to $OUT (or ./runs/gpu-check): the study folders, throughput.json, and this log on stdout.
+set -euo pipefail
+
+DEVICE=cuda
+SMOKE=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --device) DEVICE="${2:?--device needs cuda or cpu}"; shift 2 ;;
+    --smoke) SMOKE=1; shift ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    *) echo "error: unknown option $1 (use --device cuda|cpu, --smoke)" >&2; exit 2 ;;
+  esac
+done
+case "$DEVICE" in cuda|cpu) ;; *) echo "error: --device $DEVICE: use cuda or cpu" >&2; exit 2 ;; esac
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$HERE"
+PY="${PYTHON:-$HERE/.venv/bin/python}"
+if [ ! -x "$PY" ]; then PY="$(command -v python3)"; fi
+"$PY" -c "import sharplab, torch" 2>/dev/null || { echo "error: $PY cannot import sharplab and torch; run 'make install'" >&2; exit 2; }
+if [ "$DEVICE" = cuda ]; then
+  if ! "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    echo "error: no CUDA device visible to torch ($("$PY" -c 'import torch; print(torch.__version__)')); rerun with --device cpu --smoke" >&2
+    exit 3
+  fi
+  "$PY" -c "import torch; p = torch.cuda.get_device_properties(0); print(f'device: {p.name}, {p.total_memory / 2**30:.0f} GiB, torch {torch.__version__}')"
+fi
+OUTDIR="${OUT:-$HERE/runs}/gpu-check"
+mkdir -p "$OUTDIR"
+START=$(date +%s)
+stamp() { echo "== [$(( $(date +%s) - START )) s] $*"; }
+
+stamp "1/4 optimizer tests"
+if [ "$SMOKE" = 1 ]; then
+  "$PY" -m pytest -q -p no:cacheprovider tests/optim/test_sam_optimizer.py -x
+else
+  "$PY" -m pytest -q -p no:cacheprovider tests/optim tests/sharpness -x
+fi
+
+stamp "2/4 SAM / m-SAM / sharpness on $DEVICE agree with CPU (float64)"
+"$PY" - "$DEVICE" <<'PYEOF'
+import sys, torch, torch.nn.functional as F
+from sharplab.models import build_model
+from sharplab.optim import sam_grad
+from sharplab.sharpness import hessian_eigenvalues, m_sharpness
+dev = torch.device(sys.argv[1])
+torch.manual_seed(0)
+cpu = build_model("preact-resnet18", num_classes=10, norm="gn", width=4).double()
+gpu = build_model("preact-resnet18", num_classes=10, norm="gn", width=4).double().to(dev)
+gpu.load_state_dict(cpu.state_dict())
+x, y = torch.rand(16, 3, 32, 32, dtype=torch.float64), torch.randint(0, 10, (16,))
+for kw in ({"rho": 0.05}, {"rho": 0.05, "m": 4}, {"rho": 0.05, "m": 1}):
+    for mod in (cpu, gpu):
+        mod.zero_grad()
+    sam_grad(cpu, F.cross_entropy, x, y, **kw)
+    sam_grad(gpu, F.cross_entropy, x.to(dev), y.to(dev), **kw)
+    err = max(float((a.grad - b.grad.cpu()).abs().max() / (a.grad.abs().max() + 1e-30))
+              for a, b in zip(cpu.parameters(), gpu.parameters()))
+    assert err < 1e-8, (kw, err)
+    print(f"  sam_grad {kw}: max relative difference {err:.1e}")
+a = m_sharpness(cpu, F.cross_entropy, x, y, rho=0.1, m=8, steps=5)
+b = m_sharpness(gpu, F.cross_entropy, x.to(dev), y.to(dev), rho=0.1, m=8, steps=5)
+assert abs(a - b) <= 1e-8 * max(1.0, abs(a)), (a, b)
+ha = float(hessian_eigenvalues(cpu, F.cross_entropy, x, y, k=1, iters=10)[0])
+hb = float(hessian_eigenvalues(gpu, F.cross_entropy, x.to(dev), y.to(dev), k=1, iters=10)[0])
+assert abs(ha - hb) <= 1e-6 * max(1.0, abs(ha)), (ha, hb)
+print(f"  m-sharpness {a:.6f} vs {b:.6f}; top Hessian eigenvalue {ha:.6f} vs {hb:.6f}")
+PYEOF
+
+stamp "3/4 quick deep-net studies on $DEVICE"
+if [ "$SMOKE" = 1 ]; then
+  COMMON=(--device "$DEVICE" --dataset digits --epochs 1 --quiet --set width=4 --set n_train=128 --set n_test=64 --set batch_size=32)
+  "$PY" -m sharplab deep-net m-sharpness "${COMMON[@]}" --rho 0.01 --m 8 --out "$OUTDIR/m-sharpness"
+else
+  COMMON=(--device "$DEVICE" --dataset fashion-mnist --quiet --set width=16 --set n_train=10000 --set n_test=2000 --set batch_size=128 --set lr=0.05)
+  "$PY" -m sharplab deep-net m-sharpness "${COMMON[@]}" --epochs 3 --rho 0.02,0.05 --m 32,8,1 --out "$OUTDIR/m-sharpness"
+fi
+"$PY" -m sharplab deep-net sharpness "${COMMON[@]}" $([ "$SMOKE" = 1 ] && echo "--rho 0.01 --m 8" || echo "--epochs 3 --rho 0.02,0.05 --m 32,8,1") --out "$OUTDIR/m-sharpness"
+"$PY" -m sharplab deep-net finetune "${COMMON[@]}" --epochs "$([ "$SMOKE" = 1 ] && echo 1 || echo 3)" --epochs-after 1 --out "$OUTDIR/finetune"
+"$PY" -m sharplab deep-net label-noise "${COMMON[@]}" --epochs "$([ "$SMOKE" = 1 ] && echo 1 || echo 4)" --out "$OUTDIR/label-noise"
+"$PY" -m sharplab deep-net convergence "${COMMON[@]}" --epochs "$([ "$SMOKE" = 1 ] && echo 1 || echo 20)" --set n_train=512 --out "$OUTDIR/convergence"
+for s in m-sharpness finetune label-noise convergence; do
+  [ -s "$OUTDIR/$s/report.md" ] || { echo "error: $OUTDIR/$s/report.md missing" >&2; exit 1; }
+done
+
+stamp "4/4 throughput, PreAct ResNet-18 (GroupNorm), batch 128"
+if [ "$SMOKE" = 1 ]; then
+  "$PY" benchmarks/deep_net_throughput.py --device "$DEVICE" --smoke | tee "$OUTDIR/throughput.txt"
+else
+  "$PY" benchmarks/deep_net_throughput.py --device "$DEVICE" --chunk 32 | tee "$OUTDIR/throughput.txt"
+fi
+tail -n 1 "$OUTDIR/throughput.txt" > "$OUTDIR/throughput.json"
+stamp "done; results in $OUTDIR"
