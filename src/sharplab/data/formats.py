@@ -78,7 +78,11 @@ def read_idx_pair(folder: Path, part: str) -> tuple[np.ndarray, np.ndarray]:
     """(images uint8 [N, 28, 28], labels int64 [N]) of the ``train`` or ``test`` part of an idx folder."""
     img_name, lab_name = IDX_FILES[part]
     images = read_idx(resolve_gz(folder, img_name))
-    labels = read_idx(resolve_gz(folder, lab_name)).astype(np.int64)
+    raw_labels = read_idx(resolve_gz(folder, lab_name))
+    if images.dtype != np.uint8 or raw_labels.dtype.kind not in "iu":
+        raise SharplabError(f"{folder}: {part} images are {images.dtype} and labels {raw_labels.dtype}; MNIST-style "
+                            "idx files hold uint8 images and integer labels (a float file would be truncated)")
+    labels = raw_labels.astype(np.int64)
     if images.ndim != 3 or labels.shape != (images.shape[0],):
         raise SharplabError(f"{folder}: {part} images {images.shape} and labels {labels.shape} do not match")
     return images.astype(np.uint8), labels
@@ -105,11 +109,18 @@ class _SafeUnpickler(pickle.Unpickler):
 def read_cifar_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 images [N, 3, 32, 32], int64 labels [N]) from one CIFAR-10 python batch file."""
     path = Path(path)
+    if not path.is_file():
+        raise SharplabError(f"CIFAR batch file {path} is missing; run `sharplab data download cifar10 --root ROOT` "
+                            "(it fetches the archive again and checks every batch file)")
     try:
         with path.open("rb") as f:
             d = _SafeUnpickler(f, encoding="bytes").load()
-        data = np.asarray(d[b"data"], dtype=np.uint8)
-        labels = np.asarray(d[b"labels"], dtype=np.int64)
+        raw = np.asarray(d[b"data"])
+        raw_labels = np.asarray(d[b"labels"])
+        if raw.dtype != np.uint8 or raw_labels.dtype.kind not in "iu":
+            raise ValueError(f"data is {raw.dtype} and labels {raw_labels.dtype}, not uint8 and integers")
+        data = raw
+        labels = raw_labels.astype(np.int64)
     except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as exc:
         raise SharplabError(f"{path} is not a CIFAR-10 python batch ({exc}); download it again") from None
     if data.ndim != 2 or data.shape[1] != 3072 or labels.shape != (data.shape[0],):
