@@ -25,14 +25,27 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$HERE"
 PY="${PYTHON:-$HERE/.venv/bin/python}"
 if [ ! -x "$PY" ]; then PY="$(command -v python3)"; fi
-"$PY" -c "import sharplab, torch" 2>/dev/null || { echo "error: $PY cannot import sharplab and torch; run 'make install'" >&2; exit 2; }
-if [ "$DEVICE" = cuda ]; then
-  if ! "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-    echo "error: no CUDA device visible to torch ($("$PY" -c 'import torch; print(torch.__version__)')); rerun with --device cpu --smoke" >&2
-    exit 3
-  fi
-  "$PY" -c "import torch; p = torch.cuda.get_device_properties(0); print(f'device: {p.name}, {p.total_memory / 2**30:.0f} GiB, torch {torch.__version__}')"
-fi
+# one interpreter start: 2 = cannot import, 3 = no CUDA (when asked for), else print the device
+set +e
+"$PY" - "$DEVICE" <<'PYEOF'
+import sys
+try:
+    import torch
+    import sharplab  # noqa: F401
+except ImportError as exc:
+    print(f"error: cannot import sharplab and torch ({exc}); run 'make install'", file=sys.stderr)
+    sys.exit(2)
+if sys.argv[1] == "cuda":
+    if not torch.cuda.is_available():
+        print(f"error: no CUDA device visible to torch ({torch.__version__}); rerun with --device cpu --smoke",
+              file=sys.stderr)
+        sys.exit(3)
+    p = torch.cuda.get_device_properties(0)
+    print(f"device: {p.name}, {p.total_memory / 2**30:.0f} GiB, torch {torch.__version__}")
+PYEOF
+rc=$?
+set -e
+[ "$rc" = 0 ] || exit "$rc"
 OUTDIR="${OUT:-$HERE/runs}/gpu-check"
 mkdir -p "$OUTDIR"
 START=$(date +%s)

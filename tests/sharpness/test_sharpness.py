@@ -131,3 +131,12 @@ def test_bad_arguments():
         hessian_eigenvalues(model, lambda o, y: o.mean(), torch.zeros(2, 2), torch.zeros(2), k=5)
     with pytest.raises(SharplabError, match="unknown method"):
         hessian_eigenvalues(model, lambda o, y: o.mean(), torch.zeros(2, 2), torch.zeros(2), method="qr")
+
+
+def test_package_docstring_example_runs():
+    import doctest
+
+    import sharplab.sharpness
+
+    result = doctest.testmod(sharplab.sharpness)
+    assert result.attempted > 0 and result.failed == 0
