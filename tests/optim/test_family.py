@@ -330,3 +330,17 @@ def test_state_dict_resume_continues_exactly(name):
 def test_unknown_variant_is_a_one_line_error():
     with pytest.raises(SharplabError, match="choose one of"):
         create("bogus", mlp().parameters())
+
+
+def test_sam_with_parts_is_the_composed_member():
+    from sharplab.optim import GSAM, FamilySAM
+
+    a, b = mlp(), mlp()
+    opt = SAM(a.parameters(), torch.optim.SGD, rho=0.1, combiner=GSAM(0.3), lr=LR, momentum=MU)
+    assert isinstance(opt, FamilySAM)
+    pa = run(opt, a, batches(steps=3))
+    pb = run(create("gsam", b.parameters(), torch.optim.SGD, rho=0.1, rho_min=0.1, alpha=0.3, lr=LR, momentum=MU), b,
+             batches(steps=3))
+    for p, q in zip(pa, pb):
+        assert torch.equal(p, q)
+    assert type(SAM(mlp().parameters(), torch.optim.SGD, lr=LR)) is SAM

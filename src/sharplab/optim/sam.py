@@ -97,6 +97,25 @@ class SAM(torch.optim.Optimizer):
     #: :mod:`sharplab.optim._amp`): the protocol of Accelerate's fp16 and Lightning's ``16-mixed``.
     _step_supports_amp_scaling = True
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> SAM:
+        """``SAM(..., combiner=, schedule=, selection=)``, or a rule that needs no gradient (``msam``) or
+        picks tensors (``esam``), builds the composed family member (:class:`~sharplab.optim.family.FamilySAM`,
+        a subclass with the same protocol)."""
+        rule = kwargs.get("rule", args[3] if len(args) > 3 else "sam")
+        if isinstance(rule, str):
+            from sharplab.optim.rules import RULES
+
+            rule = RULES.get(rule) if rule in RULES else None
+        kind = rule if isinstance(rule, type) else type(rule)
+        needs_family = rule is not None and issubclass(kind, PerturbationRule) and (
+            not kind.needs_grad or kind.select is not PerturbationRule.select)
+        parts = any(kwargs.get(k) is not None for k in ("combiner", "schedule", "selection"))
+        if cls is SAM and (parts or needs_family):
+            from sharplab.optim.family import FamilySAM
+
+            return super().__new__(FamilySAM)
+        return super().__new__(cls)
+
     def __init__(
         self,
         params: Iterable[Any] | None,
