@@ -223,11 +223,11 @@ def _range_start(resp) -> int | None:
 
 
 def _copy(resp, part: Path, mode: str, offset: int, total: int | None, label: str, quiet: bool) -> None:
-    from tqdm import tqdm
+    from sharplab.progress import progress
 
     disable = quiet or bool(os.environ.get("CI"))
-    with part.open(mode) as f, tqdm(total=total, initial=offset, unit="B", unit_scale=True, desc=label,
-                                    disable=disable, leave=False) as bar:
+    with part.open(mode) as f, progress(total=total, initial=offset, unit="B", unit_scale=True, desc=label,
+                                        disable=disable, leave=False) as bar:
         try:
             for chunk in iter(lambda: resp.read(CHUNK), b""):
                 f.write(chunk)
