@@ -29,7 +29,7 @@ from sharplab.cli._args import (
     seeds,
     typed,
 )
-from sharplab.errors import ConfigError
+from sharplab.errors import ConfigError, Diverged
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -254,9 +254,16 @@ def _run_each(args: argparse.Namespace, cfgs, run, label) -> tuple[list, list[di
                 from sharplab.progress import progress as make_progress
 
                 bar = make_progress(range(cfg.steps), desc=f"{label(cfg)} seed {seed}", leave=False)
-            res = run(cfg, seed, progress=bar)
-            results.append(res)
-            records.append(res.record())
+            try:
+                res = run(cfg, seed, progress=bar)
+            except Diverged as exc:  # keep the finished runs; record this one as diverged
+                print(f"{label(cfg)} seed {seed}: diverged ({exc})", file=sys.stderr)
+                records.append({**_asdict(cfg), "seed": seed, "diverged": True, "diverged_at": exc.step})
+            else:
+                results.append(res)
+                records.append({**res.record(), "diverged": False})
+            if bar is not None and hasattr(bar, "close"):
+                bar.close()
             if args.json:
                 print(json.dumps(records[-1]), flush=True)
     return results, records
@@ -356,6 +363,8 @@ def handle_convergence(args: argparse.Namespace) -> int:
         lines = []
         for cfg in cfgs:
             runs = [r for r in results if r.config == cfg]
+            if not runs:
+                continue
             lines.append((cfg.label, runs[0].steps, np.mean([r.grad_norm for r in runs], axis=0)))
         plots.save(plots.curves_vs_iterations(lines, "||grad f(w_t)||", logx=True, smooth=10), out / "convergence.png")
         print(f"wrote {out}/results.json and figures", file=sys.stderr)
