@@ -28,6 +28,15 @@ MIN_FLATTENING = 0.02
 FLOOR, CEILING = "untrained", "hard-only"
 
 
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def t_quantile(q: float, df: int) -> float:
     """Quantile of Student's t distribution (scipy)."""
     from scipy import stats
@@ -153,8 +162,6 @@ def select_one_se(rows: Sequence[dict[str, Any]], n_val: int | None = None) -> d
 def plot_tradeoff(records: Sequence[dict[str, Any]], title: str = "") -> Any:
     """Hard- (left) and easy-feature (right) probe error vs in-distribution test error, every run;
     floor (untrained) and ceiling (hard-only) as horizontal lines."""
-    from sharplab.labs.feature_quality.report import _pyplot
-
     plt = _pyplot()
     arms = by_arm(records)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -187,8 +194,6 @@ def plot_tradeoff(records: Sequence[dict[str, Any]], title: str = "") -> Any:
 
 def plot_check(runs: Sequence[Any], title: str = "") -> Any | None:
     """Manipulation check along training: mean ``gini_w`` (solid) and ``gini_phantom`` (dashed) per arm."""
-    from sharplab.labs.feature_quality.report import _pyplot
-
     series: dict[str, dict[int, list[tuple[float, float]]]] = {}
     for r in runs:
         rec = {**getattr(r, "config", {}), "seed": getattr(r, "seed", 0)}
