@@ -182,6 +182,9 @@ class FamilySAM(SAM):
                 f"base={self.base!r})")
 
 
+SAM.family = FamilySAM
+
+
 class _ClosurePasses:
     """The two passes of ``step(closure)``: the closure at w, then at w + eps."""
 

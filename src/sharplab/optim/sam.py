@@ -97,6 +97,9 @@ class SAM(torch.optim.Optimizer):
     #: :mod:`sharplab.optim._amp`): the protocol of Accelerate's fp16 and Lightning's ``16-mixed``.
     _step_supports_amp_scaling = True
 
+    #: The composed class (:class:`~sharplab.optim.family.FamilySAM` sets itself here when imported).
+    family: type[SAM] | None = None
+
     def __new__(cls, *args: Any, **kwargs: Any) -> SAM:
         """``SAM(..., combiner=, schedule=, selection=)``, or a rule that needs no gradient (``msam``) or
         picks tensors (``esam``), builds the composed family member (:class:`~sharplab.optim.family.FamilySAM`,
@@ -110,10 +113,8 @@ class SAM(torch.optim.Optimizer):
         needs_family = rule is not None and issubclass(kind, PerturbationRule) and (
             not kind.needs_grad or kind.select is not PerturbationRule.select)
         parts = any(kwargs.get(k) is not None for k in ("combiner", "schedule", "selection"))
-        if cls is SAM and (parts or needs_family):
-            from sharplab.optim.family import FamilySAM
-
-            return super().__new__(FamilySAM)
+        if cls is SAM and (parts or needs_family) and SAM.family is not None:
+            return super().__new__(SAM.family)
         return super().__new__(cls)
 
     def __init__(
