@@ -130,7 +130,12 @@ def _emit(records: list[dict[str, Any]], args: argparse.Namespace, columns: Sequ
     def fmt(v: Any) -> str:
         return f"{v:.4g}" if isinstance(v, float) else str(v)
 
-    table = [[fmt(rec.get(c, "")) for c in columns] for rec in records]
+    def cell(rec: dict[str, Any], c: str) -> str:
+        if c == "status":  # a diverged run is never shown as a normal result
+            return "diverged" if rec.get("diverged") else "ok"
+        return fmt(rec.get(c, ""))
+
+    table = [[cell(rec, c) for c in columns] for rec in records]
     widths = [max([len(c)] + [len(row[i]) for row in table]) for i, c in enumerate(columns)]
     print("  ".join(c.rjust(w) for c, w in zip(columns, widths)))
     for row in table:
@@ -188,16 +193,18 @@ def handle_diag_net(args: argparse.Namespace) -> int:
           f"{seconds:.2f} s (one vectorised float64 batch)", file=sys.stderr)
     main = results[:len(cfgs) * len(args.seed)]
     records = [r.record() for r in main]
-    columns = ["method", "rho", "lr", "alpha", "seed", "test_error", "train_loss", "l1_norm"]
+    _note_diverged("diag-net", records)
+    columns = ["method", "rho", "lr", "alpha", "seed", "test_error", "train_loss", "l1_norm", "status"]
     if switching:
         columns[1:1] = ["then", "switch_at"]
     _emit(records, args, columns)
     if args.out:
         out = Path(args.out)
         _write_results(out, records)
-        if len({(r["method"], r["rho"]) for r in records}) > 1:
-            plots.save(plots.test_error_vs_rho(records), out / "test_error_vs_rho.png")
-            plots.save(plots.test_error_vs_rho(records, "l1_norm"), out / "l1_norm_vs_rho.png")
+        finite = [r for r in records if not r["diverged"]]  # diverged rows are not plotted as results
+        if len({(r["method"], r["rho"]) for r in finite}) > 1:
+            plots.save(plots.test_error_vs_rho(finite), out / "test_error_vs_rho.png")
+            plots.save(plots.test_error_vs_rho(finite, "l1_norm"), out / "l1_norm_vs_rho.png")
         if switching:
             curves = [(_label(r.config, len(args.seed) > 1 and r.seed), r.steps, r.test_curve)
                       for r in results if np.all(np.isfinite(r.test_curve))]
@@ -210,7 +217,8 @@ def handle_diag_net(args: argparse.Namespace) -> int:
         if args.log_curves:
             multi = len(args.seed) > 1 and len(args.seed)
             for key, name in (("test_curve", "test loss"), ("train_curve", "train loss")):
-                lines = [(_label(r.config, multi and r.seed), r.steps, getattr(r, key)) for r in results]
+                lines = [(_label(r.config, multi and r.seed), r.steps, getattr(r, key)) for r in results
+                         if not r.diverged]
                 plots.save(plots.curves_vs_iterations(lines, name, logx=True), out / f"curves_{key[:-6]}.png")
         if half_results:
             from sharplab.labs.implicit_bias.interpolation import interpolate
@@ -229,6 +237,14 @@ def handle_diag_net(args: argparse.Namespace) -> int:
             atomic_write_json(out / "interpolation.json", rows)
         print(f"wrote {out}/results.json and figures", file=sys.stderr)
     return 0
+
+
+def _note_diverged(command: str, records: list[dict[str, Any]]) -> None:
+    """One stderr line when some runs diverged (their rows carry ``diverged: true``, status 'diverged')."""
+    n = sum(bool(r.get("diverged")) for r in records)
+    if n:
+        print(f"{command}: {n} of {len(records)} runs diverged (non-finite loss): marked 'diverged', "
+              "left out of the figures", file=sys.stderr)
 
 
 def _asdict(cfg: Any) -> dict[str, Any]:
@@ -258,7 +274,8 @@ def _run_each(args: argparse.Namespace, cfgs, run, label) -> tuple[list, list[di
                 res = run(cfg, seed, progress=bar)
             except Diverged as exc:  # keep the finished runs; record this one as diverged
                 print(f"{label(cfg)} seed {seed}: diverged ({exc})", file=sys.stderr)
-                records.append({**_asdict(cfg), "seed": seed, "diverged": True, "diverged_at": exc.step})
+                records.append({**_asdict(cfg), "label": label(cfg), "seed": seed, "diverged": True,
+                                "diverged_at": exc.step})
             else:
                 results.append(res)
                 records.append({**res.record(), "diverged": False})
@@ -298,8 +315,8 @@ def handle_relu_1d(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     results = train_relu_batch(cfg_list, args.seed, progress=bar)
     labels = [_relu_label(r.config) for r in results]
-    if args.then_gd:
-        first = [r for r in results if r.config.method != "gd"]
+    if args.then_gd:  # a diverged network has nothing to continue from
+        first = [r for r in results if r.config.method != "gd" and not r.diverged]
         if first:
             gd_cfgs = [Relu1dConfig(**{**_asdict(r.config), "method": "gd", "rho": 0.0}) for r in first]
             results += _continue_batch(gd_cfgs, first, train_relu_batch)
@@ -309,13 +326,20 @@ def handle_relu_1d(args: argparse.Namespace) -> int:
     print(f"relu-1d: {len(results)} networks in {time.perf_counter() - t0:.1f} s (vectorised float64 batch)",
           file=sys.stderr)
     records = [{**r.record(), "run": name} for r, name in zip(results, labels)]
-    _emit(records, args, ["run", "lr", "seed", "steps_run", "train_loss", "fits", "kinks", "pieces"])
+    _note_diverged("relu-1d", records)
+    _emit(records, args, ["run", "lr", "seed", "steps_run", "train_loss", "fits", "kinks", "pieces", "status"])
     if args.out:
         out = Path(args.out)
         _write_results(out, records)
-        plots.save(plots.relu_fits_over_seeds(results, X_POINTS, Y_POINTS, labels), out / "relu_fits.png")
+        kept = [(r, name) for r, name in zip(results, labels) if not r.diverged]
+        if kept:
+            plots.save(plots.relu_fits_over_seeds([r for r, _ in kept], X_POINTS, Y_POINTS, [n for _, n in kept]),
+                       out / "relu_fits.png")
         for seed in args.seed:
-            fig = plots.relu_fits([r for r in results if r.seed == seed], X_POINTS, Y_POINTS)
+            runs = [r for r, _ in kept if r.seed == seed]
+            if not runs:
+                continue
+            fig = plots.relu_fits(runs, X_POINTS, Y_POINTS)
             plots.save(fig, out / f"relu_fits_seed{seed}.png")
         print(f"wrote {out}/results.json and figures", file=sys.stderr)
     return 0
@@ -356,7 +380,7 @@ def handle_convergence(args: argparse.Namespace) -> int:
     cfgs = list(dict.fromkeys(cfgs))
     results, records = _run_each(args, cfgs, run_convergence, lambda cfg: cfg.label)
     if not args.json:
-        _emit(records, args, ["label", "seed", "final_grad_norm", "min_grad_norm", "final_loss"])
+        _emit(records, args, ["label", "seed", "final_grad_norm", "min_grad_norm", "final_loss", "status"])
     if args.out:
         out = Path(args.out)
         _write_results(out, records)
