@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from sharplab.errors import Diverged
+
 DEFAULT_CS: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0)
 
 
@@ -93,12 +95,15 @@ def fit_linear_probe(
         max_iter: L-BFGS iterations per fit; the grid is fitted as a warm-started path (ascending C).
 
     Raises:
+        Diverged: non-finite features (NaN/inf, e.g. from a diverged model).
         ValueError: fewer than two classes in ``y_train``, empty inputs, or a bad ``val_fraction``/``Cs``.
     """
     zt, yt, zs, ys = (_to_numpy(a) for a in (z_train, y_train, z_test, y_test))
     zt, zs = zt.reshape(len(zt), -1).astype(np.float64), zs.reshape(len(zs), -1).astype(np.float64)
     if len(zt) == 0 or len(zs) == 0:
         raise ValueError("probe needs non-empty train and test features")
+    if not (np.isfinite(zt).all() and np.isfinite(zs).all()):  # e.g. a diverged model: no scikit-learn traceback
+        raise Diverged(None, what="features (NaN/inf) given to the linear probe: the model diverged; lower lr or rho")
     if len(np.unique(yt)) < 2:
         raise ValueError("probe needs at least two classes in the probe-train labels")
     if not 0.0 < val_fraction < 1.0:

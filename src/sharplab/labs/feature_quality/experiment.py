@@ -239,7 +239,8 @@ def run_feature_probe(
                 try:
                     metrics = run_one(data, cfg, seed=seed, model_name=base.model)
                 except Diverged as exc:
-                    metrics = {"val_error": 1.0, "diverged_step": float(exc.step)}
+                    # step None: training finished but its features are not finite (caught by the probe)
+                    metrics = {"val_error": 1.0, "diverged_step": -1.0 if exc.step is None else float(exc.step)}
                 row = ProbeRow(data.name, f"{name} m={m}" if m else name, lr, rho, int(seed), metrics)
                 result.rows.append(row)
                 if on_row is not None:
