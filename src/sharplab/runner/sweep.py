@@ -200,9 +200,6 @@ def run_sweep(study: Study, out_dir: str | os.PathLike, trials: int, storage: st
               options: RunOptions | None = None) -> Any:
     """Optimise until the Optuna study holds ``trials`` completed trials; return the Optuna study."""
     import optuna
-    from optuna.study import MaxTrialsCallback
-    from optuna.trial import TrialState
-
     if trials < 1:
         raise SharplabError(f"--trials {trials} must be >= 1")
     sweep = parse_sweep(study)
@@ -237,11 +234,27 @@ def run_sweep(study: Study, out_dir: str | os.PathLike, trials: int, storage: st
             raise SharplabError(f"[sweep] metric {sweep.metric!r} is not among the lab's final metrics")
         return float(sum(scores) / len(scores))
 
-    done = (TrialState.COMPLETE,)
-    if len(ostudy.get_trials(deepcopy=False, states=done)) < trials:
-        ostudy.optimize(objective, n_trials=trials, callbacks=[MaxTrialsCallback(trials, states=done)],
-                        catch=())
+    if budget_taken(ostudy) < trials:
+        ostudy.optimize(objective, n_trials=trials, callbacks=[_stop_at(trials)], catch=())
     return ostudy
+
+
+def budget_taken(ostudy: Any) -> int:
+    """Completed trials plus those RUNNING in live workers (dead workers' trials are failed first): a worker
+    starts another trial only while this is below ``--trials``, so concurrent workers do not overshoot the
+    budget (a worker whose trial dies later leaves the budget short until the command is re-run)."""
+    from optuna.trial import TrialState
+
+    fail_dead_trials(ostudy)
+    return len(ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)))
+
+
+def _stop_at(trials: int) -> Callable[[Any, Any], None]:
+    def callback(ostudy: Any, trial: Any) -> None:
+        if budget_taken(ostudy) >= trials:
+            ostudy.stop()
+
+    return callback
 
 
 def restart_seed(sampler_seed: int | None, ostudy: Any) -> int | None:
