@@ -51,3 +51,18 @@ def test_missing_data_and_bad_option_are_one_line_errors(isolated, capsys):
     assert "unknown data set 'imagenet'" in capsys.readouterr().err
     assert main(["data", "download", "mnist"]) == 2  # neither --root nor $SHARPLAB_DATA
     assert "no data root: pass --root DIR" in capsys.readouterr().err
+
+
+def test_data_list_and_info_show_lab_registered_sets_in_a_fresh_process():
+    # a fresh interpreter: no lab imported by other tests; `data list` must still show the labs' sets
+    import subprocess
+    import sys
+
+    code = "import sys; from sharplab.cli import main; sys.exit(main(sys.argv[1:]))"
+    out = subprocess.run([sys.executable, "-c", code, "data", "list"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "toy-hetero" in [line.split()[0] for line in out.stdout.splitlines()]
+    info = subprocess.run([sys.executable, "-c", code, "data", "info", "toy-hetero", "--json"], capture_output=True,
+                          text=True, timeout=120)
+    assert info.returncode == 0, info.stderr
+    assert {json.loads(line)["split"] for line in info.stdout.splitlines()} >= {"train", "probe_train"}

@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=lambda args: (p.print_help(), 0)[1])
 
     ls = sub.add_parser("list", help="list the registered data sets")
-    ls.set_defaults(func=cmd_list)
+    ls.set_defaults(func=cmd_list, needs_labs=True)  # labs register data sets too (e.g. toy-hetero)
 
     info = sub.add_parser("info", help="split sizes and (easy, hard) pair counts of a data set")
     info.add_argument("name", help="data set name (see 'sharplab data list')")
@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE",
                       help="data-set option, e.g. --set limit=1000 (repeatable)")
     info.add_argument("--json", action="store_true", help="one JSON object per split")
-    info.set_defaults(func=cmd_info)
+    info.set_defaults(func=cmd_info, needs_labs=True)
     typed(info, name=text, root=existing_dir, seed=seed_type, options=text)
 
     dl = sub.add_parser("download", help="download a data set into a data root (needs internet)")

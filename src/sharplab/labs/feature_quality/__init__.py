@@ -16,6 +16,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from sharplab.errors import ConfigError
+from sharplab.labs.feature_quality import hetero_toy  # noqa: F401  (registers the "toy-hetero" data set)
 from sharplab.labs.feature_quality.experiment import DATASETS, UNTRAINED, load_data, parse_options, run_one
 from sharplab.labs.feature_quality.report import report
 from sharplab.labs.feature_quality.train import OPTIMIZERS, TrainConfig, make_model, train
