@@ -14,8 +14,9 @@ A study file gains a ``[sweep]`` table; ``[config]`` stays the base configuratio
 Every trial's runs go through the normal runner into ``--out`` (results store, checkpoints, report), so a
 configuration already run is reused, not trained again. ``--trials N`` is the number of *completed*
 trials the Optuna study should reach: re-running the same command after a crash, or running it on several
-machines at once against one storage, stops once the study holds N completed trials (each worker may
-finish the trial it is in). Several workers share a study simply by running the same command with the same
+machines at once against one storage, stops once the study holds N completed trials (a worker starts a
+trial only while completed + live RUNNING trials are fewer than N, so workers do not overshoot).
+Several workers share a study simply by running the same command with the same
 ``--storage`` and study name; see ``docs/runner.md`` for PostgreSQL.
 
 Crashes: each worker's trials beat in the storage (Optuna's heartbeat, every :data:`HEARTBEAT_S` s); a
