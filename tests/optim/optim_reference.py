@@ -9,6 +9,18 @@ import torch
 from torch import nn
 
 
+def mlp(seed: int = 0) -> nn.Module:
+    """The tiny float64 MLP (5 -> 7 -> 3, tanh) the optimizer tests share."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3)).double()
+
+
+def batches(n: int = 8, steps: int = 6, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``steps`` seeded batches of ``n`` examples (5 float inputs, 3 classes)."""
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(n, 5, generator=g), torch.randint(0, 3, (n,), generator=g)) for _ in range(steps)]
+
+
 def flat_grad(model: nn.Module, loss: torch.Tensor) -> list[torch.Tensor]:
     return list(torch.autograd.grad(loss, list(model.parameters())))
 

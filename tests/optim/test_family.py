@@ -7,22 +7,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from optim_reference import batches, mlp
 from torch import nn
 
 from sharplab.errors import SharplabError
 from sharplab.optim import SAM, Cosine, Linear, Schedule, create, weights_only
 
 LR, MU = 0.2, 0.9
-
-
-def mlp(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3)).double()
-
-
-def batches(n=8, steps=6, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(n, 5, generator=g), torch.randint(0, 3, (n,), generator=g)) for _ in range(steps)]
 
 
 # --- an independent reference: the MLP as a function of a list of tensors --------------------------------

@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from optim_reference import ref_sam_grad
+from optim_reference import batches, mlp, ref_sam_grad
 from torch import nn
 
 from sharplab.errors import Diverged, SharplabError
@@ -17,14 +17,8 @@ def bn_net(seed=0):
     return nn.Sequential(nn.Linear(5, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 3)).double()
 
 
-def mlp(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3)).double()
-
-
 def data(n=8, seed=1, steps=1):
-    g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(n, 5, generator=g), torch.randint(0, 3, (n,), generator=g)) for _ in range(steps)]
+    return batches(n, steps, seed)
 
 
 def make_closure(opt, model, x, y):
