@@ -134,3 +134,79 @@ def test_hetero_toy_makes_sgd_weights_unequal_and_the_phantom_flattens_them():
     assert ginis["toy"][0] < 0.3  # the plain toy: SGD's weights nearly uniform
     assert ginis["toy-hetero"][0] > 0.6  # heterogeneous margins: concentrated at w ...
     assert ginis["toy-hetero"][1] < 0.5  # ... and spread out at the 1-SAM phantom
+
+
+def _store_with(out, runs):
+    """A results store holding finished feature-quality runs ``(study, config, seed, metrics)``."""
+    from sharplab.runner.config import RunSpec
+    from sharplab.runner.store import ResultsStore
+
+    with ResultsStore(out) as store:
+        for study, config, seed, metrics in runs:
+            spec = RunSpec("feature-quality", config, seed, 1, study)
+            store.add_runs([spec])
+            assert store.claim(spec.run_id) == "claimed"
+            store.finish(spec.run_id, "done", metrics=metrics)
+
+
+def _sections_of(builder):
+    """``{heading: [table blocks until the next heading]}`` of a report."""
+    out, current = {}, None
+    for b in builder.blocks:
+        if b.kind == "heading":
+            current = out.setdefault(b.title, [])
+        elif b.kind == "table" and current is not None:
+            current.append({row[0]: dict(zip(b.columns, row)) for row in b.rows})
+    return out
+
+
+def test_report_pairs_within_each_study_and_dataset_never_across(tmp_path):
+    from sharplab.runner.report import build_report
+
+    hard = {  # (study, dataset) -> arm -> hard-probe error per seed 0, 1, 2
+        ("toy-study", "toy"): {"untrained": [0.40, 0.40, 0.40], "sgd": [0.30, 0.32, 0.34],
+                               "sam rho=0.1": [0.25, 0.28, 0.29]},
+        ("fm-study", "fmnist-mnist"): {"untrained": [0.26, 0.26, 0.26], "sgd": [0.20, 0.21, 0.22],
+                                       "sam rho=0.1": [0.23, 0.25, 0.24]},
+    }
+    runs = [(study, {"dataset": ds, "arm": arm, "epochs": 5}, seed,
+             {"probe_error_hard": v, "probe_error_easy": 0.01, "test_error": 0.02, "val_error": 0.02})
+            for (study, ds), arms in hard.items() for arm, vals in arms.items() for seed, v in enumerate(vals)]
+    _store_with(tmp_path, runs)
+    got = _sections_of(build_report(tmp_path))
+    toy = got["feature-quality: study toy-study, dataset toy"][0]
+    fm = got["feature-quality: study fm-study, dataset fmnist-mnist"][0]
+
+    t975_2 = 4.302652729911275  # Student t, 0.975 quantile, 2 degrees of freedom (tables)
+    # toy: d = sgd - sam = (0.05, 0.04, 0.05): mean 0.14/3, sample sd sqrt(1/3) * 0.01
+    m, half = 0.14 / 3, t975_2 * math.sqrt(1 / 3) * 0.01 / math.sqrt(3)
+    assert toy["sam rho=0.1"]["SGD − X hard (pts)"] == f"{100 * m:+.2f}" == "+4.67"
+    assert toy["sam rho=0.1"]["95 % CI"] == f"[{100 * (m - half):+.2f}, {100 * (m + half):+.2f}]"
+    assert toy["sam rho=0.1"]["verdict"] == "X better"
+    # fmnist: d = (-0.03, -0.04, -0.02): mean -0.03, sample sd 0.01
+    m, half = -0.03, t975_2 * 0.01 / math.sqrt(3)
+    assert fm["sam rho=0.1"]["SGD − X hard (pts)"] == "-3.00"
+    assert fm["sam rho=0.1"]["95 % CI"] == f"[{100 * (m - half):+.2f}, {100 * (m + half):+.2f}]"
+    assert fm["sam rho=0.1"]["verdict"] == "X worse"
+    # each section's floor and SGD rows are its own (3 seeds each, not 6 pooled or 3 overwritten)
+    assert (toy["untrained"]["hard probe err %"], fm["untrained"]["hard probe err %"]) == ("40.00", "26.00")
+    assert (toy["sgd"]["hard probe err %"], fm["sgd"]["hard probe err %"]) == ("32.00", "21.00")
+    assert toy["sgd"]["seeds"] == fm["sgd"]["seeds"] == 3
+
+
+def test_sections_split_one_study_on_other_config_and_pooling_is_refused():
+    from types import SimpleNamespace
+
+    from sharplab.labs.feature_quality.protocol import by_arm, sections
+
+    def run(study, seed, **cfg):
+        return SimpleNamespace(study=study, seed=seed, config={"dataset": "toy", **cfg})
+
+    runs = [run("a", 0, arm="sgd", epochs=5), run("a", 0, arm="sam rho=0.1", epochs=5),
+            run("a", 0, arm="sgd", epochs=9), run("b", 0, optimizer="sgd", rho=0.1, epochs=5),
+            run("b", 0, optimizer="sam", rho=0.2, epochs=5)]
+    got = [(title, len(rs)) for title, rs in sections(runs)]
+    assert got == [("study a, dataset toy (epochs=5)", 2), ("study a, dataset toy (epochs=9)", 1),
+                   ("study b, dataset toy", 2)]  # without arm, optimizer and rho name the configuration
+    with pytest.raises(ValueError, match="section"):
+        by_arm([{"arm": "sgd", "seed": 0, "study": "a"}, {"arm": "sgd", "seed": 0, "study": "b"}])

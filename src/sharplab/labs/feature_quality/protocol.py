@@ -14,12 +14,16 @@
   one-standard-error rule).
 * **Main figure.** Hard- and easy-feature probe error against in-distribution test error for every run,
   with the untrained (floor) and hard-only (ceiling) means as horizontal lines.
+* **Sections.** Runs are compared only within one *section*: the same study, data set and every config
+  field other than the configuration's name (``arm``; ``optimizer`` and ``rho`` for studies without arms)
+  and the seed (:func:`sections`). Pairing by seed and the floor/ceiling lines never cross sections.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -76,11 +80,54 @@ def arm_label(record: dict[str, Any]) -> str:
     return opt if opt in ("sgd", FLOOR, CEILING) else f"{opt} rho={float(record.get('rho', 0)):g}"
 
 
+#: config fields that name a configuration within a section (studies without ``arm``)
+LABEL_FIELDS = ("optimizer", "rho")
+
+
+def section_key(study: str, config: Mapping[str, Any]) -> tuple[str, str, tuple[tuple[str, str], ...]]:
+    """``(study, dataset, other config)``: runs that may be paired by seed share this key.
+
+    "Other config" is every field except ``seed``, ``dataset`` and what names the configuration: ``arm``,
+    or, for a run without one, ``optimizer`` and ``rho`` (as :func:`arm_label` does).
+    """
+    named = bool(str(config.get("arm") or "").strip())
+    skip = {"seed", "dataset", "arm", *(() if named else LABEL_FIELDS)}
+    rest = tuple(sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in config.items() if k not in skip))
+    return str(study or ""), str(config.get("dataset", "?")), rest
+
+
+def sections(runs: Sequence[Any]) -> list[tuple[str, list[Any]]]:
+    """Runner records split by :func:`section_key`, in order of first appearance, each with a heading
+    naming its study and data set (plus the config fields that tell sections of one study apart)."""
+    groups: dict[tuple, list[Any]] = {}
+    for r in runs:
+        groups.setdefault(section_key(getattr(r, "study", ""), r.config), []).append(r)
+    out = []
+    for key, rs in groups.items():
+        study, dataset, rest = key
+        siblings = [k[2] for k in groups if k[:2] == key[:2]]
+        differ = [f"{k}={v}" for k, v in rest if any(dict(o).get(k) != v for o in siblings)]
+        title = f"study {study or '(unnamed)'}, dataset {dataset}" + (f" ({', '.join(differ)})" if differ else "")
+        out.append((title, rs))
+    return out
+
+
 def by_arm(records: Sequence[dict[str, Any]]) -> dict[str, dict[int, dict[str, Any]]]:
-    """``{arm: {seed: record}}`` in order of first appearance."""
+    """``{arm: {seed: record}}`` in order of first appearance.
+
+    Raises:
+        ValueError: two records of one configuration share a seed: they come from different sections
+            (studies, data sets, other config) and must be split with :func:`sections` first.
+    """
     out: dict[str, dict[int, dict[str, Any]]] = {}
     for r in records:
-        out.setdefault(arm_label(r), {})[int(r["seed"])] = r
+        seeds = out.setdefault(arm_label(r), {})
+        seed = int(r["seed"])
+        if seed in seeds:
+            raise ValueError(f"two {arm_label(r)!r} records with seed {seed} (studies "
+                             f"{seeds[seed].get('study', '?')!r}, {r.get('study', '?')!r}); pair within one "
+                             "section (protocol.sections), never across studies or data sets")
+        seeds[seed] = r
     return out
 
 
@@ -89,28 +136,44 @@ def _get(r: dict[str, Any], key: str) -> float:
     return float(v) if v is not None else math.nan
 
 
+def _nanmean(values: Sequence[float]) -> float:
+    """Mean of the finite values; NaN (no warning) when there are none."""
+    v = [x for x in values if math.isfinite(x)]
+    return float(np.mean(v)) if v else math.nan
+
+
 def binomial_se(p: float, n: int) -> float:
     return math.sqrt(p * (1 - p) / n) if n > 0 and math.isfinite(p) else math.nan
+
+
+def _mean_pct(rs: Sequence[dict[str, Any]], key: str) -> str:
+    """Mean of ``key`` over the runs that have it, in % ("-" when none has it)."""
+    vals = [v for v in (_get(r, key) for r in rs) if math.isfinite(v)]
+    return f"{100 * float(np.mean(vals)):.2f}" if vals else "-"
 
 
 def paired_rows(records: Sequence[dict[str, Any]], reference: str = "sgd", metric: str = "probe_error_hard",
                 probe_test_n: int | None = None) -> list[dict[str, Any]]:
     """One row per configuration: mean errors, the paired difference ``reference - X`` of ``metric`` with
-    its 95 % CI and verdict, the manipulation check and the near-chance count. Errors in %."""
+    its 95 % CI and verdict, the manipulation check and the near-chance count. Errors in %.
+
+    ``records`` must come from one section (:func:`sections`).
+    """
     arms = by_arm(records)
     ref = arms.get(reference, {})
     rows = []
     for arm, seeds in arms.items():
         rs = list(seeds.values())
-        hard = float(np.nanmean([_get(r, metric) for r in rs]))
         row: dict[str, Any] = {
             "configuration": arm, "seeds": len(rs),
-            "hard probe err %": f"{100 * hard:.2f}",
-            "easy probe err %": f"{100 * np.nanmean([_get(r, 'probe_error_easy') for r in rs]):.2f}",
-            "test err %": f"{100 * np.nanmean([_get(r, 'test_error') for r in rs]):.2f}",
+            "hard probe err %": _mean_pct(rs, metric),
+            "easy probe err %": _mean_pct(rs, "probe_error_easy"),
+            "test err %": _mean_pct(rs, "test_error"),
         }
         if probe_test_n:
-            row["probe-test s.e. (pts)"] = f"{100 * binomial_se(hard, probe_test_n):.2f}"
+            hard = [v for v in (_get(r, metric) for r in rs) if math.isfinite(v)]
+            se = binomial_se(float(np.mean(hard)), probe_test_n) if hard else math.nan
+            row["probe-test s.e. (pts)"] = f"{100 * se:.2f}" if math.isfinite(se) else "-"
         if arm != reference and ref:
             shared = sorted(set(seeds) & set(ref))
             m, lo, hi, n = paired_ci([_get(ref[s], metric) - _get(seeds[s], metric) for s in shared])
@@ -171,7 +234,7 @@ def plot_tradeoff(records: Sequence[dict[str, Any]], title: str = "") -> Any:
             rs = list(seeds.values())
             ys = [100 * _get(r, key) for r in rs]
             if arm in (FLOOR, CEILING):
-                ax.axhline(float(np.nanmean(ys)), color="k" if arm == FLOOR else "tab:green",
+                ax.axhline(_nanmean(ys), color="k" if arm == FLOOR else "tab:green",
                            ls="--" if arm == FLOOR else ":", lw=1.2,
                            label=f"{'floor' if arm == FLOOR else 'ceiling'}: {arm}")
                 continue
@@ -233,9 +296,9 @@ def selected_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                    float(rs[0].get("rho", 0.0)) if opt != "sgd" else 0.0)
         per_opt.setdefault(opt, []).append({
             "configuration": arm, "rho": rho,
-            "val_error": float(np.nanmean([_get(r, "val_error") for r in rs])),
+            "val_error": _nanmean([_get(r, "val_error") for r in rs]),
             "near_chance": any(_get(r, "near_chance") == 1.0 for r in rs),
-            "hard": float(np.nanmean([_get(r, "probe_error_hard") for r in rs])),
+            "hard": _nanmean([_get(r, "probe_error_hard") for r in rs]),
         })
     out = []
     for opt, rows in per_opt.items():

@@ -162,37 +162,52 @@ def plot_rho_sweep(records: Sequence[dict[str, Any]], title: str = "") -> Any | 
 
 
 def runs_to_records(runs: Sequence[Any]) -> list[dict[str, Any]]:
-    """Finished runner records -> plain records (config, seed, metrics)."""
-    return [{**r.config, "seed": r.seed, **r.metrics} for r in runs if getattr(r, "status", "done") == "done"]
+    """Finished runner records -> plain records (config, seed, study, metrics)."""
+    return [{**r.config, "seed": r.seed, "study": getattr(r, "study", ""), **r.metrics}
+            for r in runs if getattr(r, "status", "done") == "done"]
 
 
 def report(runs: Sequence[Any], builder: Any) -> None:
-    """Runner hook: the probe-error table (mean ± std over seeds) and the two figures."""
-    records = runs_to_records(runs)
-    if not records:
+    """Runner hook: per section (study, data set and the config other than the configuration's name and
+    seed, :func:`.protocol.sections`) a heading and its tables and figures; runs of different sections
+    are never pooled or paired."""
+    from sharplab.labs.feature_quality.protocol import sections
+
+    if not runs_to_records(runs):
         builder.add_text("feature-quality: no finished runs yet.")
         return
     builder.add_text(
         "Linear probes (logistic regression on standardised penultimate features, C chosen on a "
         "validation part of probe_train) scored on the decorrelated probe_test split. Errors in %, mean ± "
-        "std over seeds; gain = untrained network's probe error minus the row's."
+        "std over seeds; gain = untrained network's probe error minus the row's. One section per study and "
+        "data set (and other config): nothing is pooled or paired across sections."
     )
-    if any(r.get("arm") for r in records):
-        _protocol_sections(runs, records, builder)
-        return
-    builder.add_table("feature-quality: probe errors per feature", summary_rows(records))
-    builder.add_figure("feature-quality: probe error per feature and optimizer", plot_probe_errors(records))
+    for title, section_runs in sections(runs):
+        records = runs_to_records(section_runs)
+        builder.add_heading(f"feature-quality: {title}")
+        if not records:
+            builder.add_text(f"{title}: no finished runs yet.")
+        elif any(r.get("arm") for r in records):
+            _protocol_sections(section_runs, records, builder, title)
+        else:
+            _summary_sections(records, builder, title)
+
+
+def _summary_sections(records: list[dict[str, Any]], builder: Any, title: str) -> None:
+    """Studies without ``arm``: the probe-error table and the two figures."""
+    builder.add_table(f"{title}: probe errors per feature", summary_rows(records))
+    builder.add_figure(f"{title}: probe error per feature and optimizer", plot_probe_errors(records))
     sweep = plot_rho_sweep(records)
     if sweep is not None:
-        builder.add_figure("feature-quality: rho sweep, test error vs hard-feature probe error", sweep)
+        builder.add_figure(f"{title}: rho sweep, test error vs hard-feature probe error", sweep)
 
 
-def _protocol_sections(runs: Sequence[Any], records: list[dict[str, Any]], builder: Any) -> None:
+def _protocol_sections(runs: Sequence[Any], records: list[dict[str, Any]], builder: Any, title: str) -> None:
     """The pre-registered protocol's view (studies that name their configurations with ``arm``)."""
     from sharplab.labs.feature_quality import protocol
 
     builder.add_table(
-        "feature-quality: paired differences SGD − X of the hard-probe error (95 % t-interval over seeds), "
+        f"{title}: paired differences SGD − X of the hard-probe error (95 % t-interval over seeds), "
         "manipulation check (final Gini at w / at the step's phantom) and runs that did not learn",
         protocol.paired_rows(records))
     lines = []
@@ -202,19 +217,21 @@ def _protocol_sections(runs: Sequence[Any], records: list[dict[str, Any]], build
         if n:
             lines.append(f"{b} − {a}: {100 * m:+.2f} pts, 95 % CI [{100 * lo:+.2f}, {100 * hi:+.2f}] ({n} seeds)")
     if lines:
-        builder.add_text("Combination vs each alone (hard-probe error, paired by seed): " + "; ".join(lines))
+        builder.add_text(f"{title}: combination vs each alone (hard-probe error, paired by seed): "
+                         + "; ".join(lines))
     chosen = protocol.selected_rows(records)
-    title = ("feature-quality (secondary view): validation-selected configuration per optimizer "
-             "(one-standard-error rule, largest rho among ties; runs that did not learn never selected)")
+    heading = (f"{title} (secondary view): validation-selected configuration per optimizer "
+               "(one-standard-error rule, largest rho among ties; runs that did not learn never selected)")
     if chosen:
-        builder.add_table(title, chosen)
+        builder.add_table(heading, chosen)
     else:
-        builder.add_text(title + ": no configuration learned, nothing to select.")
-    builder.add_figure("feature-quality: hard/easy probe error vs in-distribution test error (every run; "
-                       "floor = untrained, ceiling = hard-only)", protocol.plot_tradeoff(records))
-    fig = protocol.plot_check(runs)
+        builder.add_text(heading + ": no configuration learned, nothing to select.")
+    builder.add_figure(f"{title}: hard/easy probe error vs in-distribution test error (every run; "
+                       "floor = untrained, ceiling = hard-only)", protocol.plot_tradeoff(
+        records, f"{title}: probe error vs test error, every configuration and seed (x = did not learn)"))
+    fig = protocol.plot_check(runs, f"{title}: Gini at w (solid) and at the step's phantom (dashed)")
     if fig is not None:
-        builder.add_figure("feature-quality: manipulation check along training", fig)
+        builder.add_figure(f"{title}: manipulation check along training", fig)
 
 
 def write_figures(records: Sequence[dict[str, Any]], out_dir: Any, dataset: str) -> list[Any]:
