@@ -210,3 +210,68 @@ def test_sections_split_one_study_on_other_config_and_pooling_is_refused():
                    ("study b, dataset toy", 2)]  # without arm, optimizer and rho name the configuration
     with pytest.raises(ValueError, match="section"):
         by_arm([{"arm": "sgd", "seed": 0, "study": "a"}, {"arm": "sgd", "seed": 0, "study": "b"}])
+
+
+def test_feature_probe_says_diverged_in_the_table_and_keeps_the_status_in_json(monkeypatch, capsys):
+    import json
+
+    import sharplab.labs.feature_quality.experiment as experiment
+    from sharplab.cli import main
+    from sharplab.errors import Diverged
+
+    def fake_run_one(data, cfg, *, seed, **kw):  # SGD learns, every SAM run diverges at step 3
+        if cfg is not None and cfg.optimizer == "sam":
+            raise Diverged(3)
+        err = 0.3 if cfg is None else 0.2
+        return {"val_error": 0.01, "val_loss": 0.1, "test_error": 0.02, "probe_error_easy": 0.05,
+                "probe_error_hard": err + 0.01 * seed}
+
+    monkeypatch.setattr(experiment, "run_one", fake_run_one)
+    args = ["feature-probe", "--dataset", "toy", "--optimizer", "sgd,sam", "--rho", "0.1", "--seeds", "2",
+            "--quiet", "--data-option", "n_train=200"]
+    assert main(args) == 0
+    table = capsys.readouterr().out
+    rows = {line.split("  ")[0]: line.split() for line in table.splitlines()}
+    hard = rows["hard-feature probe error (%)"]
+    assert hard[-1] == "diverged" and hard[-2] != "diverged"  # columns: untrained, sgd, sam rho=0.1
+    assert rows["diverged runs"][2:] == ["0", "0", "2", "of", "2"]  # untrained, sgd: 0; sam: 2 of 2
+    assert main([*args, "--json"]) == 0
+    recs = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    sam = [r for r in recs if r["optimizer"] == "sam"]
+    assert len(sam) == 2 and all(r["status"] == "diverged" and r["diverged"] is True for r in sam)
+    assert all(r["diverged_step"] == 3.0 and "probe_error_hard" not in r for r in sam)
+    assert {r["status"] for r in recs if r["optimizer"] != "sam"} == {"done"}
+
+
+def test_report_marks_diverged_runs_and_never_selects_or_pairs_them(tmp_path):
+    from sharplab.runner.config import RunSpec
+    from sharplab.runner.report import build_report
+    from sharplab.runner.store import ResultsStore
+
+    ok = {"probe_error_hard": 0.2, "probe_error_easy": 0.01, "test_error": 0.02, "val_error": 0.02}
+    with ResultsStore(tmp_path) as store:
+        for study, arms in (("arms", ["sgd", "sam rho=0.1", "sam rho=2"]), ("plain", ["sgd", "sam"])):
+            for name in arms:
+                for seed in range(3):
+                    key = "arm" if study == "arms" else "optimizer"
+                    spec = RunSpec("feature-quality", {"dataset": "toy", key: name}, seed, 1, study)
+                    store.add_runs([spec])
+                    store.claim(spec.run_id)
+                    if name in ("sam rho=2", "sam") or (name == "sam rho=0.1" and seed == 0):
+                        store.finish(spec.run_id, "diverged", error="loss is nan", diverged_step=4)
+                    else:
+                        store.finish(spec.run_id, "done", metrics={**ok, "probe_error_hard": 0.2 - 0.01 * seed})
+    builder = build_report(tmp_path)
+    got = _sections_of(builder)
+    arms = got["feature-quality: study arms, dataset toy"]
+    paired, selected = arms[0], arms[1]
+    assert paired["sam rho=2"]["hard probe err %"] == "diverged" and paired["sam rho=2"]["diverged"] == "3 run(s)"
+    assert paired["sam rho=2"]["SGD − X hard (pts)"] == "diverged"
+    # one of three seeds diverged: the other two are paired (n = 2, d = 0 each) and the run is counted
+    assert paired["sam rho=0.1"]["diverged"] == "1 run(s)" and paired["sam rho=0.1"]["SGD − X hard (pts)"] == "+0.00"
+    assert paired["sam rho=0.1"]["hard probe err %"] == "18.50" and paired["sgd"]["diverged"] == ""
+    assert "sam" not in {r["optimizer"] for r in selected.values()}  # neither SAM configuration is selectable
+    table = next(b for b in builder.blocks if b.kind == "table" and b.title.startswith("study plain"))
+    sam_row = dict(zip(table.columns, table.rows[1]))
+    assert sam_row["optimizer"] == "sam" and sam_row["probe_error_hard (%)"] == "diverged"
+    assert sam_row["diverged"] == "3 of 3" and sam_row["hard gain vs untrained (pts)"] == "diverged"

@@ -88,10 +88,17 @@ class ProbeRow:
     metrics: dict[str, float]
     selected: bool = False
 
+    @property
+    def diverged(self) -> bool:
+        """Training (or the probe's features) became non-finite: the row has no probe errors."""
+        return "diverged_step" in self.metrics
+
     def record(self) -> dict[str, Any]:
+        """Config, seed, ``status`` (``"done"`` | ``"diverged"``), ``diverged`` (bool) and the metrics."""
         return {
             "dataset": self.dataset, "optimizer": self.optimizer, "rho": self.rho, "lr": self.lr,
-            "seed": self.seed, **self.metrics,
+            "seed": self.seed, "status": "diverged" if self.diverged else "done", "diverged": self.diverged,
+            **self.metrics,
         }  # fmt: skip
 
 

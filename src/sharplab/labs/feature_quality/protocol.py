@@ -17,6 +17,8 @@
 * **Sections.** Runs are compared only within one *section*: the same study, data set and every config
   field other than the configuration's name (``arm``; ``optimizer`` and ``rho`` for studies without arms)
   and the seed (:func:`sections`). Pairing by seed and the floor/ceiling lines never cross sections.
+* **Diverged runs** (non-finite loss) have no metrics: they are counted, shown as "diverged", never
+  paired and never selected.
 """
 
 from __future__ import annotations
@@ -112,6 +114,11 @@ def sections(runs: Sequence[Any]) -> list[tuple[str, list[Any]]]:
     return out
 
 
+def is_diverged(record: Mapping[str, Any]) -> bool:
+    """A run that stopped on a non-finite loss or features (runner status, or the CLI's row flag)."""
+    return record.get("status") == "diverged" or record.get("diverged") is True
+
+
 def by_arm(records: Sequence[dict[str, Any]]) -> dict[str, dict[int, dict[str, Any]]]:
     """``{arm: {seed: record}}`` in order of first appearance.
 
@@ -147,9 +154,11 @@ def binomial_se(p: float, n: int) -> float:
 
 
 def _mean_pct(rs: Sequence[dict[str, Any]], key: str) -> str:
-    """Mean of ``key`` over the runs that have it, in % ("-" when none has it)."""
+    """Mean of ``key`` over the runs that have it, in %; "diverged" when every run diverged."""
     vals = [v for v in (_get(r, key) for r in rs) if math.isfinite(v)]
-    return f"{100 * float(np.mean(vals)):.2f}" if vals else "-"
+    if vals:
+        return f"{100 * float(np.mean(vals)):.2f}"
+    return "diverged" if rs and all(is_diverged(r) for r in rs) else "-"
 
 
 def paired_rows(records: Sequence[dict[str, Any]], reference: str = "sgd", metric: str = "probe_error_hard",
@@ -157,13 +166,17 @@ def paired_rows(records: Sequence[dict[str, Any]], reference: str = "sgd", metri
     """One row per configuration: mean errors, the paired difference ``reference - X`` of ``metric`` with
     its 95 % CI and verdict, the manipulation check and the near-chance count. Errors in %.
 
-    ``records`` must come from one section (:func:`sections`).
+    ``records`` must come from one section (:func:`sections`). Diverged runs have no metrics: their
+    seeds drop out of the pairing, a configuration whose runs all diverged reads "diverged", and a
+    ``diverged`` column counts them (present when any run diverged).
     """
     arms = by_arm(records)
     ref = arms.get(reference, {})
+    any_diverged = any(is_diverged(r) for r in records)
     rows = []
     for arm, seeds in arms.items():
         rs = list(seeds.values())
+        div = sum(is_diverged(r) for r in rs)
         row: dict[str, Any] = {
             "configuration": arm, "seeds": len(rs),
             "hard probe err %": _mean_pct(rs, metric),
@@ -177,7 +190,8 @@ def paired_rows(records: Sequence[dict[str, Any]], reference: str = "sgd", metri
         if arm != reference and ref:
             shared = sorted(set(seeds) & set(ref))
             m, lo, hi, n = paired_ci([_get(ref[s], metric) - _get(seeds[s], metric) for s in shared])
-            row["SGD − X hard (pts)"] = f"{100 * m:+.2f}" if math.isfinite(m) else "-"
+            lost = any(is_diverged(seeds[s]) or is_diverged(ref[s]) for s in shared)
+            row["SGD − X hard (pts)"] = f"{100 * m:+.2f}" if math.isfinite(m) else ("diverged" if lost else "-")
             row["95 % CI"] = f"[{100 * lo:+.2f}, {100 * hi:+.2f}]" if math.isfinite(lo) else "-"
             ref_line = arm in (FLOOR, CEILING)
             row["verdict"] = "(reference line)" if ref_line else verdict(lo, hi, "X better", "X worse")
@@ -193,6 +207,8 @@ def paired_rows(records: Sequence[dict[str, Any]], reference: str = "sgd", metri
             row["mechanism"] = "(steps at w)" if plain else ("on" if on else "off")
         chance = 0 if arm == FLOOR else sum(1 for r in rs if _get(r, "near_chance") == 1.0)
         row["did not learn"] = f"{chance} run(s)" if chance else ""
+        if any_diverged:
+            row["diverged"] = f"{div} run(s)" if div else ""
         rows.append(row)
     return rows
 
@@ -231,7 +247,9 @@ def plot_tradeoff(records: Sequence[dict[str, Any]], title: str = "") -> Any:
     for ax, feat in zip(axes, ("hard", "easy")):
         key = f"probe_error_{feat}"
         for i, (arm, seeds) in enumerate(arms.items()):
-            rs = list(seeds.values())
+            rs = [r for r in seeds.values() if not is_diverged(r)]
+            if not rs:
+                continue
             ys = [100 * _get(r, key) for r in rs]
             if arm in (FLOOR, CEILING):
                 ax.axhline(_nanmean(ys), color="k" if arm == FLOOR else "tab:green",
@@ -284,7 +302,8 @@ def plot_check(runs: Sequence[Any], title: str = "") -> Any | None:
 
 def selected_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Secondary view: per optimizer (first word of the configuration), the configuration that
-    :func:`select_one_se` picks on mean validation error (the probe splits never enter)."""
+    :func:`select_one_se` picks on mean validation error (the probe splits never enter); a configuration
+    with a diverged run counts as one that did not learn."""
     arms = by_arm(records)
     per_opt: dict[str, list[dict[str, Any]]] = {}
     for arm, seeds in arms.items():
@@ -297,7 +316,7 @@ def selected_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         per_opt.setdefault(opt, []).append({
             "configuration": arm, "rho": rho,
             "val_error": _nanmean([_get(r, "val_error") for r in rs]),
-            "near_chance": any(_get(r, "near_chance") == 1.0 for r in rs),
+            "near_chance": any(_get(r, "near_chance") == 1.0 or is_diverged(r) for r in rs),
             "hard": _nanmean([_get(r, "probe_error_hard") for r in rs]),
         })
     out = []

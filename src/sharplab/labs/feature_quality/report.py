@@ -4,6 +4,10 @@ Everything here works on plain *records*: dicts with ``dataset``, ``optimizer``,
 and the metrics (``probe_error_easy``, ``probe_error_hard``, ``test_error``, ...). Means and standard
 deviations are over seeds (sample std, ddof = 1); the "gain" of a row is the untrained network's mean
 probe error minus the row's, i.e. what training added to the representation.
+
+A diverged run (``status = "diverged"``, or the CLI's ``diverged: true``) has no probe errors: it is left
+out of the means, a cell whose runs all diverged reads "diverged", and a "diverged" column (row in the
+text table) counts such runs whenever there is one.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
+
+from sharplab.labs.feature_quality.protocol import is_diverged
 
 FEATURE_ROWS: tuple[tuple[str, str], ...] = (
     ("probe_error_easy", "easy-feature probe error"),
@@ -36,6 +42,20 @@ def fmt(mean: float, std: float, pct: bool = True) -> str:
     return f"{k * mean:.2f}" + (f" ± {k * std:.2f}" if math.isfinite(std) else "")
 
 
+def cell(rs: Sequence[dict[str, Any]], metric: str) -> str:
+    """``mean ± std`` of ``metric`` over ``rs`` in %; "diverged" when every run diverged, "-" when none has it."""
+    m, s, n = mean_std(r.get(metric, math.nan) for r in rs)
+    if not n and rs and all(is_diverged(r) for r in rs):
+        return "diverged"
+    return fmt(m, s)
+
+
+def diverged_count(rs: Sequence[dict[str, Any]]) -> str:
+    """``"1 of 3"`` diverged runs, or ``""``."""
+    n = sum(is_diverged(r) for r in rs)
+    return f"{n} of {len(rs)}" if n else ""
+
+
 def group(records: Sequence[dict[str, Any]]) -> dict[tuple[str, str, float, float], list[dict[str, Any]]]:
     """Records grouped by (dataset, optimizer, rho, lr), in order of first appearance."""
     out: dict[tuple[str, str, float, float], list[dict[str, Any]]] = {}
@@ -56,6 +76,7 @@ def summary_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 m: mean_std(r.get(m, math.nan) for r in rs)[0] for m in ("probe_error_easy", "probe_error_hard")
             }
     rows = []
+    any_diverged = any(is_diverged(r) for r in records)
     for (ds, opt, rho, lr), rs in groups.items():
         plain = opt in ("sgd", "untrained")
         row: dict[str, Any] = {
@@ -63,13 +84,18 @@ def summary_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "lr": "-" if opt == "untrained" else lr, "seeds": len(rs),
         }  # fmt: skip
         for metric, _ in FEATURE_ROWS:
-            m, s, n = mean_std(r.get(metric, math.nan) for r in rs)
+            n = mean_std(r.get(metric, math.nan) for r in rs)[2]
             if n or metric != "worst_group_error":
-                row[f"{metric} (%)"] = fmt(m, s)
+                row[f"{metric} (%)"] = cell(rs, metric)
         for feat in ("easy", "hard"):
             m = mean_std(r.get(f"probe_error_{feat}", math.nan) for r in rs)[0]
             b = base.get(ds, {}).get(f"probe_error_{feat}", math.nan)
-            row[f"{feat} gain vs untrained (pts)"] = "-" if opt == "untrained" else fmt(b - m, math.nan)
+            gain = fmt(b - m, math.nan)
+            if gain == "-" and cell(rs, f"probe_error_{feat}") == "diverged":
+                gain = "diverged"
+            row[f"{feat} gain vs untrained (pts)"] = "-" if opt == "untrained" else gain
+        if any_diverged:
+            row["diverged"] = diverged_count(rs)
         rows.append(row)
     return rows
 
@@ -84,13 +110,15 @@ def format_table(records: Sequence[dict[str, Any]], title: str = "") -> str:
     ]
     lines.append(["seeds", *[str(len(rs)) for rs in groups.values()]])
     for metric, label in FEATURE_ROWS:
-        cells = [fmt(*mean_std(r.get(metric, math.nan) for r in rs)[:2]) for rs in groups.values()]
-        if metric == "worst_group_error" and all(c == "-" for c in cells):
+        cells = [cell(rs, metric) for rs in groups.values()]
+        if metric == "worst_group_error" and all(c in ("-", "diverged") for c in cells):
             continue
         lines.append([label + " (%)", *cells])
     summ = summary_rows(records)
     if any(r["optimizer"] == "untrained" for r in summ):
         lines.append(["hard gain vs untrained (pts)", *[r["hard gain vs untrained (pts)"] for r in summ]])
+    if any(is_diverged(r) for r in records):
+        lines.append(["diverged runs", *[diverged_count(rs) or "0" for rs in groups.values()]])
     widths = [max(len(row[i]) for row in lines) for i in range(len(lines[0]))]
     text = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in lines]
     return "\n".join(([title] if title else []) + text)
@@ -162,9 +190,15 @@ def plot_rho_sweep(records: Sequence[dict[str, Any]], title: str = "") -> Any | 
 
 
 def runs_to_records(runs: Sequence[Any]) -> list[dict[str, Any]]:
-    """Finished runner records -> plain records (config, seed, study, metrics)."""
-    return [{**r.config, "seed": r.seed, "study": getattr(r, "study", ""), **r.metrics}
-            for r in runs if getattr(r, "status", "done") == "done"]
+    """Finished runner records -> plain records (config, seed, study, status, metrics); diverged runs are
+    kept (``status = "diverged"``, no metrics) so that the tables say so."""
+    out = []
+    for r in runs:
+        status = getattr(r, "status", "done")
+        if status in ("done", "diverged"):
+            metrics = r.metrics if status == "done" else {}
+            out.append({**r.config, "seed": r.seed, "study": getattr(r, "study", ""), "status": status, **metrics})
+    return out
 
 
 def report(runs: Sequence[Any], builder: Any) -> None:
