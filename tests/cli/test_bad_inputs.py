@@ -70,6 +70,11 @@ BAD: list[tuple[list[str], str]] = [
     (["mechanisms", "--weight-batch", "1"], "--weight-batch"),
     (["mechanisms", "--data-seed", "-1"], "--data-seed"),
     (["mechanisms", "--threads", "0"], "--threads"),
+    (["mechanisms", "--m", "0"], "--m"),
+    (["mechanisms", "--m", "-4"], "--m"),
+    (["mechanisms", "--m", "7"], "--m"),  # does not divide the toy's batch of 64
+    (["mechanisms", "--m", "16", "--batch-size", "24"], "--batch-size"),
+    (["mechanisms", "--study", "three-feature", "--m", "7"], "--m"),
     *[(["mechanisms", "--out", o], "--out") for o in OUT_BAD],
     (["deep-net", "--seed", "-1"], "--seed"),
     *[(["deep-net", "--out", o], "--out") for o in OUT_BAD],

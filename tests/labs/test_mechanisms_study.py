@@ -59,6 +59,55 @@ def test_config_validation() -> None:
         MechanismsConfig(ablation="iw-only,foo")
     assert MechanismsConfig(ablation="").optimizers == ["sgd", "sam"]
     assert MechanismsConfig(variant="lsam").optimizers == ["sgd", "lsam", "iw-only", "lr-only"]
+    with pytest.raises(SharplabError, match="divisor of batch_size=64"):
+        MechanismsConfig(m=7)
+    with pytest.raises(SharplabError, match="1-SAM"):
+        MechanismsConfig(m=16, phantom="per-example")
+    assert MechanismsConfig(m=16).train_config("sam").m == 16 and MechanismsConfig().train_config("sam").m == 0
+
+
+TINY_TOY = {"n_train": 512, "n_val": 100, "n_test": 200, "n_probe_train": 400, "n_probe_test": 400}
+
+
+def _spy_sam_grad(monkeypatch):
+    """Record ``(mechanism, m)`` of every ``sam_grad`` call the training loop makes."""
+    import sharplab.optim as optim
+
+    real, seen = optim.sam_grad, []
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs.get("mechanism", "full"), kwargs.get("m")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(optim, "sam_grad", spy)
+    return seen
+
+
+def test_m_reaches_sam_grad_and_is_recorded(monkeypatch, one_thread) -> None:
+    seen = _spy_sam_grad(monkeypatch)
+    cfg = MechanismsConfig(ablation="iw-only", epochs=1, record_every=16, weight_batch=64, m=16,
+                           data_options=TINY_TOY)
+    res = run_mechanisms(cfg, seed=0)
+    steps = 512 // 64  # per optimizer; SGD never calls sam_grad
+    assert seen == [("full", 16)] * steps + [("iw_only", 16)] * steps
+    assert res.to_json()["config"]["m"] == 16
+
+
+def test_recorder_with_m_weights_each_micro_batch_at_its_own_phantom() -> None:
+    """With m, the phantom Gini is the manipulation check's per-micro-batch one (hand-checked on a linear
+    model in test_feature_protocol), not the whole batch's."""
+    from sharplab.labs.feature_quality.check import measure
+    from sharplab.labs.feature_quality.train import TrainConfig
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(5, 3).double()
+    x, y = torch.randn(32, 5, dtype=torch.float64), torch.randint(0, 3, (32,))
+    got = Recorder(x, y, 0.7, None, 1, m=4).measure(model, 0, 1)
+    want = measure(model, x, y, TrainConfig(optimizer="sam", rho=0.7, batch_size=8, m=4), 0)
+    assert got["gini_phantom"] == pytest.approx(want["gini_phantom"], abs=1e-12)
+    assert got["gini_real"] == pytest.approx(want["gini_w"], abs=1e-12)
+    whole = Recorder(x, y, 0.7, None, 1).measure(model, 0, 1)
+    assert abs(whole["gini_phantom"] - got["gini_phantom"]) > 1e-3
 
 
 def test_recording_does_not_change_training(one_thread) -> None:
@@ -147,17 +196,17 @@ def test_runner_lab_and_report(tmp_path, one_thread) -> None:
     assert [row[0] for row in table.rows] == ["sgd", "sam"]
 
 
-def test_cli_json_figures_and_errors(tmp_path, capsys) -> None:
+def test_cli_json_figures_and_errors(tmp_path, capsys, monkeypatch) -> None:
     from sharplab.cli import main
 
     threads = torch.get_num_threads()  # the command sets its own thread count; restore it for other tests
     try:
-        _cli_checks(tmp_path, capsys, main)
+        _cli_checks(tmp_path, capsys, main, monkeypatch)
     finally:
         torch.set_num_threads(threads)
 
 
-def _cli_checks(tmp_path, capsys, main) -> None:
+def _cli_checks(tmp_path, capsys, main, monkeypatch) -> None:
 
     out = tmp_path / "out"
     rc = main(["mechanisms", "--dataset", "toy", "--epochs", "1", "--seeds", "1", "--ablation", "iw-only",
@@ -171,6 +220,13 @@ def _cli_checks(tmp_path, capsys, main) -> None:
     assert "recovered" in lines[2]
     assert (out / "mechanisms_toy_lorenz.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((out / "mechanisms_toy.json").read_text())["runs"][0]["seed"] == 0
+
+    seen = _spy_sam_grad(monkeypatch)
+    assert main(["mechanisms", "--epochs", "1", "--seeds", "1", "--ablation", "", "--m", "16", "--json",
+                 "--record-every", "64", "--weight-batch", "32", "--quiet", "--data-option", "n_train=256"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["optimizer"], r["m"]) for r in rows] == [("sgd", 0), ("sam", 16)]
+    assert seen == [("full", 16)] * (256 // 64)
 
     assert main(["mechanisms", "--dataset", "no-such-set", "--seeds", "1"]) == 2
     assert "error:" in capsys.readouterr().err

@@ -5,6 +5,7 @@
     sharplab mechanisms --dataset toy --seeds 3 --out runs/mech          # table + PNG figures
     sharplab mechanisms --dataset fmnist-mnist --variant lsam --json      # one JSON object per line
     sharplab mechanisms --study three-feature --seeds 3                   # easy / medium / hard toy
+    sharplab mechanisms --dataset toy --m 16                              # m-sharpness: 16-example micro-batches
 
 Unset options take the per-data-set defaults of :data:`DATASET_DEFAULTS`, then those of
 :class:`~sharplab.labs.feature_quality.mechanisms.MechanismsConfig`.
@@ -47,7 +48,7 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
                      "weight_batch": 512},
 }
 _OPTIONS = ("variant", "phantom", "ablation", "rho", "lr", "momentum", "weight_decay", "epochs", "batch_size",
-            "record_every", "weight_batch", "root", "data_seed")
+            "record_every", "weight_batch", "root", "data_seed", "m")
 
 
 def register(subparsers: Any) -> None:
@@ -71,6 +72,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--weight-decay", type=float, dest="weight_decay")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, dest="batch_size")
+    p.add_argument("--m", type=int, help="m-sharpness: micro-batch size, a divisor of the batch size; each "
+                   "micro-batch ascends on its own gradient (sam_grad(m=)); default: the whole batch")
     p.add_argument("--record-every", type=int, dest="record_every", help="steps between recordings")
     p.add_argument("--weight-batch", type=int, dest="weight_batch", help="examples for importance weights")
     p.add_argument("--root", help="data root (default: $SHARPLAB_DATA, then offline sources)")
@@ -85,7 +88,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=handler)
     typed(p, dataset=text, ablation=text, rho=nonneg, lr=positive, momentum=float_in(0.0, 0.999),
-          weight_decay=nonneg, epochs=nonneg_int, batch_size=positive_int, record_every=positive_int,
+          weight_decay=nonneg, epochs=nonneg_int, batch_size=positive_int, m=positive_int, record_every=positive_int,
           weight_batch=int_in(2, what="--weight-batch"), root=existing_dir, data_seed=seed_type, data_option=text,
           seeds=positive_int, out=lambda t: Path(out_dir(t)), threads=threads)
 
@@ -160,7 +163,8 @@ def _mechanisms(args: argparse.Namespace) -> int:
             for opt in res.runs:
                 key = opt.replace("-", "_")
                 rec = {"dataset": cfg.dataset, "optimizer": opt, "seed": seed,
-                       "rho": 0.0 if opt == "sgd" else cfg.rho, "variant": cfg.variant, "phantom": cfg.phantom}
+                       "rho": 0.0 if opt == "sgd" else cfg.rho, "m": 0 if opt == "sgd" else cfg.m,
+                       "variant": cfg.variant, "phantom": cfg.phantom}
                 rec.update({k[: -len(key) - 1]: _clean(v) for k, v in res.metrics.items() if k.endswith(f"_{key}")})
                 if opt in ABLATIONS:
                     rec["recovered"] = _clean(res.metrics.get(f"recovered_{key}"))
@@ -169,7 +173,8 @@ def _mechanisms(args: argparse.Namespace) -> int:
     rows = summary_rows([r.metrics for r in results], list(results[0].runs), cfg.variant)
     table = format_table(table_rows(rows))
     stream = sys.stderr if args.json else sys.stdout
-    print(f"mechanisms on {cfg.dataset}: {cfg.variant}, rho={cfg.rho}, {cfg.phantom} phantom, "
+    print(f"mechanisms on {cfg.dataset}: {cfg.variant}, rho={cfg.rho}, "
+          + (f"m={cfg.m} (each micro-batch's phantom), " if cfg.m else f"{cfg.phantom} phantom, ") +
           f"{args.seeds} seed(s), {seconds:.1f} s", file=stream)
     print(table, file=stream)
     if args.out is not None:
@@ -188,9 +193,11 @@ def _three_feature(args: argparse.Namespace) -> int:
     from sharplab.labs.feature_quality.mechanisms_plots import format_table, mean_std
     from sharplab.labs.feature_quality.three_feature import DEFAULT_TRAIN, FEATURES3, run_three_feature
 
-    changes = {k: getattr(args, k) for k in ("rho", "lr", "momentum", "weight_decay", "epochs", "batch_size")
+    changes = {k: getattr(args, k) for k in ("rho", "lr", "momentum", "weight_decay", "epochs", "batch_size", "m")
                if getattr(args, k) is not None}
     cfg = DEFAULT_TRAIN.replace(**changes)
+    if cfg.m and cfg.batch_size % cfg.m:
+        raise ConfigError(f"--m {cfg.m} must be a divisor of the batch size {cfg.batch_size} (--batch-size)")
     t0 = time.perf_counter()
     rows = run_three_feature(range(args.seeds), ("sgd", "sam"), cfg, **data_options(args.data_option))
     seconds = time.perf_counter() - t0

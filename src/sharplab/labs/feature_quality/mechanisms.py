@@ -17,6 +17,11 @@ Springer, Nagarajan, Raghunathan (ICLR 2024, arXiv:2405.20439), Sec. 4. With the
 Every optimizer trains with the lab's loop (:func:`~sharplab.labs.feature_quality.train.train`); a
 callback records (a) and (b) every ``record_every`` steps on a fixed, seeded subset of the training split,
 at ``w`` and at the phantom ``w~`` that the SAM variant would use at that point (also along SGD's path).
+
+``m > 0`` is m-sharpness (Foret et al., 2021, Sec. 4; Andriushchenko & Flammarion, 2022): every micro-batch
+of ``m`` examples ascends on its own gradient, ``eps_j = rho g_j / ||g_j||``; the SAM variant and the
+ablations train with ``sam_grad(m=)`` (:attr:`TrainConfig.m`), and the recorder takes the importance weights
+of each chunk of ``m`` examples at that chunk's own phantom, the phantom the step uses.
 """
 
 from __future__ import annotations
@@ -31,9 +36,13 @@ import torch
 from torch import nn
 
 from sharplab.errors import ConfigError
+from sharplab.labs.feature_quality.check import phantom_norms
 from sharplab.labs.feature_quality.importance import (
     ImportanceSnapshot,
+    _logits,
     importance_snapshot,
+    importance_weights,
+    normalise,
     phantom,
 )
 from sharplab.labs.feature_quality.toy_model import PathwayNet, pathway_ratio
@@ -70,9 +79,17 @@ class MechanismsConfig:
     root: str = field(default="", metadata={"help": "data root ('' = search $SHARPLAB_DATA, offline sources)"})
     data_seed: int = field(default=0, metadata={"min": 0, "help": "seed of the data split (fixed over runs)"})
     data_options: dict = field(default_factory=dict, metadata={"help": "options of the data set loader"})
+    m: int = field(default=0, metadata={
+        "min": 0, "help": "m-sharpness micro-batch size, a divisor of batch_size (0 = the whole batch)"})
 
     def __post_init__(self) -> None:
         PHANTOMS.get(self.variant)
+        if self.m < 0 or (self.m and self.batch_size % self.m):
+            raise ConfigError(f"m={self.m} (--m) must be a divisor of batch_size={self.batch_size} (--batch-size), "
+                              "e.g. 1, 16 or 32 for 64; leave it unset (0) for the whole batch")
+        if self.m > 1 and self.phantom == "per-example":
+            raise ConfigError(f"phantom='per-example' is the 1-SAM phantom but m={self.m}: with m set the recorder "
+                              "uses each micro-batch's phantom; drop --phantom per-example (or use m=1)")
         for name in self.ablation_list:
             if name not in ABLATIONS:
                 raise ConfigError(f"ablation {name!r} unknown; use a comma list of {', '.join(ABLATIONS)}")
@@ -87,7 +104,7 @@ class MechanismsConfig:
 
     def train_config(self, optimizer: str) -> TrainConfig:
         return TrainConfig(optimizer=optimizer, rho=self.rho, lr=self.lr, momentum=self.momentum,
-                           weight_decay=self.weight_decay, epochs=self.epochs, batch_size=self.batch_size)
+                           weight_decay=self.weight_decay, epochs=self.epochs, batch_size=self.batch_size, m=self.m)
 
 
 @dataclass
@@ -100,24 +117,36 @@ class Recorder:
     perturb: Perturb
     every: int
     per_example: bool = False
+    m: int = 0  #: > 0: every chunk of m examples at its own phantom (m-sharpness)
     trace: list[dict[str, float]] = field(default_factory=list)
 
     def measure(self, model: nn.Module, epoch: int, step: int) -> dict[str, float]:
         device = next(model.parameters()).device
         x, y = self.x.to(device), self.y.to(device)
-        snap = importance_snapshot(model, x, y, self.rho, self.perturb, self.per_example)
+        snap = snapshot(model, x, y, self.rho, self.perturb, self.per_example, self.m)
         row = {"epoch": float(epoch), "step": float(step), "gini_real": snap.gini_real,
                "gini_phantom": snap.gini_phantom}
         if isinstance(model, PathwayNet) and {"easy", "hard"} <= set(model.names):
             row["ratio_real"] = pathway_ratio(model)
             params = None if self.perturb is None else self.perturb(model)
-            with phantom(model, x, y, self.rho, perturb=params):
+            n = self.m or len(y)  # with m: the first micro-batch's phantom
+            with phantom(model, x[:n], y[:n], self.rho, perturb=params):
                 row["ratio_phantom"] = pathway_ratio(model)
         return row
 
     def __call__(self, epoch: int, step: int, model: nn.Module) -> None:
         if step % self.every == 0 or step == 1:
             self.trace.append(self.measure(model, epoch, step))
+
+
+def snapshot(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rho: float, perturb: Perturb,
+             per_example: bool = False, m: int = 0) -> ImportanceSnapshot:
+    """:func:`~.importance.importance_snapshot`, or with ``m > 0`` the weights of every chunk of ``m``
+    examples at that chunk's own phantom ``w + rho g_j / ||g_j||`` (the m-SAM step's phantoms)."""
+    if not m:
+        return importance_snapshot(model, x, y, rho, perturb, per_example)
+    real = importance_weights(_logits(model, x), y)
+    return ImportanceSnapshot(real, normalise(phantom_norms(model, x, y, rho, m, perturb)))
 
 
 @dataclass
@@ -146,7 +175,7 @@ def train_and_record(
     x, y = weight_subset(data, cfg.weight_batch, seed)
     perturb = PHANTOMS.get(cfg.variant)
     per_example = cfg.phantom == "per-example"
-    rec = Recorder(x, y, cfg.rho, perturb, cfg.record_every, per_example)
+    rec = Recorder(x, y, cfg.rho, perturb, cfg.record_every, per_example, cfg.m)
     model = make_model(data, "auto", seed)
     metrics = train(model, data, cfg.train_config(optimizer), seed=seed, ctx=ctx, callback=rec)
     if not rec.trace or rec.trace[-1]["step"] != metrics["steps"]:  # always end on the final checkpoint
@@ -154,7 +183,7 @@ def train_and_record(
     report = probe_model(model, data, seed=seed)
     metrics = {**metrics, **{k: v for k, v in report.metrics().items() if k.startswith("probe_error")}}
     device = next(model.parameters()).device
-    snap = importance_snapshot(model, x.to(device), y.to(device), cfg.rho, perturb, per_example)
+    snap = snapshot(model, x.to(device), y.to(device), cfg.rho, perturb, per_example, cfg.m)
     return OptimizerRun(optimizer, metrics, rec.trace, ImportanceSnapshot(snap.real.cpu(), snap.phantom.cpu()))
 
 
