@@ -11,6 +11,10 @@ A run is claimed in the store (status ``running``, pid, host) before it starts a
 transaction. ``done`` and ``diverged`` runs are never re-run; ``pending``, ``failed`` and interrupted
 (``running`` whose process is gone) runs are started again, and the lab resumes from its checkpoint.
 
+Several ``sharplab run`` processes may share one output folder: each runs the pending runs nobody holds
+(a run held by another live process is skipped, not waited for), and only after its last free run waits
+for the runs still held by others, taking one over if its holder dies (:meth:`RunRecord.takeover_reason`).
+
 Parallelism: ``jobs=1, nproc=1`` runs everything in this process. Otherwise each run is a child process
 (``python -m sharplab.runner.worker``), or ``nproc`` of them under ``torchrun`` (DDP, gloo on CPU), with
 ``jobs`` runs at a time and ``cpu_count // (jobs * nproc)`` threads each.
@@ -276,18 +280,42 @@ def run_study(study: Study, out_dir: str | os.PathLike, jobs: int = 1, nproc: in
         bar.update(1)
         bar.set_postfix(dict(counts))
 
+    held: list[RunSpec] = []  # held by another live process when we got to them: waited for at the end
+
+    def first_pass(spec: RunSpec, result: str) -> None:
+        if result == "busy":
+            held.append(spec)
+        else:
+            record(result)
+
     try:
         if jobs == 1:  # in the main thread, so that Ctrl-C stops the run at once
             for spec in todo:
+                first_pass(spec, _attempt(out_dir, spec, run_one))
+            for spec in held:
                 record(_until_claimed(out_dir, spec, run_one))
         else:
             with ThreadPoolExecutor(max_workers=jobs) as pool:
-                futures = [pool.submit(_until_claimed, out_dir, spec, run_one) for spec in todo]
+                first = {pool.submit(_attempt, out_dir, spec, run_one): spec for spec in todo}
+                for fut in as_completed(first):
+                    first_pass(first[fut], fut.result())
+                order = {s.run_id: i for i, s in enumerate(todo)}
+                held.sort(key=lambda s: order[s.run_id])
+                futures = [pool.submit(_until_claimed, out_dir, spec, run_one) for spec in held]
                 for fut in as_completed(futures):
                     record(fut.result())
     finally:
         bar.close()
     return counts
+
+
+def _attempt(out_dir: Path, spec: RunSpec, run_one: Callable[[RunSpec], str]) -> str:
+    """One try at ``spec``: its final status, or ``"busy"`` when another live process holds it."""
+    result = run_one(spec)
+    if result == "finished":
+        with ResultsStore(out_dir) as store:
+            result = store.get(spec.run_id).status
+    return result
 
 
 def _until_claimed(out_dir: Path, spec: RunSpec, run_one: Callable[[RunSpec], str]) -> str:
