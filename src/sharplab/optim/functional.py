@@ -16,8 +16,12 @@ micro-batches S_1..S_k of size m and averages their own SAM gradients,
 
     g = (1/k) sum_j grad L_{S_j}(w + eps_j),    eps_j = rule(grad L_{S_j}(w)),
 
-computed for all j at once with ``torch.func`` (``vmap`` of ``grad``), so m = 1 (1-SAM) costs a few
-vectorised passes instead of a Python loop over examples.
+computed for all j at once. ``strategy="vmap"`` runs each pass once on the whole batch with
+per-example gradient formulas for the usual layers (:mod:`sharplab.optim._per_example`): the ascent
+pass gives every micro-batch's gradient in closed form, and the descent pass, since eps_j is held
+constant, needs only their sum, d/dw sum_j L_{S_j}(w + eps_j), which the ordinary batched backward gives.
+``"func"`` uses ``torch.func`` (``vmap`` of ``grad``) and covers any model; ``"loop"`` is a Python loop
+of plain SAM steps. So m = 1 (1-SAM) costs a few vectorised passes instead of a loop over examples.
 """
 
 from __future__ import annotations
@@ -29,9 +33,10 @@ from torch import nn
 from torch.func import functional_call, grad, grad_and_value, vjp, vmap
 
 from sharplab.errors import Diverged, SharplabError
+from sharplab.optim import _per_example
 from sharplab.optim._distributed import allreduce_mean_, no_sync, unwrap
 from sharplab.optim._passes import RNGSnapshot, check_bn_policy, frozen_bn_stats
-from sharplab.optim.rules import PerturbationRule, global_norm, make_rule
+from sharplab.optim.rules import NORM_EPS, ASAMRule, PerturbationRule, SAMRule, USAMRule, global_norm, make_rule
 
 MECHANISMS = ("full", "iw_only", "lr_only")
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -75,12 +80,18 @@ def sam_grad(
             and the running statistics are updated once per step by a forward at w on the whole batch.
         ascent_steps: k > 1 runs k projected ascent steps (:class:`~sharplab.optim.rules.MultiStep`).
         sync_ascent: under DDP, average the ascent gradient over workers (default: local ascent).
-        chunk_size: with ``m``, process this many micro-batches at a time in ``vmap`` (bounds memory:
-            the per-micro-batch gradients held at once are ``chunk_size`` copies of the parameters).
-        strategy: with ``m``: ``"vmap"`` (all micro-batches at once with ``torch.func``), ``"loop"`` (one
-            plain-autograd SAM step per micro-batch, memory of one step) or ``"auto"``: the loop for models
-            with a wide convolution (in x out channels >= 128 x 128, e.g. PreAct ResNet-18), where per-example
-            weights turn each convolution into a slow grouped convolution on CPU; vmap otherwise.
+        chunk_size: with ``m``, process this many micro-batches at a time (bounds memory: the
+            per-micro-batch gradients held at once are at most ``chunk_size`` copies of the parameters;
+            with ``"vmap"`` layers with few rows per micro-batch keep theirs factored, much smaller).
+        strategy: with ``m``: ``"vmap"`` (vectorised: per-example formulas when every layer holding a
+            trainable parameter is ``Linear``, ``Conv2d``, ``BatchNorm``, ``GroupNorm`` or ``LayerNorm``, the
+            mechanism is ``"full"`` and the rule is ``sam``/``usam``/``asam`` with one ascent step;
+            ``torch.func`` otherwise), ``"func"`` (always ``torch.func.vmap``), ``"loop"`` (one
+            plain-autograd SAM step per micro-batch, memory of one step) or ``"auto"`` (default): the
+            per-example formulas where they apply; otherwise the loop for models with a wide convolution
+            (in x out channels >= 128 x 128), which ``torch.func`` turns into a slow grouped convolution on
+            CPU, and ``torch.func`` for the rest. All give the same gradient up to rounding; dropout masks
+            differ between them (each draws its own), and BatchNorm uses per-micro-batch statistics in all.
         step: optional step index, used only in error messages.
 
     Returns:
@@ -125,12 +136,21 @@ def sam_grad(
         loss, new = _whole_batch(model, core, ddp, loss_fn, inputs, targets, rho, rule_obj, mechanism,
                                  named, pert, bn_policy, sync_ascent, step)
     else:
-        if _strategy(strategy, core) == "loop":
+        chosen_strategy = _strategy(strategy, core, named, rule_obj, mechanism, inputs.shape[0] // m)
+        if chosen_strategy == "loop":
             loss, new = _micro_batch_loop(model, core, loss_fn, inputs, targets, rho, m, rule_obj, mechanism, named,
                                           pert, step)
         else:
-            loss, new = _micro_batches(core, loss_fn, inputs, targets, rho, m, rule_obj, mechanism, named,
-                                       pert, chunk_size, step)
+            result = None
+            if chosen_strategy == "vmap":
+                rng = RNGSnapshot([p for _, p in named])
+                try:
+                    result = _per_example_batches(core, loss_fn, inputs, targets, rho, m, rule_obj, named, pert,
+                                                  chunk_size, step)
+                except _per_example.Unsupported:
+                    rng.restore()  # a layer saw its examples off dim 0: nothing written yet, use torch.func
+            loss, new = result if result is not None else _micro_batches(
+                core, loss_fn, inputs, targets, rho, m, rule_obj, mechanism, named, pert, chunk_size, step)
     grads = [torch.zeros_like(p) if g is None else g for g, (_, p) in zip(new, named)]
     allreduce_mean_(grads)
     with torch.no_grad():
@@ -199,17 +219,91 @@ def _whole_batch(model, core, ddp, loss_fn, x, y, rho, rule, mechanism, named, p
     return loss, new
 
 
-STRATEGIES = ("auto", "vmap", "loop")
+STRATEGIES = ("auto", "vmap", "func", "loop")
 
 
-def _strategy(strategy: str, core: nn.Module) -> str:
+def _fast_eligible(core: nn.Module, named, rule: PerturbationRule, mechanism: str) -> bool:
+    """The per-example formulas cover this call: mechanism "full", a one-step closed-form rule, and only
+    supported layers holding trainable parameters (see :mod:`sharplab.optim._per_example`)."""
+    return (mechanism == "full" and type(rule) in (SAMRule, USAMRule, ASAMRule)
+            and _per_example.unsupported(core, [p for _, p in named]) is None)
+
+
+def _strategy(strategy: str, core: nn.Module, named=None, rule: PerturbationRule | None = None,
+              mechanism: str = "full", k: int = 1) -> str:
+    """The m-sharpness path actually taken: "vmap" (per-example formulas), "func" (torch.func) or "loop"."""
     if strategy not in STRATEGIES:
         raise SharplabError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if named is None:
+        named = [(n, p) for n, p in core.named_parameters() if p.requires_grad]
+    rule = make_rule("sam") if rule is None else rule
+    fast = _fast_eligible(core, named, rule, mechanism)
+    if strategy == "vmap":
+        return "vmap" if fast else "func"
     if strategy != "auto":
         return strategy
+    if fast:
+        return "vmap"
     wide = any(isinstance(mod, nn.modules.conv._ConvNd) and mod.in_channels * mod.out_channels >= 128 * 128
                for mod in core.modules())
-    return "loop" if wide else "vmap"
+    return "loop" if wide else "func"
+
+
+def _micro_losses(loss_fn: LossFn, out: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
+    """The k micro-batch losses loss_fn(out_j, y_j) of outputs and targets laid out micro-batch by micro-batch."""
+    return vmap(loss_fn)(out.reshape(k, -1, *out.shape[1:]), y.reshape(k, -1, *y.shape[1:]))
+
+
+def _per_example_batches(core, loss_fn, x, y, rho, m, rule, named, pert, chunk_size, step):
+    """Vectorised m-sharpness from per-example gradient formulas (:mod:`sharplab.optim._per_example`):
+    per chunk, one batched pass at w giving every micro-batch's gradient, then one batched pass at the
+    micro-batch points w + eps_j whose backward gives only the sum of their gradients."""
+    k = x.shape[0] // m
+    params = [p for _, p in named]
+    pert_params = [p for _, p in pert]
+    rhos = [rho] * len(pert)
+    passes = _per_example.Passes(core, pert_params)
+    matrix = passes.matrix_weights
+    closed = type(rule) in (SAMRule, USAMRule)  # eps_j = scale_j g_j: factored gradients stay factored
+    chunk = k if chunk_size is None else max(1, min(chunk_size, k))
+    total: list[torch.Tensor] | None = None
+    losses = []
+    for c in range(0, k, chunk):
+        kc = min(chunk, k - c)
+        xc, yc = x[c * m : (c + kc) * m], y[c * m : (c + kc) * m]
+        rng = RNGSnapshot(params)
+        with torch.enable_grad():
+            loss_c = _micro_losses(loss_fn, passes.ascent(xc, kc), yc, kc)
+            g, factors, sq = passes.per_example(loss_c.sum(), kc, factored=closed)
+        held = [p for p in pert_params if id(p) not in factors]
+        gl = [g[id(p)] if id(p) in g else p.new_zeros(kc, *p.shape) for p in held]
+        del g
+        sq_norms = torch.stack([torch.linalg.vector_norm(t.reshape(kc, -1), dim=1) ** 2 for t in gl], 1).sum(1) \
+            if gl else loss_c.new_zeros(kc)
+        norms = (sq_norms if sq is None else sq_norms + sq).sqrt()
+        check_finite(norms, step)
+        if closed:  # in place: the gradient buffers become eps_j = scale_j g_j
+            scale = rho / (norms + NORM_EPS) if type(rule) is SAMRule else norms.new_full((kc,), rho)
+            eps = [t.mul_(scale.view(kc, *[1] * (t.dim() - 1))) for t in gl]
+            factors = {i: (a, gj * scale.view(kc, 1, 1)) for i, (a, gj) in factors.items()}
+        else:
+            eps = vmap(lambda gs: rule.update(None, gs, pert_params, rhos))(gl)
+        del gl
+        w_k = {id(p): e.add_(p.detach()) for p, e in zip(held, eps) if id(p) in matrix}  # w + eps_j
+        eps_k = {id(p): e for p, e in zip(held, eps) if id(p) not in matrix}
+        del eps
+        rng.restore()
+        with torch.enable_grad():
+            out = passes.descent(xc, kc, w_k, eps_k, factors)
+            new = torch.autograd.grad(_micro_losses(loss_fn, out, yc, kc).sum(), params, allow_unused=True)
+        del w_k, eps_k, out, factors
+        new = [torch.zeros_like(p) if t is None else t for t, p in zip(new, params)]
+        total = new if total is None else [a.add_(b) for a, b in zip(total, new)]
+        losses.append(loss_c.detach())
+    if _tracks_running_stats(core):
+        with torch.no_grad():
+            core(x)  # one running-statistics update per step, from the whole batch at w
+    return torch.cat(losses).mean(), [t / k for t in total]
 
 
 def _micro_batch_loop(model, core, loss_fn, x, y, rho, m, rule, mechanism, named, pert, step):
