@@ -10,6 +10,11 @@ to SGD. Each family member is shown next to the same variant of ``pytorch_optimi
 allocator alone; ``--tune-allocator`` calls ``sharplab.tune_allocator()`` first and ``--compare-allocator``
 reruns the small-CNN 1-SAM rows in a subprocess with it. ``--peak-memory`` reports the peak RSS of one
 1-SAM step for several ``chunk_size`` values (each in a fresh process).
+
+1-SAM (m = 1) rows: ``sam_grad(..., m=1, strategy=...)`` for ``vmap`` (per-example formulas), ``auto``,
+``func`` (torch.func) and ``loop``, plus a hand-written per-example loop; their speed-up over
+``strategy="loop"`` is the median over rounds of the ratio of the two times measured in the same round.
+``--one-sam`` runs only SGD and these rows.
 """
 
 from __future__ import annotations
@@ -113,15 +118,20 @@ def peer_family(cls_name: str, pre_closure: bool = True, needs_model: bool = Fal
     return make
 
 
-def one_sam_vectorised(model, x, y) -> Callable[[], None]:
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+def one_sam(strategy: str, chunk_size: int | None = None) -> Callable:
+    """1-SAM (m = 1) through ``sam_grad(..., strategy=strategy)``."""
 
-    def step() -> None:
-        opt.zero_grad()
-        sam_grad(model, F.cross_entropy, x, y, rho=0.05, m=1)
-        opt.step()
+    def make(model, x, y) -> Callable[[], None]:
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
-    return step
+        def step() -> None:
+            opt.zero_grad()
+            sam_grad(model, F.cross_entropy, x, y, rho=0.05, m=1, strategy=strategy, chunk_size=chunk_size)
+            opt.step()
+
+        return step
+
+    return make
 
 
 def one_sam_loop(model, x, y) -> Callable[[], None]:
@@ -186,13 +196,18 @@ VARIANTS: dict[str, Callable] = {
     "Friendly-SAM (pytorch_optimizer)": peer_family("FriendlySAM"),
     "ESAM b=0.6 g=0.5 (sharplab)": family_step("esam", gamma=0.5),
     "Momentum-SAM (sharplab)": family_step("msam"),
-    "1-SAM vectorised (sharplab)": one_sam_vectorised,
+    "1-SAM vmap (sharplab)": one_sam("vmap"),
+    "1-SAM auto (sharplab)": one_sam("auto"),
+    "1-SAM torch.func (sharplab)": one_sam("func"),
+    "1-SAM loop (sharplab)": one_sam("loop"),
     "1-SAM per-example loop": one_sam_loop,
 }
+ONE_SAM = [name for name in VARIANTS if name.startswith("1-SAM")]
 
 
 def measure(make_model: Callable[[], torch.nn.Module], batch: int, steps: int, warmup: int,
-            names: list[str]) -> dict[str, float]:
+            names: list[str], rounds: dict[str, list[float]] | None = None) -> dict[str, float]:
+    """Median step time of each variant; ``rounds`` (if given) receives every round's times."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, 32, 32, generator=gen)
     y = torch.randint(0, 10, (batch,), generator=gen)
@@ -211,10 +226,12 @@ def measure(make_model: Callable[[], torch.nn.Module], batch: int, steps: int, w
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
+    if rounds is not None:
+        rounds.update(times)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def report(title: str, medians: dict[str, float]) -> None:
+def report(title: str, medians: dict[str, float], rounds: dict[str, list[float]] | None = None) -> None:
     base = medians["SGD"]
     print(f"\n{title}")
     print(f"  {'variant':34s} {'median ms':>10s} {'x SGD':>7s} {'x peer':>7s}")
@@ -222,17 +239,30 @@ def report(title: str, medians: dict[str, float]) -> None:
         twin = medians.get(name.replace("(sharplab)", "(pytorch_optimizer)")) if "(sharplab)" in name else None
         vs_peer = f"{t / twin:7.2f}" if twin else ""
         print(f"  {name:34s} {1e3 * t:10.1f} {t / base:7.2f} {vs_peer}")
-    if "1-SAM per-example loop" in medians and "1-SAM vectorised (sharplab)" in medians:
-        speedup = medians["1-SAM per-example loop"] / medians["1-SAM vectorised (sharplab)"]
-        print(f"  1-SAM vectorised speed-up over the loop = {speedup:.2f}x")
+    if rounds and "1-SAM loop (sharplab)" in rounds:
+        one_sam_report(rounds)
+
+
+def one_sam_report(rounds: dict[str, list[float]]) -> None:
+    """1-SAM speed-up over ``strategy="loop"``: the median over rounds of loop time / variant time, both
+    measured in the same round (interleaved), with the spread (min-max) over rounds."""
+    loop = rounds["1-SAM loop (sharplab)"]
+    for name in ONE_SAM:
+        if name in rounds and name != "1-SAM loop (sharplab)":
+            ratios = [a / b for a, b in zip(loop, rounds[name])]
+            print(f"  1-SAM speed-up over strategy='loop': {name:30s} {statistics.median(ratios):5.2f}x "
+                  f"(median of {len(ratios)} rounds, range {min(ratios):.2f}-{max(ratios):.2f})")
 
 
 PEAK = """
 import sys, torch, torch.nn.functional as F
-from sharplab.models import SmallCNN
+from sharplab.models import PreActResNet18, SmallCNN
 from sharplab.optim import sam_grad
 torch.set_num_threads(int(sys.argv[2]))
-model, x, y = SmallCNN(3, 10), torch.randn(128, 3, 32, 32), torch.randint(0, 10, (128,))
+if sys.argv[4] == "cnn":
+    model, x, y = SmallCNN(3, 10), torch.randn(128, 3, 32, 32), torch.randint(0, 10, (128,))
+else:
+    model, x, y = PreActResNet18(10), torch.randn(32, 3, 32, 32), torch.randint(0, 10, (32,))
 def kib(field):
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith(field))
@@ -240,17 +270,31 @@ with open("/proc/self/clear_refs", "w") as f:
     f.write("5")  # reset the peak (VmHWM) to the current RSS
 before = kib("VmRSS")
 chunk = None if sys.argv[1] == "none" else int(sys.argv[1])
-sam_grad(model, F.cross_entropy, x, y, rho=0.05, m=1, chunk_size=chunk, strategy="vmap")
+sam_grad(model, F.cross_entropy, x, y, rho=0.05, m=1, chunk_size=chunk, strategy=sys.argv[3])
 print((kib("VmHWM") - before) / 1024)
 """
 
 
-def peak_memory(threads: int) -> None:
-    print("\n1-SAM vectorised (small CNN, batch 128): peak RSS above the start of one step, fresh process each")
-    for chunk in ["none", "64", "16", "4"]:
-        out = subprocess.run([sys.executable, "-c", PEAK, chunk, str(threads)], capture_output=True, text=True,
-                             check=True)
-        print(f"  chunk_size={chunk:>5s}: {float(out.stdout):8.0f} MiB")
+def peak_memory(threads: int, models: list[str]) -> None:
+    """Peak RSS above the start of one 1-SAM step (fresh process each) per strategy and chunk_size."""
+    for which in models:
+        title = "small CNN, batch 128" if which == "cnn" else "PreAct ResNet-18, batch 32"
+        print(f"\n1-SAM peak memory ({title}): RSS above the start of one sam_grad(m=1) call, fresh process each")
+        chunks = ["none", "64", "16", "4"] if which == "cnn" else ["none", "8", "2"]
+        runs = [("vmap", c) for c in chunks] + [("func", chunks[1]), ("loop", "none")]
+        for strategy, chunk in runs:
+            out = subprocess.run([sys.executable, "-c", PEAK, chunk, str(threads), strategy, which],
+                                 capture_output=True, text=True, check=True)
+            print(f"  strategy={strategy:5s} chunk_size={chunk:>5s}: {float(out.stdout):8.0f} MiB")
+
+
+def load_average() -> str:
+    """The 1/5/15-minute load averages (the machine is shared: ratios are only comparable at similar load)."""
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "unknown"
 
 
 def main() -> None:
@@ -265,27 +309,33 @@ def main() -> None:
                         help="also run the small-CNN 1-SAM rows with sharplab.tune_allocator() in force")
     parser.add_argument("--tune-allocator", action="store_true", help="call sharplab.tune_allocator() first")
     parser.add_argument("--peak-memory", action="store_true", help="peak memory of 1-SAM per chunk_size")
+    parser.add_argument("--one-sam", action="store_true", help="only SGD and the 1-SAM rows (with speed-ups)")
     args = parser.parse_args()
     if args.tune_allocator:
         sharplab.tune_allocator()
     torch.set_num_threads(args.threads)
-    names = [n for n in args.variants.split(",") if n]
+    names = ["SGD", *ONE_SAM] if args.one_sam else [n for n in args.variants.split(",") if n]
     steps = 10 if args.quick else args.steps
     print(f"sharplab {sharplab.__version__}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads, allocator: {sharplab.allocator_setting()}")
+    print(f"load average at start: {load_average()}")
     if args.only != "resnet":
+        rounds: dict[str, list[float]] = {}
         report("Small CNN (feature-quality study), batch 128, 3x32x32",
-               measure(lambda: SmallCNN(3, 10), 128, steps, args.warmup, names))
+               measure(lambda: SmallCNN(3, 10), 128, steps, args.warmup, names, rounds), rounds)
     if not args.quick and args.only != "cnn":
         resnet_names = [n for n in names if n]
+        rounds = {}
         report("PreAct ResNet-18 (BatchNorm), batch 32, 3x32x32",
                measure(lambda: PreActResNet18(10), 32, max(5, steps // 2) if steps < 20 else steps,
-                       args.warmup, resnet_names))
+                       args.warmup, resnet_names, rounds), rounds)
+    print(f"load average at end: {load_average()}")
     if args.peak_memory:
-        peak_memory(args.threads)
+        peak_memory(args.threads, ["cnn"] if args.quick or args.only == "cnn" else
+                    ["resnet"] if args.only == "resnet" else ["cnn", "resnet"])
     if args.compare_allocator:
         cmd = [sys.executable, __file__, "--only", "cnn", "--steps", str(steps), "--threads", str(args.threads),
-               "--tune-allocator", "--variants", "SGD,1-SAM vectorised (sharplab),1-SAM per-example loop"]
+               "--tune-allocator", "--variants", "SGD,1-SAM vmap (sharplab),1-SAM loop (sharplab)"]
         print("\n--- the same small-CNN rows with sharplab.tune_allocator() ---")
         subprocess.run(cmd, check=True)
 
