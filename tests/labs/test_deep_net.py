@@ -86,11 +86,13 @@ def test_config_checks():
 def test_cli_finetune_with_interpolation(tmp_path, capsys):
     out = tmp_path / "ft"
     args = ["deep-net", "finetune", "--out", str(out), "--epochs", "1", "--epochs-after", "1", "--json",
-            "--quiet"] + [f"--set={k}={json.dumps(v)}" for k, v in TINY.items() if k != "epochs"]
+            "--quiet", "--seed", "0"] + [f"--set={k}={json.dumps(v)}" for k, v in TINY.items() if k != "epochs"]
     assert main(args) == 0
     lines = [json.loads(s) for s in capsys.readouterr().out.splitlines()]
-    runs, analysis = lines[:-1], lines[-1]["analysis"]
+    runs, analysis, summary = lines[:-1], lines[-1]["analysis"], lines[-1]["summary"]
     assert len(runs) == 3 and all(r["status"] == "done" for r in runs)
+    assert sorted(r["setting"] for r in summary) == ["32-SAM -> ERM", "ERM", "ERM -> 32-SAM"]
+    assert all(r["seeds"] == 1 for r in summary)
     (curve,) = analysis.values()
     assert [p["alpha"] for p in curve][0] == -0.5 and curve[-1]["alpha"] == 1.5 and len(curve) == 9
     assert (out / "report.md").exists() and any((out / "figures").iterdir())
@@ -109,3 +111,79 @@ def test_gpu_check_without_cuda_says_so():
     assert res.stderr.startswith("error: no CUDA device") and "--device cpu --smoke" in res.stderr
     bad = subprocess.run(["bash", str(script), "--device", "tpu"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "use cuda or cpu" in bad.stderr
+
+
+@pytest.mark.parametrize("m", [8, 4, 2, 1])  # micro-batches of the batch of 8: <= 2 loop, else auto (vmap)
+def test_msam_step_is_the_mean_of_per_micro_batch_sam_gradients(m):
+    """m-SAM gradient = (1/k) sum_j grad L_j(w + rho g_j/||g_j||), g_j = grad L_j(w), against a hand loop."""
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3)).double()
+    x, y = torch.randn(8, 4, dtype=torch.float64), torch.randint(0, 3, (8,))
+    Stepper(model, seed=0)("msam", 0.1, 8 // m, x, y)
+    got = [p.grad.clone() for p in model.parameters()]
+    params = list(model.parameters())
+    want = [torch.zeros_like(p) for p in params]
+    ce = torch.nn.functional.cross_entropy
+    for j in range(m):
+        xj, yj = x[j * 8 // m:(j + 1) * 8 // m], y[j * 8 // m:(j + 1) * 8 // m]
+        g = torch.autograd.grad(ce(model(xj), yj), params)
+        norm = torch.sqrt(sum((t ** 2).sum() for t in g))
+        w_eps = {n: p.detach() + 0.1 * t / norm for (n, p), t in zip(model.named_parameters(), g)}
+        w_eps = {n: v.requires_grad_() for n, v in w_eps.items()}
+        gj = torch.autograd.grad(ce(torch.func.functional_call(model, w_eps, (xj,)), yj), list(w_eps.values()))
+        for acc, t in zip(want, gj):
+            acc += t / m
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_summary_means_sds_and_paired_differences_to_erm():
+    from types import SimpleNamespace
+
+    from sharplab.labs.deep_net.studies import summarise
+
+    def rec(seed, method, err, m=0):
+        cfg = {"method": method, "then_method": "", "rho": 0.0 if method == "erm" else 0.01, "m": m,
+               "label_noise": 0.0, "batch_size": 64}
+        return SimpleNamespace(run_id=f"{method}{seed}", status="done", seed=seed, config=cfg,
+                               metrics={"test_error": err})
+
+    rows = summarise([rec(0, "erm", 0.10), rec(1, "erm", 0.14), rec(2, "erm", 0.12),
+                      rec(0, "msam", 0.08, 8), rec(1, "msam", 0.13, 8), rec(2, "msam", 0.09, 8)])
+    assert [r["setting"] for r in rows] == ["ERM", "8-SAM"]
+    erm, sam = rows
+    assert erm["test_error"] == pytest.approx(0.12) and erm["test_error_sd"] == pytest.approx(0.02)
+    assert "d_test_error" not in erm
+    # paired differences -0.02, -0.01, -0.03: mean -0.02, sd 0.01, t_{0.975, 2} = 4.302653
+    assert sam["d_test_error"] == pytest.approx(-0.02)
+    half = 4.302652729911275 * 0.01 / 3 ** 0.5
+    assert sam["d_test_error_ci95"] == pytest.approx([-0.02 - half, -0.02 + half])
+
+
+def test_training_set_evaluated_every_k_epochs_and_at_the_last(tmp_path):
+    from sharplab.labs.deep_net.train import run
+    from sharplab.runner.context import RunContext
+
+    cfg = DeepNetConfig(**{**TINY, "epochs": 3, "train_eval_every": 2})
+    ctx = RunContext(tmp_path, seed=0, quiet=True)
+    final = run(cfg, ctx)
+    assert [("train_error" in m) for _, m in ctx.history] == [False, True, True]
+    assert all("test_error" in m and "val_error" in m for _, m in ctx.history)
+    assert final["train_error"] == ctx.history[-1][1]["train_error"]
+
+
+def test_sharpness_study_reuses_measures_taken_at_the_end_of_a_run(tmp_path):
+    """A run trained with sharpness = true is not measured again (it has no final.pt here: a re-measurement
+    would fail), and the summary carries its measures."""
+    from types import SimpleNamespace
+
+    from sharplab.labs.deep_net.studies import analyse, summarise
+
+    metrics = {"test_error": 0.1, "m_sharpness": 0.3, "hessian_top": 5.0, "hessian_trace": 40.0}
+    r = SimpleNamespace(run_id="abc", status="done", seed=0, metrics=metrics,
+                        config={**TINY, "method": "msam", "rho": 0.05, "m": 0, "then_method": "",
+                                "label_noise": 0.0})
+    sharp = analyse("sharpness", tmp_path, [r])
+    assert sharp["abc"]["m_sharpness"] == 0.3 and sharp["abc"]["hessian_top"] == 5.0
+    (row,) = summarise([r], sharp)
+    assert row["setting"] == "32-SAM" and row["hessian_trace"] == 40.0 and row["seeds"] == 1

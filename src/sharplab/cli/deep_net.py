@@ -40,7 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("study", choices=STUDIES, help="which study")
     p.add_argument("--out", default=None, help="output folder (default runs/deep-net-STUDY)")
     p.add_argument("--json", action="store_true", help="one JSON object per run on stdout")
-    p.add_argument("--seed", type=ints, default=[0], help="comma list of seeds (default 0)")
+    p.add_argument("--seed", type=ints, default=None,
+                   help="comma list of seeds (default: the quick study's, 0,1 or 0,1,2; see docs/deep_net.md)")
     p.add_argument("--rho", type=numbers, default=None, help="comma list of radii (study default if omitted)")
     p.add_argument("--m", type=ints, default=None, help="comma list of micro-batch sizes (m-sharpness)")
     p.add_argument("--epochs", type=int, default=None, help="epochs (finetune: E, the ERM / SAM phase)")
@@ -78,7 +79,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from sharplab.labs.deep_net.studies import add_sections, analyse, grids
+    from sharplab.labs.deep_net.studies import QUICK_SEEDS, add_sections, analyse, grids, summarise
     from sharplab.runner.config import parse_study
     from sharplab.runner.execute import RunOptions, run_study
     from sharplab.runner.report import build_report
@@ -91,7 +92,8 @@ def handle(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/deep-net-{args.study}")
     specs = grids(args.study, _overrides(args), args.rho, args.m, args.epochs_after)
     studies = [parse_study({"lab": "deep-net", "name": name, "config": base,
-                            "grid": {**grid, "seed": list(args.seed)}}) for name, base, grid in specs]
+                            "grid": {**grid, "seed": list(args.seed or QUICK_SEEDS[args.study])}})
+               for name, base, grid in specs]
     ids = set()
     for st in studies:  # every configuration is validated before the first run starts
         ids.update(s.run_id for s in st.runs())
@@ -100,15 +102,15 @@ def handle(args: argparse.Namespace) -> int:
     with ResultsStore(out, create=False) as store:
         records = [r for r in store.runs() if r.run_id in ids]
     analysis = analyse(args.study, out, records)
+    summary = summarise(records, analysis if args.study == "sharpness" else None)
     builder = build_report(out, title=f"sharplab deep-net {args.study}")
-    add_sections(args.study, analysis, builder)
+    add_sections(args.study, analysis, builder, summary)
     paths = builder.write(out)
     if args.json:
         for r in records:
             print(json.dumps({"run_id": r.run_id, "seed": r.seed, "status": r.status, "config": r.config,
                               "metrics": r.metrics}, default=str))
-        if analysis:
-            print(json.dumps({"study": args.study, "analysis": analysis}, default=str))
+        print(json.dumps({"study": args.study, "summary": summary, "analysis": analysis}, default=str))
     else:
         print(f"{len(records)} runs in {out}; report: {paths.get('markdown')}", file=sys.stderr)
     return 0

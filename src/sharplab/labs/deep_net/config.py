@@ -56,6 +56,8 @@ class DeepNetConfig:
     sharpness_rho: float = _f(0.1, "radius of the m-sharpness measure", min=0.0)
     sharpness_m: int = _f(128, "micro-batch of the m-sharpness measure (divides sharpness_n)", min=1)
     eval_n: int = _f(0, "examples of each part used for per-epoch evaluation (0 = all)", min=0)
+    train_eval_every: int = _f(1, "evaluate on the training set every k epochs and at the last (test and "
+                               "validation: every epoch)", min=1)
     device: str = _f("cpu", "cpu, cuda, or auto", choices=["cpu", "cuda", "auto"])
 
     def __post_init__(self) -> None:
