@@ -23,6 +23,7 @@ from sharplab.labs.feature_quality.train import make_model, train
 from sharplab.runner.context import RunContext
 
 SMALL = {"epochs": 2, "record_every": 8, "weight_batch": 256}
+TINY_TOY = {"n_train": 512, "n_val": 100, "n_test": 200, "n_probe_train": 400, "n_probe_test": 400}
 
 
 @pytest.fixture()
@@ -64,9 +65,6 @@ def test_config_validation() -> None:
     with pytest.raises(SharplabError, match="1-SAM"):
         MechanismsConfig(m=16, phantom="per-example")
     assert MechanismsConfig(m=16).train_config("sam").m == 16 and MechanismsConfig().train_config("sam").m == 0
-
-
-TINY_TOY = {"n_train": 512, "n_val": 100, "n_test": 200, "n_probe_train": 400, "n_probe_test": 400}
 
 
 def _spy_sam_grad(monkeypatch):
@@ -153,35 +151,48 @@ def test_phantom_raises_the_hard_pathways_relative_weight(toy_result) -> None:
     assert sum(above) >= 0.9 * len(above), trace
 
 
-def test_resume_reuses_finished_optimizers(tmp_path, one_thread, monkeypatch) -> None:
-    cfg = MechanismsConfig(ablation="", epochs=1, record_every=16, weight_batch=64)
-    ctx = RunContext(tmp_path / "run", seed=1, quiet=True)
-    first = run_mechanisms(cfg, 1, ctx)
-    assert (tmp_path / "run" / "sgd" / "result.json").exists()
+@pytest.fixture(scope="module")
+def lab_run(tmp_path_factory):
+    """One run of the runner lab ``mechanisms`` (SGD and SAM, one epoch on a small toy), shared by the
+    runner-lab and the resume test."""
+    from sharplab.labs import get_lab
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        lab = get_lab("mechanisms")
+        cfg = lab.config_cls(ablation="", epochs=1, record_every=16, weight_batch=64, data_options=TINY_TOY)
+        ctx = RunContext(tmp_path_factory.mktemp("mech") / "run", seed=0, quiet=True)
+        yield SimpleNamespace(lab=lab, cfg=cfg, ctx=ctx, metrics=lab.run(cfg, ctx))
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_resume_reuses_finished_optimizers(lab_run, one_thread, monkeypatch) -> None:
+    run_dir = lab_run.ctx.run_dir
+    assert (run_dir / "sgd" / "result.json").exists() and (run_dir / "sam" / "result.json").exists()
+    first = json.loads((run_dir / "mechanisms.json").read_text())
 
     def fail(*args, **kwargs):
         raise AssertionError("a finished optimizer was trained again")
 
     monkeypatch.setattr(mech, "train_and_record", fail)
-    again = run_mechanisms(cfg, 1, ctx)
-    assert again.metrics == pytest.approx(first.metrics, nan_ok=True)
-    torch.testing.assert_close(again.runs["sam"].snapshot.phantom, first.runs["sam"].snapshot.phantom.double())
+    again = run_mechanisms(lab_run.cfg, 0, RunContext(run_dir, seed=0, quiet=True))
+    assert again.metrics == pytest.approx(first["metrics"], nan_ok=True)
+    torch.testing.assert_close(again.runs["sam"].snapshot.phantom,
+                               torch.tensor(first["weights"]["sam"]["phantom"], dtype=torch.float64))
 
 
-def test_runner_lab_and_report(tmp_path, one_thread) -> None:
-    from sharplab.labs import get_lab
+def test_runner_lab_and_report(lab_run) -> None:
     from sharplab.runner.report import ReportBuilder
 
-    lab = get_lab("mechanisms")
-    cfg = lab.config_cls(ablation="", epochs=1, record_every=16, weight_batch=64)
-    ctx = RunContext(tmp_path / "run", seed=0, quiet=True)
-    metrics = lab.run(cfg, ctx)
+    lab, cfg, ctx, metrics = lab_run.lab, lab_run.cfg, lab_run.ctx, lab_run.metrics
     assert all(math.isfinite(v) for v in metrics.values())
     assert {"probe_error_hard_sgd", "gini_phantom_sam", "ratio_phantom_mean_sam"} <= set(metrics)
-    saved = json.loads((tmp_path / "run" / "mechanisms.json").read_text())
+    saved = json.loads((ctx.run_dir / "mechanisms.json").read_text())
     assert saved["metrics"]["probe_error_hard_sam"] == pytest.approx(metrics["probe_error_hard_sam"])
     for name in ("lorenz", "gini", "ratio", "ablation"):
-        assert (tmp_path / "run" / f"mechanisms_toy_{name}.png").read_bytes()[:4] == b"\x89PNG"
+        assert (ctx.run_dir / f"mechanisms_toy_{name}.png").read_bytes()[:4] == b"\x89PNG"
     assert ctx.history and "gini_real_sgd" in ctx.history[0][1]
 
     from dataclasses import asdict
@@ -209,8 +220,9 @@ def test_cli_json_figures_and_errors(tmp_path, capsys, monkeypatch) -> None:
 def _cli_checks(tmp_path, capsys, main, monkeypatch) -> None:
 
     out = tmp_path / "out"
+    tiny = [a for k, v in TINY_TOY.items() for a in ("--data-option", f"{k}={v}")]
     rc = main(["mechanisms", "--dataset", "toy", "--epochs", "1", "--seeds", "1", "--ablation", "iw-only",
-               "--record-every", "32", "--weight-batch", "32", "--json", "--out", str(out), "--quiet"])
+               "--record-every", "32", "--weight-batch", "32", "--json", "--out", str(out), "--quiet", *tiny])
     assert rc == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["optimizer"] for r in lines] == ["sgd", "sam", "iw-only"]
@@ -223,10 +235,10 @@ def _cli_checks(tmp_path, capsys, main, monkeypatch) -> None:
 
     seen = _spy_sam_grad(monkeypatch)
     assert main(["mechanisms", "--epochs", "1", "--seeds", "1", "--ablation", "", "--m", "16", "--json",
-                 "--record-every", "64", "--weight-batch", "32", "--quiet", "--data-option", "n_train=256"]) == 0
+                 "--record-every", "64", "--weight-batch", "32", "--quiet", *tiny]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(r["optimizer"], r["m"]) for r in rows] == [("sgd", 0), ("sam", 16)]
-    assert seen == [("full", 16)] * (256 // 64)
+    assert seen == [("full", 16)] * (TINY_TOY["n_train"] // 64)
 
     assert main(["mechanisms", "--dataset", "no-such-set", "--seeds", "1"]) == 2
     assert "error:" in capsys.readouterr().err
