@@ -15,6 +15,10 @@ reruns the small-CNN 1-SAM rows in a subprocess with it. ``--peak-memory`` repor
 ``func`` (torch.func) and ``loop``, plus a hand-written per-example loop; their speed-up over
 ``strategy="loop"`` is the median over rounds of the ratio of the two times measured in the same round.
 ``--one-sam`` runs only SGD and these rows.
+
+SAM vs peer: ``--sam-vs-peer N`` runs only SGD, sharplab's SAM and pytorch_optimizer's SAM on the small CNN,
+N times with fresh models, and prints the ratio per repeat, the median over repeats and the median of
+the back-to-back (same round) ratios.
 """
 
 from __future__ import annotations
@@ -180,6 +184,47 @@ def peer_step(model, x, y) -> Callable[[], None] | None:
     return step
 
 
+def sam_vs_peer(make_model: Callable[[], torch.nn.Module], batch: int, steps: int, warmup: int,
+                repeats: int) -> None:
+    """SAM (sharplab) against SAM (pytorch_optimizer), ``repeats`` times with fresh models: each repeat
+    interleaves SGD, ours and the peer step by step (the order alternating between rounds); printed are
+    each repeat's ratio of medians, the median over repeats, and the median of the per-round ratios (ours
+    and the peer measured back to back, which cancels load that drifts between rounds on a shared machine)."""
+    names = ["SGD", "SAM (sharplab)", "SAM (pytorch_optimizer)"]
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(batch, 3, 32, 32, generator=gen), torch.randint(0, 10, (batch,), generator=gen)
+    if peer_step(make_model(), x, y) is None:
+        print("\nSAM vs peer: pytorch_optimizer is not installed (pip install -e '.[bench]')")
+        return
+    ratios, paired = [], []
+    print(f"\nSAM vs peer (small CNN, batch {batch}): {repeats} repeats of {steps} interleaved steps")
+    for r in range(repeats):
+        fns = {}
+        for name in names:
+            torch.manual_seed(r)
+            fns[name] = VARIANTS[name](make_model(), x, y)
+        for fn in fns.values():
+            for _ in range(warmup):
+                fn()
+        times: dict[str, list[float]] = {name: [] for name in names}
+        for i in range(steps):
+            for name in names if i % 2 == 0 else names[::-1]:
+                t0 = time.perf_counter()
+                fns[name]()
+                times[name].append(time.perf_counter() - t0)
+        med = {name: statistics.median(ts) for name, ts in times.items()}
+        ours, peer = med["SAM (sharplab)"], med["SAM (pytorch_optimizer)"]
+        ratios.append(ours / peer)
+        paired += [a / b for a, b in zip(times["SAM (sharplab)"], times["SAM (pytorch_optimizer)"])]
+        print(f"  repeat {r}: SGD {1e3 * med['SGD']:7.1f} ms, "
+              f"sharplab {1e3 * ours:7.1f} ms ({ours / med['SGD']:.2f}x), "
+              f"peer {1e3 * peer:7.1f} ms ({peer / med['SGD']:.2f}x): "
+              f"sharplab / peer {ratios[-1]:.3f}  (load {load_average()})")
+    print(f"  sharplab / peer: median over repeats {statistics.median(ratios):.3f} "
+          f"(range {min(ratios):.3f}-{max(ratios):.3f}), median of {len(paired)} per-round ratios "
+          f"{statistics.median(paired):.3f}")
+
+
 VARIANTS: dict[str, Callable] = {
     "SGD": sgd_step,
     "SAM (sharplab)": lambda m, x, y: sharplab_step(m, x, y, "sam"),
@@ -310,6 +355,8 @@ def main() -> None:
     parser.add_argument("--tune-allocator", action="store_true", help="call sharplab.tune_allocator() first")
     parser.add_argument("--peak-memory", action="store_true", help="peak memory of 1-SAM per chunk_size")
     parser.add_argument("--one-sam", action="store_true", help="only SGD and the 1-SAM rows (with speed-ups)")
+    parser.add_argument("--sam-vs-peer", type=int, default=0, metavar="N",
+                        help="only SAM vs pytorch_optimizer's SAM on the small CNN, N repeats with fresh models")
     args = parser.parse_args()
     if args.tune_allocator:
         sharplab.tune_allocator()
@@ -319,6 +366,9 @@ def main() -> None:
     print(f"sharplab {sharplab.__version__}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads, allocator: {sharplab.allocator_setting()}")
     print(f"load average at start: {load_average()}")
+    if args.sam_vs_peer:
+        sam_vs_peer(lambda: SmallCNN(3, 10), 128, steps, args.warmup, args.sam_vs_peer)
+        return
     if args.only != "resnet":
         rounds: dict[str, list[float]] = {}
         report("Small CNN (feature-quality study), batch 128, 3x32x32",
