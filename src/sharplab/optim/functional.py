@@ -36,6 +36,7 @@ from sharplab.errors import Diverged, SharplabError
 from sharplab.optim import _per_example
 from sharplab.optim._distributed import allreduce_mean_, no_sync, unwrap
 from sharplab.optim._passes import RNGSnapshot, check_bn_policy, frozen_bn_stats
+from sharplab.optim.combiners import WSAM, Combiner, LookSAM
 from sharplab.optim.rules import NORM_EPS, ASAMRule, PerturbationRule, SAMRule, USAMRule, global_norm, make_rule
 
 MECHANISMS = ("full", "iw_only", "lr_only")
@@ -58,6 +59,7 @@ def sam_grad(
     sync_ascent: bool = False,
     chunk_size: int | None = None,
     strategy: str = "auto",
+    combiner: Combiner | None = None,
     step: int | None = None,
 ) -> torch.Tensor:
     """Add the SAM gradient of ``loss_fn(model(inputs), targets)`` to the parameters' ``.grad``.
@@ -92,6 +94,10 @@ def sam_grad(
             (in x out channels >= 128 x 128), which ``torch.func`` turns into a slow grouped convolution on
             CPU, and ``torch.func`` for the rest. All give the same gradient up to rounding; dropout masks
             differ between them (each draws its own), and BatchNorm uses per-micro-batch statistics in all.
+        combiner: a descent combiner applied to the SAM gradient g_s with the gradient g at w (whole batch
+            only): :class:`~sharplab.optim.combiners.GSAM` (d = g_s - alpha g_perp) or
+            ``WSAM(decouple=False)`` (d = g + gamma/(1-gamma) (g_s - g)). Combiners that act between or
+            after optimizer steps (LookSAM, decoupled WSAM) need :func:`~sharplab.optim.create` instead.
         step: optional step index, used only in error messages.
 
     Returns:
@@ -115,6 +121,7 @@ def sam_grad(
     if mechanism not in MECHANISMS:
         raise SharplabError(f"unknown mechanism {mechanism!r}; choose one of: {', '.join(MECHANISMS)}")
     check_bn_policy(bn_policy)
+    combiner = _check_combiner(combiner, m, inputs.shape[0], mechanism)
     rule_obj = make_rule(rule, ascent_steps)
     core, ddp = unwrap(model)
     named = [(n, p) for n, p in core.named_parameters() if p.requires_grad]
@@ -128,13 +135,14 @@ def sam_grad(
     if m is not None and (m < 1 or batch % m):
         raise SharplabError(f"m={m} must be a positive divisor of the batch size {batch}")
 
+    g_at_w = None
     if rho == 0 and mechanism == "full":
         with no_sync(ddp):
             loss = loss_fn(model(inputs), targets)
             new = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
     elif m is None or m == batch:
-        loss, new = _whole_batch(model, core, ddp, loss_fn, inputs, targets, rho, rule_obj, mechanism,
-                                 named, pert, bn_policy, sync_ascent, step)
+        loss, new, g_at_w = _whole_batch(model, core, ddp, loss_fn, inputs, targets, rho, rule_obj, mechanism,
+                                         named, pert, bn_policy, sync_ascent, step, want_g=combiner is not None)
     else:
         chosen_strategy = _strategy(strategy, core, named, rule_obj, mechanism, inputs.shape[0] // m)
         if chosen_strategy == "loop":
@@ -153,6 +161,12 @@ def sam_grad(
                 core, loss_fn, inputs, targets, rho, m, rule_obj, mechanism, named, pert, chunk_size, step)
     grads = [torch.zeros_like(p) if g is None else g for g, (_, p) in zip(new, named)]
     allreduce_mean_(grads)
+    if combiner is not None:
+        if g_at_w is None:  # rho = 0: the descent gradient is the gradient at w
+            g_at_w = [t.clone() for t in grads]
+        else:
+            allreduce_mean_(g_at_w)
+        combiner.combine(g_at_w, grads, [p for _, p in named])
     with torch.no_grad():
         for g, (_, p) in zip(grads, named):
             if p.grad is None:
@@ -162,23 +176,46 @@ def sam_grad(
     return loss.detach()
 
 
+def _check_combiner(combiner: Combiner | None, m: int | None, batch: int, mechanism: str) -> Combiner | None:
+    """The combiner to apply (``None`` for plain SAM); refuses those that need an optimizer or a schedule."""
+    if combiner is None or type(combiner) is Combiner:
+        return None
+    if not isinstance(combiner, Combiner):
+        raise SharplabError(f"combiner must be a sharplab.optim Combiner (GSAM, WSAM), got {type(combiner).__name__}")
+    if isinstance(combiner, LookSAM):
+        raise SharplabError("LookSAM reuses a direction between steps, which needs an optimizer: use "
+                            "sharplab.optim.create('looksam', ...) instead of sam_grad")
+    if isinstance(combiner, WSAM) and combiner.decouple:
+        raise SharplabError("WSAM(decouple=True) applies its sharpness term after the base step, which sam_grad "
+                            "does not take: use WSAM(decouple=False) or SAM(..., combiner=WSAM())")
+    if m is not None and m != batch:
+        raise SharplabError("combiner= works on the whole-batch SAM gradient; with m= (m-sharpness) leave it out")
+    if mechanism != "full":
+        raise SharplabError(f"combiner= needs mechanism='full' (got {mechanism!r})")
+    return combiner
+
+
 def check_finite(norm: torch.Tensor, step: int | None) -> None:
     if not torch.isfinite(norm).all():
         raise Diverged(step, f"ascent gradient norm ({norm.max().item()})")
 
 
 def _whole_batch(model, core, ddp, loss_fn, x, y, rho, rule, mechanism, named, pert, bn_policy,
-                 sync_ascent, step):
-    """Plain-autograd SAM step on the whole batch; the phantom point is evaluated with functional_call."""
+                 sync_ascent, step, want_g=False):
+    """Plain-autograd SAM step on the whole batch; the phantom point is evaluated with functional_call.
+    Returns (loss at w, descent gradients, gradients of all parameters at w if ``want_g`` else None)."""
     params = [p for _, p in named]
     pert_params = [p for _, p in pert]
     rng = RNGSnapshot(params)
     with no_sync(ddp):
         out = model(x)
     loss = loss_fn(out, y)
-    wanted = pert_params + ([out] if mechanism == "lr_only" else [])
+    wanted_params = params if want_g else pert_params
+    wanted = wanted_params + ([out] if mechanism == "lr_only" else [])
     first = torch.autograd.grad(loss, wanted, retain_graph=mechanism == "iw_only", allow_unused=True)
-    g = [torch.zeros_like(p) if gi is None else gi for gi, p in zip(first, pert_params)]
+    at_w = [torch.zeros_like(p) if gi is None else gi for gi, p in zip(first, wanted_params)]
+    by_id = {id(p): t for p, t in zip(wanted_params, at_w)}
+    g = [by_id[id(p)] for p in pert_params]
     if sync_ascent:
         allreduce_mean_(g)
     check_finite(global_norm(g), step)
@@ -216,7 +253,7 @@ def _whole_batch(model, core, ddp, loss_fn, x, y, rho, rule, mechanism, named, p
                 new = torch.autograd.grad(out_t, params, grad_outputs=first[-1], allow_unused=True)
             else:
                 new = torch.autograd.grad(loss_fn(out_t, y), params, allow_unused=True)
-    return loss, new
+    return loss, new, (at_w if want_g else None)
 
 
 STRATEGIES = ("auto", "vmap", "func", "loop")
@@ -314,8 +351,8 @@ def _micro_batch_loop(model, core, loss_fn, x, y, rho, m, rule, mechanism, named
     with _batch_statistics_only(core):
         for j in range(k):
             sl = slice(j * m, (j + 1) * m)
-            loss, new = _whole_batch(core, core, None, loss_fn, x[sl], y[sl], rho, rule, mechanism, named, pert,
-                                     "every", False, step)
+            loss, new, _ = _whole_batch(core, core, None, loss_fn, x[sl], y[sl], rho, rule, mechanism, named,
+                                        pert, "every", False, step)
             new = [torch.zeros_like(p) if g is None else g for g, (_, p) in zip(new, named)]
             total = new if total is None else [a.add_(b) for a, b in zip(total, new)]
             losses.append(loss.detach())
