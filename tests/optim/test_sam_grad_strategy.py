@@ -227,5 +227,7 @@ def test_auto_rule():
     assert _strategy("auto", nn.Sequential(nn.Conv2d(128, 256, 3, groups=2))) == "loop"
     assert _strategy("auto", mlp(), mechanism="iw_only") == "func"
     assert _strategy("auto", mlp()) == "vmap"
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # mixed dtypes: torch.func handles autocast
+        assert _strategy("vmap", mlp()) == "func"
     with pytest.raises(SharplabError, match="strategy"):
         _strategy("fast", mlp())

@@ -260,9 +260,11 @@ STRATEGIES = ("auto", "vmap", "func", "loop")
 
 
 def _fast_eligible(core: nn.Module, named, rule: PerturbationRule, mechanism: str) -> bool:
-    """The per-example formulas cover this call: mechanism "full", a one-step closed-form rule, and only
-    supported layers holding trainable parameters (see :mod:`sharplab.optim._per_example`)."""
-    return (mechanism == "full" and type(rule) in (SAMRule, USAMRule, ASAMRule)
+    """The per-example formulas cover this call: mechanism "full", a one-step closed-form rule, no autocast
+    (their products would mix dtypes in the backward), and only supported layers holding trainable
+    parameters (see :mod:`sharplab.optim._per_example`)."""
+    autocast = any(torch.is_autocast_enabled(device) for device in ("cpu", "cuda"))
+    return (mechanism == "full" and type(rule) in (SAMRule, USAMRule, ASAMRule) and not autocast
             and _per_example.unsupported(core, [p for _, p in named]) is None)
 
 
