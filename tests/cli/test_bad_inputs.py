@@ -77,6 +77,8 @@ BAD: list[tuple[list[str], str]] = [
     (["mechanisms", "--study", "three-feature", "--m", "7"], "--m"),
     *[(["mechanisms", "--out", o], "--out") for o in OUT_BAD],
     (["deep-net", "--seed", "-1"], "--seed"),
+    (["deep-net", "m-sharpness", "--jobs", "0"], "--jobs"),
+    (["deep-net", "m-sharpness", "--threads", "100000"], "--threads"),
     *[(["deep-net", "--out", o], "--out") for o in OUT_BAD],
 ]
 

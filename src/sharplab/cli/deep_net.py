@@ -25,6 +25,7 @@ from sharplab.cli._args import (
     positive_int,
     seeds,
     text,
+    threads,
     typed,
 )
 from sharplab.errors import ConfigError
@@ -50,10 +51,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--root", default=None, help="data root (else $SHARPLAB_DATA / offline folders)")
     p.add_argument("--device", default=None, choices=["cpu", "cuda", "auto"])
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config field")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs at once, one process each (default 1; --jobs 2 on 2 cores: see docs/deep_net.md)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per process (default: torch's with --jobs 1, else cpus/jobs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=handle, needs_labs=True)
     typed(p, out=out_dir, seed=seeds, rho=nonneg_numbers, epochs=nonneg_int, epochs_after=positive_int,
-          dataset=text, root=existing_dir, set=text)
+          dataset=text, root=existing_dir, set=text, jobs=positive_int, threads=threads)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -98,7 +103,7 @@ def handle(args: argparse.Namespace) -> int:
     for st in studies:  # every configuration is validated before the first run starts
         ids.update(s.run_id for s in st.runs())
     for st in studies:
-        run_study(st, out, options=RunOptions(quiet=args.quiet))
+        run_study(st, out, jobs=args.jobs, options=RunOptions(quiet=args.quiet, threads=args.threads))
     with ResultsStore(out, create=False) as store:
         records = [r for r in store.runs() if r.run_id in ids]
     analysis = analyse(args.study, out, records)
