@@ -164,6 +164,64 @@ def test_batchnorm_once_with_torch_compile(with_model):
     torch.testing.assert_close(model[1].running_var, probe[1].running_var, rtol=1e-14, atol=0)
 
 
+class SideBN(nn.Module):
+    """Calls a BatchNorm layer kept outside its module tree (a plain attribute, as EMA teachers are kept)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin, self.out = nn.Linear(5, 6).double(), nn.Linear(6, 3).double()
+        self.__dict__["side"] = nn.BatchNorm1d(6).double()
+
+    def forward(self, x):
+        return self.out(torch.relu(self.side(self.lin(x))))
+
+
+def written_out_sam_step(model, bns, x, y, rho, lr):
+    """SAM by hand: the pass at w moves the BatchNorm statistics, the pass at w + eps runs with every
+    BatchNorm buffer saved before and put back after, w is restored, plain SGD step."""
+    params = list(model.parameters())
+    F.cross_entropy(model(x), y).backward()
+    g = [p.grad.clone() for p in params]
+    norm = sum((t * t).sum() for t in g).sqrt()
+    saved = [[b.clone() for b in (bn.running_mean, bn.running_var, bn.num_batches_tracked)] for bn in bns]
+    with torch.no_grad():
+        old = [p.clone() for p in params]
+        for p, t in zip(params, g):
+            p.add_(rho * t / (norm + 1e-12))
+    model.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    with torch.no_grad():
+        for bn, (mean, var, count) in zip(bns, saved):
+            bn.running_mean.copy_(mean)
+            bn.running_var.copy_(var)
+            bn.num_batches_tracked.copy_(count)
+        for p, o in zip(params, old):
+            p.copy_(o - lr * p.grad)
+    model.zero_grad()
+
+
+@pytest.mark.parametrize("make", ["tree", "side"])
+def test_batchnorm_once_over_many_steps_matches_the_written_out_step(make):
+    """From the second step on the guard lifts its global hook while a top-level module runs, if the first
+    step showed every module running inside its tree: the statistics and weights still follow SAM written
+    out by hand, for a layer outside the tree too (the first step sees it, and the hook stays on)."""
+    model = bn_net() if make == "tree" else SideBN()
+    ref = copy.deepcopy(model)
+    bn_of = (lambda m: [m[1]]) if make == "tree" else (lambda m: [m.side])
+    opt = SAM(model.parameters(), torch.optim.SGD, rho=0.3, lr=0.1)
+    for x, y in batches(n=16, steps=4):
+        opt.step(closure_for(model, x, y))
+        written_out_sam_step(ref, bn_of(ref), x, y, rho=0.3, lr=0.1)
+    assert opt._nesting.nested is (make == "tree")
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
+    (bn,), (bn_ref,) = bn_of(model), bn_of(ref)
+    assert bn.num_batches_tracked.item() == bn_ref.num_batches_tracked.item() == 4
+    torch.testing.assert_close(bn.running_mean, bn_ref.running_mean, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(bn.running_var, bn_ref.running_var, rtol=1e-12, atol=1e-14)
+
+
 # --- item 5: the GradScaler protocols ------------------------------------------------------------------
 def fp32_pair(lr=0.1):
     a, b = mlp(dtype=torch.float32), mlp(dtype=torch.float32)

@@ -53,22 +53,46 @@ def _restore(saved: dict[nn.Module, list[torch.Tensor | None]]) -> None:
                     current.copy_(value)
 
 
+class Nesting:
+    """What the first hooked pass of an optimizer showed about its model: ``nested`` is ``True`` when every
+    module ran inside the forward of the top-level module whose subtree holds it (the usual case), ``False``
+    when one did not (a module kept outside the tree, such as a teacher held in a plain attribute), and
+    ``None`` before any pass was seen."""
+
+    def __init__(self) -> None:
+        self.nested: bool | None = None
+
+
 class BNGuard:
     """Undo every BatchNorm running-statistics update made between :meth:`start` and :meth:`stop`.
 
     With ``model`` given, its BatchNorm layers are saved at :meth:`start`. Without it (``SAM.step(closure)``
-    or ``first_step()`` where the optimizer never sees the model), a module forward pre-hook saves, the
-    first time a module runs, every BatchNorm layer in that module's subtree. Saving the whole subtree is
-    what makes ``torch.compile(model)`` safe: once compiled, only the outer ``OptimizedModule`` runs
+    or ``first_step()`` where the optimizer never sees the model), a global module forward pre-hook saves,
+    the first time a module runs, every BatchNorm layer in that module's subtree. Saving the whole subtree
+    is what makes ``torch.compile(model)`` safe: once compiled, only the outer ``OptimizedModule`` runs
     through ``Module.__call__`` (its BatchNorm layers are inside the compiled graph and fire no hooks).
     A compiled *function* that calls the model hides even that: pass ``model=`` then.
+
+    A global hook sends every module call down PyTorch's slow path (about 10 us a call on a CPU). With a
+    :class:`Nesting` shared across steps, the first pass also checks that every module runs inside the
+    forward of the top-level module whose subtree holds it; if so, later passes lift the global hook for
+    the duration of each top-level module's forward (its subtree is saved already) and put it back after,
+    so only top-level calls pay for it.
     """
 
-    def __init__(self, model: nn.Module | None = None) -> None:
-        self.model = model
+    def __init__(self, model: nn.Module | None = None, nesting: Nesting | None = None) -> None:
+        self.model, self.nesting = model, nesting
         self.saved: dict[nn.Module, list[torch.Tensor | None]] = {}
         self._seen: set[int] = set()
-        self._handle = None
+        self._handle = None  # the global pre-hook
+        self._local = None  # cheap mode: the post-hook of the top-level module whose forward runs
+        self._learn = None  # first pass: the global post-hook tracking the nesting
+        self._depth, self._top, self._nested = 0, set(), True
+
+    @property
+    def hooked(self) -> bool:
+        """Whether this guard watches module calls (no ``model`` given)."""
+        return self._handle is not None or self._local is not None
 
     def _save_subtree(self, module: nn.Module) -> None:
         for sub in module.modules():
@@ -78,33 +102,57 @@ class BNGuard:
             if _tracking(sub):
                 _save(sub, self.saved)
 
+    def _pre(self, module: nn.Module, args: object) -> None:
+        if id(module) not in self._seen:
+            self._save_subtree(module)
+        if self._learn is not None:  # first pass: does every call stay inside its top-level module's tree?
+            if self._depth == 0:
+                self._top = {id(m) for m in module.modules()}
+            elif id(module) not in self._top:
+                self._nested = False
+            self._depth += 1
+        elif self.nesting is not None and self.nesting.nested:  # lift the hook for this module's forward
+            self._handle.remove()
+            self._handle = None
+            self._local = module.register_forward_hook(self._post, always_call=True)
+
+    def _post(self, module: nn.Module, args: object, output: object) -> None:
+        if self._local is not None:
+            self._local.remove()
+            self._local = None
+            self._handle = nn.modules.module.register_module_forward_pre_hook(self._pre)
+
+    def _post_learn(self, module: nn.Module, args: object, output: object) -> None:
+        self._depth -= 1
+
     def start(self) -> BNGuard:
         if self.model is not None:
             self._save_subtree(self.model)
-        else:
-
-            def hook(module: nn.Module, args: object) -> None:
-                if id(module) not in self._seen:
-                    self._save_subtree(module)
-
-            self._handle = nn.modules.module.register_module_forward_pre_hook(hook)
+            return self
+        self._handle = nn.modules.module.register_module_forward_pre_hook(self._pre)
+        if self.nesting is not None and self.nesting.nested is None:
+            self._learn = nn.modules.module.register_module_forward_hook(self._post_learn, always_call=True)
         return self
 
     def stop(self) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
+        for handle in (self._handle, self._local, self._learn):
+            if handle is not None:
+                handle.remove()
+        if self._learn is not None and self._seen:
+            self.nesting.nested = self._nested
+        self._handle = self._local = self._learn = None
         _restore(self.saved)
         self.saved, self._seen = {}, set()
 
 
 @contextlib.contextmanager
-def frozen_bn_stats(model: nn.Module | None = None, enabled: bool = True) -> Iterator[None]:
+def frozen_bn_stats(model: nn.Module | None = None, enabled: bool = True,
+                    nesting: Nesting | None = None) -> Iterator[None]:
     """Undo every BatchNorm running-statistics update made inside the block (see :class:`BNGuard`)."""
     if not enabled:
         yield
         return
-    guard = BNGuard(model).start()
+    guard = BNGuard(model, nesting).start()
     try:
         yield
     finally:

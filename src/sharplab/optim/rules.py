@@ -31,12 +31,37 @@ Tensors = Sequence[torch.Tensor]
 NORM_EPS = 1e-12
 
 
+class Normed(list):
+    """A list of tensors that carries its global norm: :func:`global_norm` returns ``norm`` instead of
+    computing it again (SAM takes ||g|| for its diagnostics and the finiteness check, and hands the
+    gradients to the rule with it)."""
+
+    def __init__(self, tensors: Iterable[torch.Tensor], norm: torch.Tensor) -> None:
+        super().__init__(tensors)
+        self.norm = norm
+
+
+def _fusable(tensors: Tensors) -> bool:
+    """Plain tensors (no ``torch.func`` wrapper: vmap has no batching rule for ``_foreach_*``)."""
+    return not any(_is_wrapped(t) for t in tensors)
+
+
+_is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+_HALF = (torch.float16, torch.bfloat16)
+
+
 def global_norm(tensors: Tensors) -> torch.Tensor:
-    """sqrt(sum_i ||t_i||^2), accumulated in float32 or wider; works under ``torch.func.vmap``."""
+    """sqrt(sum_i ||t_i||^2), accumulated in float32 or wider; works under ``torch.func.vmap``.
+
+    A :class:`Normed` list returns the norm it carries.
+    """
+    if isinstance(tensors, Normed):
+        return tensors.norm
     if not tensors:
         return torch.zeros(())
-    wide = [t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in tensors]
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in wide]))
+    wide = [t.float() if t.dtype in _HALF else t for t in tensors]
+    norms = torch._foreach_norm(wide) if _fusable(wide) else [torch.linalg.vector_norm(t) for t in wide]
+    return torch.linalg.vector_norm(torch.stack(norms))
 
 
 class PerturbationRule:
@@ -73,8 +98,30 @@ class PerturbationRule:
         pass
 
 
-def _scale(tensors: Tensors, rhos: Sequence[float], denom: torch.Tensor) -> list[torch.Tensor]:
-    return [t * (rho / (denom.to(t.device) + NORM_EPS)).to(t.dtype) for t, rho in zip(tensors, rhos)]
+def _scale(tensors: Tensors, rhos: Sequence[float], denom: torch.Tensor, of_norm: bool = False) -> list[torch.Tensor]:
+    """``rho_i / (denom + NORM_EPS) * t_i``: one factor per distinct rho, one fused multiply per factor.
+
+    ``of_norm=True`` says ``denom`` is ``global_norm(tensors)``; with one rho the result is then
+    :class:`Normed` with its norm in closed form, ``rho denom / (denom + NORM_EPS)`` (no second pass).
+    """
+    if not tensors:
+        return []
+    first = tensors[0]
+    if not (_fusable(tensors) and all(t.device == first.device and t.dtype == first.dtype for t in tensors)):
+        return [t * (rho / (denom.to(t.device) + NORM_EPS)).to(t.dtype) for t, rho in zip(tensors, rhos)]
+    denom = denom.to(first.device)
+    shifted = denom + NORM_EPS
+    distinct = list(dict.fromkeys(rhos))
+    if len(distinct) == 1:
+        factor = distinct[0] / shifted
+        out = torch._foreach_mul(list(tensors), factor.to(first.dtype))
+        return Normed(out, factor * denom) if of_norm else out
+    out = [first] * len(tensors)
+    for rho in distinct:
+        idx = [i for i, r in enumerate(rhos) if r == rho]
+        for i, t in zip(idx, torch._foreach_mul([tensors[i] for i in idx], (rho / shifted).to(first.dtype))):
+            out[i] = t
+    return out
 
 
 class SAMRule(PerturbationRule):
@@ -83,7 +130,7 @@ class SAMRule(PerturbationRule):
     name = "sam"
 
     def perturbation(self, grads, params, rhos):
-        return _scale(grads, rhos, global_norm(grads))
+        return _scale(grads, rhos, global_norm(grads), of_norm=True)
 
 
 class USAMRule(PerturbationRule):
@@ -154,7 +201,7 @@ class RandomRule(PerturbationRule):
 
     def perturbation(self, grads, params, rhos):
         z = [torch.randn(g.shape, generator=self.generator, dtype=torch.float32).to(g) for g in grads]
-        return _scale(z, rhos, global_norm(z))
+        return _scale(z, rhos, global_norm(z), of_norm=True)
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}

@@ -20,11 +20,11 @@ import torch
 from torch import nn
 
 from sharplab.errors import Diverged, SharplabError
-from sharplab.optim import _amp
-from sharplab.optim._distributed import any_worker, no_sync, unwrap
-from sharplab.optim._passes import BNGuard, RNGSnapshot, check_bn_policy, frozen_bn_stats
-from sharplab.optim.functional import MECHANISMS, LossFn, sam_grad
-from sharplab.optim.rules import PerturbationRule, global_norm, make_rule
+from sharplab.optim import _steps
+from sharplab.optim._distributed import no_sync, unwrap
+from sharplab.optim._passes import BNGuard, Nesting, RNGSnapshot, check_bn_policy, frozen_bn_stats
+from sharplab.optim.functional import MECHANISMS, LossFn
+from sharplab.optim.rules import Normed, PerturbationRule, global_norm, make_rule
 
 
 class SAM(torch.optim.Optimizer):
@@ -104,16 +104,7 @@ class SAM(torch.optim.Optimizer):
         """``SAM(..., combiner=, schedule=, selection=)``, or a rule that needs no gradient (``msam``) or
         picks tensors (``esam``), builds the composed family member (:class:`~sharplab.optim.family.FamilySAM`,
         a subclass with the same protocol)."""
-        rule = kwargs.get("rule", args[3] if len(args) > 3 else "sam")
-        if isinstance(rule, str):
-            from sharplab.optim.rules import RULES
-
-            rule = RULES.get(rule) if rule in RULES else None
-        kind = rule if isinstance(rule, type) else type(rule)
-        needs_family = rule is not None and issubclass(kind, PerturbationRule) and (
-            not kind.needs_grad or kind.select is not PerturbationRule.select)
-        parts = any(kwargs.get(k) is not None for k in ("combiner", "schedule", "selection"))
-        if cls is SAM and (parts or needs_family) and SAM.family is not None:
+        if cls is SAM and SAM.family is not None and _steps.builds_family(args, kwargs):
             return super().__new__(SAM.family)
         return super().__new__(cls)
 
@@ -141,7 +132,7 @@ class SAM(torch.optim.Optimizer):
         if isinstance(base_optimizer, torch.optim.Optimizer):
             if base_kwargs:
                 raise SharplabError("base optimizer instance given: pass its settings to it, not to SAM")
-            if params is not None and _param_ids(params) != _param_ids(base_optimizer.param_groups):
+            if params is not None and _steps.param_ids(params) != _steps.param_ids(base_optimizer.param_groups):
                 raise SharplabError("params differ from the parameters of the given base optimizer; pass "
                                     "params=None with a built optimizer (SAM uses its param groups)")
             self.base = base_optimizer
@@ -170,7 +161,10 @@ class SAM(torch.optim.Optimizer):
         #: without perturbation (rho = 0) or a skipped float16 step leaves only ``loss``.
         self.stats: dict[str, torch.Tensor] = {}
         self._bn_guard: BNGuard | None = None  # BatchNorm statistics saved from first_step to second_step
+        self._nesting = Nesting()  # learned by the first guard: may later guards lift their hook (BNGuard)
         self._skip = False  # first_step(scaler=) found a non-finite ascent gradient: second_step skips
+        self._saved: _steps.Perturbed | None = None  # w and eps, from first_step to second_step
+        self._undo: dict | None = None  # the rule's state before a scaled step, put back if it is skipped
         self._left: dict[int, tuple[int, int]] = {}  # id(p) -> (id, version) of the .grad a step left
 
     # --- the two passes ------------------------------------------------------------------------------
@@ -199,34 +193,32 @@ class SAM(torch.optim.Optimizer):
         params, rhos = self._perturbed()
         if not params:
             return
-        again = "old_p" in self.state[params[0]]
+        saved = self._saved
         if scaler is not None:
-            if again or self.rule.steps > 1:
+            if saved is not None or self.rule.steps > 1:
                 raise SharplabError("a GradScaler with ascent_steps > 1 is not supported; use bfloat16 autocast")
-            if self._overflowed(scaler, params):
+            if _steps.overflowed(self, scaler, params):
                 self._skip = True
                 if zero_grad:
                     self.zero_grad()
                 return
+            self._undo = self.rule.state_dict()  # put back if the descent gradient overflows
         grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
         norm = global_norm(grads)
         if not torch.isfinite(norm):
             self._restore()  # a later ascent step: back to w before reporting
             raise Diverged(self.steps_taken, f"ascent gradient norm ({norm.item()})")
-        previous = [self.state[p]["eps"] for p in params] if again else None
-        eps = self.rule.update(previous, grads, params, rhos)
-        if not again:
-            self.stats = {"grad_norm": norm.detach()}
+        # the rule's own ||g|| is this one (Normed): the norm is taken once
+        eps = self.rule.update(None if saved is None else saved.eps, Normed(grads, norm), params, rhos)
+        if saved is None:
+            self.stats = {"grad_norm": norm}
             if self.bn_policy == "once":
-                self._bn_guard = BNGuard(self.model).start()
-        self.stats["eps_norm"] = global_norm(eps).detach()
-        for p, e in zip(params, eps):
-            state = self.state[p]
-            if "old_p" in state:  # a further ascent step starts again from w
-                p.copy_(state["old_p"])
-            else:
-                state["old_p"] = p.detach().clone()
-            state["eps"] = e
+                self._bn_guard = BNGuard(self.model, self._nesting).start()
+            self._saved = _steps.Perturbed(params, eps)
+        else:  # a further ascent step starts again from w
+            saved.restore()
+            saved.eps = eps
+        self.stats["eps_norm"] = global_norm(eps)
         torch._foreach_add_(params, eps)
         if zero_grad:
             self.zero_grad()
@@ -249,59 +241,32 @@ class SAM(torch.optim.Optimizer):
     @torch.no_grad()
     def _restore(self) -> None:
         """Back to w: copy the saved weights into every perturbed tensor; end the BatchNorm guard."""
-        for group in self.param_groups:
-            for p in group["params"]:
-                state = self.state.get(p)
-                if state and "old_p" in state:
-                    p.copy_(state.pop("old_p"))
-                    state.pop("eps", None)
+        if self._saved is not None:
+            self._saved.restore()
+            self._saved = None
         if self._bn_guard is not None:
             self._bn_guard.stop()
             self._bn_guard = None
 
     def _pending(self) -> bool:
         """first_step() was called and second_step() not yet."""
-        params, _ = self._perturbed()
-        return self._skip or bool(params and "old_p" in self.state[params[0]])
+        return self._skip or self._saved is not None
 
-    def _base_step(self, scaler: torch.amp.GradScaler | None) -> None:
-        if scaler is None:
-            self.base.step()
+    def _base_step(self, scaler: torch.amp.GradScaler | None) -> bool:
+        """The base step; a step the scaler skips is counted and leaves the rule's state as it was."""
+        stepped = _steps.base_step(self.base, scaler)
+        if stepped:
             self.steps_taken += 1
         else:
-            scaler.step(self.base)
-            if any(bool(f.item()) for f in _amp.found_inf_flags(scaler, self.base)):
-                self.skipped_steps += 1
-            else:
-                self.steps_taken += 1
-        self._left = {id(p): (id(p.grad), p.grad._version)
-                      for group in self.param_groups for p in group["params"] if p.grad is not None}
-
-    def _overflowed(self, scaler: torch.amp.GradScaler, params: list[torch.Tensor]) -> bool:
-        """Unscale the ascent gradient; ``True`` on every worker alike if it is not finite on any."""
-        scaler.unscale_(self)  # in place; the found-inf check is recorded under this optimizer
-        grads = [p.grad for p in params if p.grad is not None]
-        local = any(bool(f.item()) for f in _amp.found_inf_flags(scaler, self))
-        local = local or (bool(grads) and not bool(torch.isfinite(global_norm(grads))))
-        ddp = unwrap(self.model)[1] if self.model is not None else None
-        # local ascent under DDP: workers see different ascent gradients, so agree before skipping
-        overflow = any_worker(local, params[0].device) if ddp is not None and not self.sync_ascent else local
-        if overflow:
-            _amp.record_overflow(scaler, self, params[0].device)
-        return overflow
+            self.skipped_steps += 1
+            if self._undo is not None:
+                self.rule.load_state_dict(self._undo)
+        self._undo = None
+        self._left = _steps.grads_left(self.param_groups)
+        return stepped
 
     def _check_fresh(self) -> None:
-        """Refuse gradients accumulated outside the closure: SAM zeroes ``.grad`` before each pass."""
-        for group in self.param_groups:
-            for p in group["params"]:
-                g = p.grad
-                if g is None or self._left.get(id(p)) == (id(g), g._version):
-                    continue  # none, or what the last step left
-                if bool(g.any()):
-                    raise SharplabError(
-                        "SAM.step(closure) found gradients computed outside the closure (SAM zeroes them "
-                        "before each pass): compute them inside the closure (accumulate by looping over "
-                        "micro-batches in it), or drive first_step()/second_step() yourself")
+        _steps.check_fresh(self.param_groups, self._left)
 
     # --- one full step -------------------------------------------------------------------------------
     def step(  # type: ignore[override]
@@ -319,25 +284,15 @@ class SAM(torch.optim.Optimizer):
         ``scaler.scale(loss).backward()``) pass ``scaler=``, or let the scaler call this method
         (``scaler.step(opt, closure)``, as Accelerate does): the ascent gradient is unscaled before its
         norm is taken, a step whose ascent or descent gradient is not finite is skipped with the weights
-        left at w, and the caller runs ``scaler.update()`` once per iteration, as usual.
-        ``step()`` without a closure after :meth:`first_step` finishes that step like
-        :meth:`second_step` (for trainers that call ``optimizer.step()`` themselves).
+        left at w (and a stateful rule's state as it was), and the caller runs ``scaler.update()`` once
+        per iteration, as usual. ``step()`` without a closure after :meth:`first_step` finishes that step
+        like :meth:`second_step` (for trainers that call ``optimizer.step()`` themselves).
         """
         if inputs is not None:
             if scaler is not None:
                 raise SharplabError("scaler= works with step(closure); step(inputs=, targets=) has no scaler")
             return self._batch_step(inputs, targets)
-        pre_ran, done = False, None
-        if scaler is None and _amp.inside_scaler_step(self):
-            found = _amp.calling_scaler(self)
-            if found is None:
-                raise SharplabError("SAM.step was called by a GradScaler it cannot find on the call stack; "
-                                    "call opt.step(closure, scaler=scaler) instead")
-            scaler, caller = found
-            if closure is None and not self._pending():
-                ran = _amp.framework_closure(caller)  # Lightning's 16-mixed: the pass at w is done
-                if ran is not None:
-                    (closure, done), pre_ran = ran, True
+        closure, scaler, ran = _steps.scaler_handover(self, closure, scaler, self._pending())
         if closure is None:
             if self._pending():
                 self.second_step(scaler=scaler)
@@ -354,46 +309,51 @@ class SAM(torch.optim.Optimizer):
         ddp = unwrap(self.model)[1] if self.model is not None else None
         ascent_ddp = None if self.sync_ascent else ddp
         rng = RNGSnapshot(params)
-        if pre_ran:
-            loss = self._loss(done)
+        if ran is not None:
+            loss = self._loss(ran[0])
         else:
             self._check_fresh()
             with no_sync(ascent_ddp if params else None):  # rho = 0: the only pass must all-reduce
                 loss = self._call(closure)
         if not params:  # rho = 0 everywhere: exactly the base optimizer
             self._base_step(scaler)
-            if pre_ran:
+            if ran is not None:
                 self.zero_grad()
             self.stats = {"loss": loss}
             return loss
-        if scaler is not None and self._overflowed(scaler, params):
-            self.skipped_steps += 1  # weights stay at w; scaler.update() lowers the scale
-            self.stats = {"loss": loss}
-            self.zero_grad()
-            return loss
+        if scaler is not None:
+            if _steps.overflowed(self, scaler, params):
+                self.skipped_steps += 1  # weights stay at w; scaler.update() lowers the scale
+                self.stats = {"loss": loss}
+                self.zero_grad()
+                return loss
+            self._undo = self.rule.state_dict()  # put back if the descent gradient overflows
         try:
             self.first_step()
             for _ in range(self.rule.steps - 1):
                 rng.restore()
-                with no_sync(ascent_ddp), frozen_bn_stats(self.model):
+                with no_sync(ascent_ddp), frozen_bn_stats(self.model, nesting=self._nesting):
                     self._call(closure)
                 self.first_step()
             rng.restore()
             perturbed = self._call(closure)  # BatchNorm: first_step's guard holds for bn_policy="once"
         except BaseException:
             self._restore()
+            self._undo = None
             raise
         stats = self.stats
         # the framework runs the next pass at w before SAM can zero (Lightning's manual 16-mixed never
         # zeroes): leave no gradient behind for it to accumulate onto
-        self.second_step(zero_grad=pre_ran, scaler=scaler)
+        self.second_step(zero_grad=ran is not None, scaler=scaler)
         if isinstance(loss, torch.Tensor) and isinstance(perturbed, torch.Tensor):
             stats.update(loss=loss, perturbed_loss=perturbed, sharpness=perturbed - loss)
         self.stats = stats
         return loss
 
     def _call(self, closure: Callable[[], torch.Tensor]) -> torch.Tensor:
-        self.zero_grad()
+        _steps.clear_grads(self.param_groups)
+        if self._bn_guard is None or not self._bn_guard.hooked:
+            return self._loss(closure())
         with warnings.catch_warnings():  # our BatchNorm hook is meant to see compiled modules' calls
             warnings.filterwarnings("ignore", message=r"Using `torch\.compile\(module\)` when there are global hooks")
             return self._loss(closure())
@@ -405,19 +365,7 @@ class SAM(torch.optim.Optimizer):
         return loss.detach() if isinstance(loss, torch.Tensor) else loss
 
     def _batch_step(self, inputs: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
-        if self.model is None or self.loss_fn is None or targets is None:
-            raise SharplabError("step(inputs=, targets=) needs SAM(..., model=model, loss_fn=loss_fn) "
-                                "and both inputs and targets")
-        rhos = {group["rho"] for group in self.param_groups if group["rho"] > 0}
-        if len(rhos) > 1:
-            raise SharplabError("step(inputs=, targets=) supports one rho for all groups; use step(closure)")
-        params, _ = self._perturbed()
-        self.zero_grad()
-        loss = sam_grad(
-            self.model, self.loss_fn, inputs, targets, rho=rhos.pop() if rhos else 0.0, m=self.m,
-            rule=self.rule, mechanism=self.mechanism, perturb=params, bn_policy=self.bn_policy,
-            sync_ascent=self.sync_ascent, step=self.steps_taken,
-        )
+        loss = _steps.batch_grad(self, inputs, targets)
         self.base.step()
         self.steps_taken += 1
         return loss
@@ -447,14 +395,3 @@ class SAM(torch.optim.Optimizer):
     def __repr__(self) -> str:
         return f"SAM(rule={self.rule.name}, bn_policy={self.bn_policy}, base={self.base!r})"
 
-
-def _param_ids(params: Iterable[Any]) -> set[int]:
-    """ids of the tensors in a parameter iterable or a list of param-group dicts."""
-    ids: set[int] = set()
-    for item in params:
-        if isinstance(item, dict):
-            group = item["params"]
-            ids.update(id(p) for p in ([group] if isinstance(group, torch.Tensor) else group))
-        else:
-            ids.add(id(item))
-    return ids

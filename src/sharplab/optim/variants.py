@@ -58,7 +58,7 @@ class FriendlyRule(PerturbationRule):
             direction = [g - self.sigma * m for g, m in zip(grads, self.ema)]
             for m, g in zip(self.ema, grads):
                 m.mul_(self.lmbda).add_(g, alpha=1 - self.lmbda)
-        return _scale(direction, rhos, global_norm(direction))
+        return _scale(direction, rhos, global_norm(direction), of_norm=True)
 
     def state_dict(self) -> dict:
         return {} if self.ema is None else {"ema": [m.clone() for m in self.ema]}
@@ -107,7 +107,7 @@ class ESAMRule(PerturbationRule):
     def perturbation(self, grads, params, rhos):
         mask = self.mask if self.mask is not None and len(self.mask) == len(grads) else [True] * len(grads)
         kept = [g if keep else torch.zeros_like(g) for g, keep in zip(grads, mask)]
-        return _scale(kept, [r / self.beta for r in rhos], global_norm(kept))
+        return _scale(kept, [r / self.beta for r in rhos], global_norm(kept), of_norm=True)
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}
@@ -168,7 +168,7 @@ class MomentumRule(PerturbationRule):
         v = self.momentum(params)
         if v is None:
             return [torch.zeros_like(p) for p in params]
-        return _scale([-t for t in v], rhos, global_norm(v))
+        return _scale([-t for t in v], rhos, global_norm(v), of_norm=True)
 
 
 RULES.add("fsam", FriendlyRule)
