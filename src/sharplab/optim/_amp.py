@@ -28,8 +28,9 @@ from typing import Any
 import torch
 from torch.amp import GradScaler
 
-#: How many frames up to look for the GradScaler.step that called SAM.step (Accelerate adds one wrapper).
-_MAX_DEPTH = 8
+#: How many frames up to look for the GradScaler.step that called SAM.step (Accelerate adds one wrapper;
+#: FamilySAM.step -> SAM.step and torch.optim's step wrappers add up to four more).
+_MAX_DEPTH = 12
 
 
 def inside_scaler_step(opt: torch.optim.Optimizer) -> bool:
