@@ -179,3 +179,28 @@ def test_esam_data_selection_with_a_scaler():
         assert torch.equal(opt_a.stats["selected"], opt_b.stats["selected"])
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q, **TOL)
+
+
+def lightning_like_step(opt, closure, scaler):
+    """Lightning's ``MixedPrecision.optimizer_step`` (16-mixed): the closure (pass at w) first, then
+    ``scaler.step(optimizer)`` without it."""
+    closure_result = closure()  # noqa: F841 -- SAM reads it from this frame, as from Lightning's
+    return scaler.step(opt)
+
+
+@pytest.mark.parametrize("name", ["gsam", "looksam", "fsam"])
+def test_closure_first_protocol_on_a_family_member(name):
+    """Lightning's closure-first protocol on composed (gsam, looksam) and plain-path (fsam) members =
+    ``opt.step(closure, scaler=)``; no gradient is left behind for the framework's next pass."""
+    a, b = mlp(), mlp()
+    opt_a, opt_b = build(name, a), build(name, b)
+    sa, sb = (torch.amp.GradScaler("cpu", init_scale=2.0**10) for _ in range(2))
+    for x, y in batches(steps=4):
+        lightning_like_step(opt_a, closure_for(opt_a, a, x, y, sa), sa)
+        sa.update()
+        assert all(p.grad is None for p in a.parameters())
+        opt_b.step(closure_for(opt_b, b, x, y, sb), scaler=sb)
+        sb.update()
+    assert opt_a.steps_taken == opt_b.steps_taken == 4
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, **TOL)
