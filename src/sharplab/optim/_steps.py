@@ -33,9 +33,15 @@ Groups = list[dict[str, Any]]
 class Perturbed:
     """The weights at w of ``params`` (copies) and the perturbation ``eps`` they were moved by."""
 
-    def __init__(self, params: list[torch.Tensor], eps: list[torch.Tensor]) -> None:
+    def __init__(self, params: list[torch.Tensor], eps: list[torch.Tensor],
+                 reuse: list[torch.Tensor] | None = None) -> None:
         self.params, self.eps = params, eps
-        self.old = [p.clone() for p in params]  # under no_grad (first_step)
+        if reuse is not None and len(reuse) == len(params) and all(
+                b.shape == p.shape and b.dtype == p.dtype and b.device == p.device for b, p in zip(reuse, params)):
+            torch._foreach_copy_(reuse, params)  # the last step's buffers: no allocation (and no page faults)
+            self.old = reuse
+        else:
+            self.old = [p.clone() for p in params]  # under no_grad (first_step)
 
     @torch.no_grad()
     def restore(self) -> None:

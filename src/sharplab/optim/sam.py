@@ -164,6 +164,7 @@ class SAM(torch.optim.Optimizer):
         self._nesting = Nesting()  # learned by the first guard: may later guards lift their hook (BNGuard)
         self._skip = False  # first_step(scaler=) found a non-finite ascent gradient: second_step skips
         self._saved: _steps.Perturbed | None = None  # w and eps, from first_step to second_step
+        self._old_buffers: list[torch.Tensor] | None = None  # copies of w, reused from step to step
         self._undo: dict | None = None  # the rule's state before a scaled step, put back if it is skipped
         self._left: dict[int, tuple[int, int]] = {}  # id(p) -> (id, version) of the .grad a step left
 
@@ -214,7 +215,8 @@ class SAM(torch.optim.Optimizer):
             self.stats = {"grad_norm": norm}
             if self.bn_policy == "once":
                 self._bn_guard = BNGuard(self.model, self._nesting).start()
-            self._saved = _steps.Perturbed(params, eps)
+            self._saved = _steps.Perturbed(params, eps, reuse=self._old_buffers)
+            self._old_buffers = self._saved.old
         else:  # a further ascent step starts again from w
             saved.restore()
             saved.eps = eps
