@@ -82,7 +82,7 @@ def summarise(records: list[Any], sharpness: dict[str, Any] | None = None) -> li
     When an ERM run (rho 0, no switch) of the same seed exists, also ``d_test_error``: the mean of the paired
     per-seed differences test_error(run) - test_error(ERM) with their sd and a 95 % t interval
     (mean +- t_{0.975, k-1} sd / sqrt(k)), which removes the test-set and seed effects the two runs share."""
-    from scipy import stats
+    from sharplab.runner.aggregate import summarize
 
     done = [r for r in records if r.status == "done" and r.metrics]
     erm = {r.seed: r.metrics["test_error"] for r in done
@@ -95,19 +95,17 @@ def summarise(records: list[Any], sharpness: dict[str, Any] | None = None) -> li
         cfg = runs[0].config
         row: dict[str, Any] = {"setting": label(cfg), "method": cfg["method"], "rho": cfg["rho"],
                                "m": cfg.get("m", 0), "seeds": len(runs)}
-        sharp = sharpness or {}
+        measured = [{**(sharpness or {}).get(r.run_id, {}), **r.metrics} for r in runs]
         for name in (*SUMMARY_METRICS, *SHARPNESS_KEYS):
-            vals = np.array([r.metrics[name] if name in r.metrics else sharp[r.run_id][name] for r in runs
-                             if name in r.metrics or name in sharp.get(r.run_id, {})], dtype=float)
-            if len(vals):
-                row[name] = float(vals.mean())
-                row[f"{name}_sd"] = float(vals.std(ddof=1)) if len(vals) > 1 else float("nan")
-        diffs = np.array([r.metrics["test_error"] - erm[r.seed] for r in runs if r.seed in erm], dtype=float)
-        if cfg["method"] != "erm" and len(diffs):
-            row["d_test_error"] = float(diffs.mean())
-            if len(diffs) > 1:
-                half = float(stats.t.ppf(0.975, len(diffs) - 1) * diffs.std(ddof=1) / np.sqrt(len(diffs)))
-                row["d_test_error_ci95"] = [row["d_test_error"] - half, row["d_test_error"] + half]
+            vals = [values[name] for values in measured if name in values]
+            if vals:
+                s = summarize(vals)
+                row[name], row[f"{name}_sd"] = s.mean, s.std
+        diffs = summarize(r.metrics["test_error"] - erm[r.seed] for r in runs if r.seed in erm)
+        if cfg["method"] != "erm" and diffs.n:
+            row["d_test_error"] = diffs.mean
+            if diffs.n > 1:
+                row["d_test_error_ci95"] = [diffs.mean - diffs.ci95, diffs.mean + diffs.ci95]
         rows.append(row)
     order = {"erm": 0, "random": 1, "nsam": 2, "msam": 3, "usam": 4}
     rows.sort(key=lambda r: (order.get(r["method"], 9), r["setting"].count("->"), -(r["m"] or 10**9), r["rho"],
