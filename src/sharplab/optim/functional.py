@@ -37,7 +37,16 @@ from sharplab.optim import _per_example
 from sharplab.optim._distributed import allreduce_mean_, no_sync, unwrap
 from sharplab.optim._passes import RNGSnapshot, check_bn_policy, frozen_bn_stats
 from sharplab.optim.combiners import WSAM, Combiner, LookSAM
-from sharplab.optim.rules import NORM_EPS, ASAMRule, PerturbationRule, SAMRule, USAMRule, global_norm, make_rule
+from sharplab.optim.rules import (
+    NORM_EPS,
+    ASAMRule,
+    Normed,
+    PerturbationRule,
+    SAMRule,
+    USAMRule,
+    global_norm,
+    make_rule,
+)
 
 MECHANISMS = ("full", "iw_only", "lr_only")
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -218,9 +227,10 @@ def _whole_batch(model, core, ddp, loss_fn, x, y, rho, rule, mechanism, named, p
     g = [by_id[id(p)] for p in pert_params]
     if sync_ascent:
         allreduce_mean_(g)
-    check_finite(global_norm(g), step)
+    norm = global_norm(g)
+    check_finite(norm, step)
     rhos = [rho] * len(g)
-    eps = rule.update(None, g, pert_params, rhos)
+    eps = rule.update(None, Normed(g, norm), pert_params, rhos)  # the norm is taken once
 
     def at(eps_list: list[torch.Tensor], detach: bool) -> dict[str, torch.Tensor]:
         """Parameters at w + eps; gradients flow to w unless ``detach``."""
@@ -235,8 +245,9 @@ def _whole_batch(model, core, ddp, loss_fn, x, y, rho, rule, mechanism, named, p
         gj = [torch.zeros_like(p) if t is None else t for t, p in zip(gj, pert_params)]
         if sync_ascent:
             allreduce_mean_(gj)
-        check_finite(global_norm(gj), step)
-        eps = rule.update(eps, gj, pert_params, rhos)
+        norm = global_norm(gj)
+        check_finite(norm, step)
+        eps = rule.update(eps, Normed(gj, norm), pert_params, rhos)
 
     rng.restore()
     eps = [e.detach() for e in eps]
@@ -273,6 +284,8 @@ def _strategy(strategy: str, core: nn.Module, named=None, rule: PerturbationRule
     """The m-sharpness path actually taken: "vmap" (per-example formulas), "func" (torch.func) or "loop"."""
     if strategy not in STRATEGIES:
         raise SharplabError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if strategy in ("loop", "func"):  # fixed by the caller: no need to inspect the model
+        return strategy
     if named is None:
         named = [(n, p) for n, p in core.named_parameters() if p.requires_grad]
     rule = make_rule("sam") if rule is None else rule
@@ -386,12 +399,13 @@ def _micro_batches(core, loss_fn, x, y, rho, m, rule, mechanism, named, pert, ch
         rest = {n: t for n, t in all_w.items() if n not in w_p}
         g, loss = grad_and_value(loss_at)(w_p, rest, xj, yj)
         gl = [g[n] for n in pert_names]
-        eps = rule.update(None, gl, pert_params, rhos)
+        norm = global_norm(gl)
+        eps = rule.update(None, Normed(gl, norm), pert_params, rhos)
         for _ in range(rule.steps - 1):
             shifted = {n: w_p[n] + e for n, e in zip(pert_names, eps)}
             gj = grad(loss_at)(shifted, rest, xj, yj)
             eps = rule.update(eps, [gj[n] for n in pert_names], pert_params, rhos)
-        return loss, global_norm(gl), eps
+        return loss, norm, eps
 
     def descent(eps, xj, yj):
         """This micro-batch's gradient of all parameters under the chosen mechanism."""
