@@ -218,7 +218,10 @@ class Passes:
     def __init__(self, core: nn.Module, pert: Sequence[torch.Tensor]) -> None:
         self.core = core
         self.pert = {id(p) for p in pert}
-        self.layers = [(mod, _kind(mod)) for mod in core.modules() if _kind(mod) is not None]
+        self.layers = [(mod, kind) for mod in core.modules() if (kind := _kind(mod)) is not None]
+        #: ids of the layers holding a perturbed parameter (computed once, not on every pass)
+        self.perturbed_layers = {id(mod) for mod, _ in self.layers
+                                 if any(id(p) in self.pert for p in mod.parameters(recurse=False))}
         #: ids of the perturbed linear / convolution weights (their micro-batch copies are w + eps_j)
         self.matrix_weights = {id(mod.weight) for mod, kind in self.layers
                                if kind in ("linear", "conv") and id(mod.weight) in self.pert}
@@ -228,7 +231,7 @@ class Passes:
         patched = []
         try:
             for mod, kind in self.layers:
-                if kind == "norm" or any(id(p) in self.pert for p in mod.parameters(recurse=False)):
+                if kind == "norm" or id(mod) in self.perturbed_layers:
                     mod.forward = (lambda inp, mod=mod, kind=kind: fwd(mod, kind, inp, k))
                     patched.append(mod)
             return self.core(x)
@@ -256,7 +259,7 @@ class Passes:
                 out = out * _shared_view(mod.weight, mod, inp)
             if mod.bias is not None:
                 out = out + _shared_view(mod.bias, mod, inp)
-        if any(id(p) in self.pert for p in mod.parameters(recurse=False)):
+        if id(mod) in self.perturbed_layers:
             self.records.append((mod, kind, saved.detach(), out))
         return out
 
