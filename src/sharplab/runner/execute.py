@@ -322,9 +322,9 @@ def _until_claimed(out_dir: Path, spec: RunSpec, run_one: Callable[[RunSpec], st
     """Run ``spec``; if another live process holds it, wait for that process and take over if needed."""
     told = False
     while True:
-        result = run_one(spec)
+        result = _attempt(out_dir, spec, run_one)
         if result != "busy":
-            break
+            return result
         if not told:
             with ResultsStore(out_dir) as store:
                 rec = store.get(spec.run_id)
@@ -333,10 +333,6 @@ def _until_claimed(out_dir: Path, spec: RunSpec, run_one: Callable[[RunSpec], st
                   f"{spec.run_id} --force)", file=sys.stderr)
             told = True
         time.sleep(1.0)
-    if result == "finished":
-        with ResultsStore(out_dir) as store:
-            result = store.get(spec.run_id).status
-    return result
 
 
 def _in_process(out_dir: Path, options: RunOptions) -> Callable[[RunSpec], str]:
