@@ -28,6 +28,7 @@ __all__ = ["FeatureQualityConfig", "TrainConfig", "make_model", "run", "train"]
 HARD_ONLY = "hard-only"  # the ceiling: SGD on data whose easy feature is shuffled across examples
 
 # metrics a run returns to the runner, besides probe_error_<feature> (the CLI's JSON has more)
+READOUT_PREFIXES = ("probe_error_", "curve_error_", "region_error_")
 RUN_METRICS = ("test_error", "worst_group_error", "val_error", "val_loss", "train_loss", "v_hard_over_v_easy",
                "gini_w", "gini_phantom", "v_hard_over_v_easy_phantom", "near_chance", "jtt_error_set")
 
@@ -62,8 +63,23 @@ class FeatureQualityConfig:
     probe_cs: str = field(default="", metadata={
         "help": "probe regularisation grid, comma list ('' = sharplab.probe.DEFAULT_CS)"})
     check_batch: int = field(default=512, metadata={"min": 0, "help": "examples of the manipulation check"})
+    probe_sizes: str = field(default="", metadata={
+        "help": "probe learning curve: probe-train sizes, comma list ('' = no curve), e.g. '32,100,1000'"})
+    probe_repeats: int = field(default=3, metadata={
+        "min": 1, "max": 100, "help": "subsamples per learning-curve size"})
+    region_probes: bool = field(default=False, metadata={
+        "help": "per-half diagnostic: probe each half's pooled conv channels (dominoes)"})
     arm: str = field(default="", metadata={
         "help": "one configuration in one string, 'OPTIMIZER key=value ...' (overrides the fields)"})
+
+    def __post_init__(self) -> None:
+        from sharplab.probe.curves import parse_sizes
+
+        if self.probe_sizes.strip():
+            try:
+                parse_sizes(self.probe_sizes)
+            except ValueError as exc:
+                raise ConfigError(f"field probe_sizes: {exc}") from None
 
     def resolved(self) -> FeatureQualityConfig:
         """The config with ``arm`` applied: ``"sam rho=0.5 sam_start_epoch=3"`` sets those fields."""
@@ -89,6 +105,24 @@ class FeatureQualityConfig:
             momentum=self.momentum, weight_decay=self.weight_decay, epochs=self.epochs,
             batch_size=self.batch_size, model=self.model, m=self.m, sam_start_epoch=self.sam_start_epoch,
         )  # fmt: skip
+
+
+def _readouts(cfg: FeatureQualityConfig, cs: tuple[float, ...] | None):
+    """The extra read-outs ``cfg`` asks for, as one ``(model, data, seed) -> metrics`` callable (or None)."""
+    from sharplab.labs.feature_quality.readouts import curve_readout, region_readout
+    from sharplab.probe.curves import parse_sizes
+
+    sizes = parse_sizes(cfg.probe_sizes) if cfg.probe_sizes.strip() else ()
+    if not sizes and not cfg.region_probes:
+        return None
+
+    def readouts(model, data, seed: int) -> dict[str, float]:
+        out = curve_readout(model, data, sizes, repeats=cfg.probe_repeats, seed=seed, Cs=cs) if sizes else {}
+        if cfg.region_probes:
+            out.update(region_readout(model, data, seed=seed, Cs=cs))
+        return out
+
+    return readouts
 
 
 def near_chance(val_error: float, num_classes: int) -> bool:
@@ -134,14 +168,15 @@ def run(cfg: FeatureQualityConfig, ctx: RunContext) -> dict[str, float]:
         weights, n_err = error_set_weights(data, train_cfg, cfg.jtt_epochs, cfg.jtt_upweight, seed=ctx.seed)
         extra["jtt_error_set"] = float(n_err)
     cs = tuple(float(c) for c in cfg.probe_cs.split(",") if c.strip()) or None
+    readouts = _readouts(cfg, cs)
     metrics = run_one(data, train_cfg, seed=ctx.seed, ctx=ctx, model_name=cfg.model, check=hook,
-                      weights=weights, probe_cs=cs)
+                      weights=weights, probe_cs=cs, readouts=readouts)
     metrics.update(extra)
     if train_cfg is not None and cfg.check_batch:
         last = json.loads(path.read_text())["history"][-1] if path.exists() else {}
         metrics.update({k: v for k, v in last.items() if k != "epoch"})
     metrics["near_chance"] = float(near_chance(metrics.get("val_error", float("nan")), int(data.num_classes)))
-    final = {k: v for k, v in metrics.items() if k in RUN_METRICS or k.startswith("probe_error_")}
+    final = {k: v for k, v in metrics.items() if k in RUN_METRICS or k.startswith(READOUT_PREFIXES)}
     ctx.log_metrics(cfg.epochs + 1, {k: v for k, v in final.items() if k.startswith("probe_error_")})
     if arm:
         atomic_write_json(ctx.artifact("arm.json"), {**dataclasses.asdict(cfg), "arm": arm})

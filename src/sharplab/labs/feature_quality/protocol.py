@@ -229,7 +229,7 @@ def select_one_se(rows: Sequence[dict[str, Any]], n_val: int | None = None) -> d
     error is within one binomial s.e. of the best (``n_val`` validation examples; exact ties without it)
     is a candidate, and the largest rho among them wins.
     """
-    ok = [r for r in rows if not r.get("near_chance")]
+    ok = [r for r in rows if not r.get("near_chance") and math.isfinite(r.get("val_error", math.nan))]
     if not ok:
         return None
     best = min(r["val_error"] for r in ok)

@@ -229,7 +229,10 @@ def report(runs: Sequence[Any], builder: Any) -> None:
 
 def _summary_sections(records: list[dict[str, Any]], builder: Any, title: str) -> None:
     """Studies without ``arm``: the probe-error table and the two figures."""
+    from sharplab.labs.feature_quality.curves_report import add_readout_sections
+
     builder.add_table(f"{title}: probe errors per feature", summary_rows(records))
+    add_readout_sections(records, builder, title)
     builder.add_figure(f"{title}: probe error per feature and optimizer", plot_probe_errors(records))
     sweep = plot_rho_sweep(records)
     if sweep is not None:
@@ -239,7 +242,9 @@ def _summary_sections(records: list[dict[str, Any]], builder: Any, title: str) -
 def _protocol_sections(runs: Sequence[Any], records: list[dict[str, Any]], builder: Any, title: str) -> None:
     """The pre-registered protocol's view (studies that name their configurations with ``arm``)."""
     from sharplab.labs.feature_quality import protocol
+    from sharplab.labs.feature_quality.curves_report import add_readout_sections
 
+    add_readout_sections(records, builder, title)
     builder.add_table(
         f"{title}: paired differences SGD − X of the hard-probe error (95 % t-interval over seeds), "
         "manipulation check (final Gini at w / at the step's phantom) and runs that did not learn",
