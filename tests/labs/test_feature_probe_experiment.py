@@ -39,6 +39,8 @@ def test_selection_uses_validation_error_then_the_largest_rho_within_one_standar
     assert select_config(rows, num_classes=5) == (0.1, 0.8)  # rho 1.6 has a run at chance: never chosen
     rows += [_row("sam", 0.1, 0.5, s, float("nan"), float("nan")) for s in (0, 1)]
     assert select_config(rows, num_classes=5) == (0.1, 0.8)  # missing validation numbers never win
+    at_chance = [_row("sam", 0.1, rho, s, 0.79, 9.0) for rho in (0.1, 0.2) for s in (0, 1)]
+    assert select_config(at_chance, num_classes=5) is None  # no fallback to configurations that did not learn
 
 
 def test_summary_by_hand():
@@ -80,7 +82,7 @@ def test_toy_sam_learns_the_hard_feature_better_than_sgd():
 def test_cli_json_lines_files_and_figures(tmp_path, capsys):
     opts = [a for k, v in SMALL_TOY.items() for a in ("--data-option", f"{k}={v}")]
     code = main(["feature-probe", "--dataset", "toy", "--optimizer", "sgd,lsam", "--rho", "0.05,0.1",
-                 "--seeds", "2", "--epochs", "2", "--json", "--quiet", "--out", str(tmp_path), *opts])  # fmt: skip
+                 "--seeds", "2", "--epochs", "5", "--json", "--quiet", "--out", str(tmp_path), *opts])  # fmt: skip
     assert code == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert sorted((r["optimizer"], r["seed"]) for r in lines) == [
@@ -95,6 +97,24 @@ def test_cli_json_lines_files_and_figures(tmp_path, capsys):
     for name in ("toy_probe_errors.png", "toy_rho_sweep.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "hard-feature probe error" in (tmp_path / "table.txt").read_text()
+
+
+def test_rows_carry_the_manipulation_check_and_nothing_is_selected_when_no_configuration_learned(capsys):
+    opts = [a for k, v in SMALL_TOY.items() for a in ("--data-option", f"{k}={v}")]
+    # 2 epochs: seed 1 of every configuration is still at chance (validation error 0.48)
+    assert main(["feature-probe", "--dataset", "toy", "--optimizer", "sgd,lsam", "--rho", "0.1", "--seeds", "2",
+                 "--epochs", "2", "--quiet", *opts]) == 0
+    out = capsys.readouterr().out
+    assert "nothing selected: sgd, lsam" in out
+    result = run_feature_probe("toy", ["sgd", "sam"], seeds=[0], rhos=[0.5], base=TrainConfig(epochs=3),
+                               data_options=SMALL_TOY)
+    rows = {r.optimizer: r.metrics for r in result.rows}
+    for name in ("sgd", "sam"):
+        assert {"gini_w", "gini_phantom", "flattening"} <= set(rows[name])
+        assert rows[name]["flattening"] == rows[name]["gini_w"] - rows[name]["gini_phantom"]
+    assert rows["sgd"]["flattening"] == 0.0  # SGD's step is taken at w
+    assert rows["sam"]["gini_phantom"] != rows["sam"]["gini_w"]  # rho 0.5: the phantom moves the weights
+    assert "gini_w" not in rows["untrained"]
 
 
 def test_cli_rejects_unknown_optimizer(capsys):

@@ -115,6 +115,9 @@ def handle(args: argparse.Namespace) -> int:
         f"(mean ± std over seeds); lr/rho chosen on validation error; {result.seconds:.1f} s"
     )
     table = format_table(chosen, title)
+    if result.unlearned:
+        table += ("\nno configuration learned (every one had a run near chance or diverged), nothing selected: "
+                  + ", ".join(result.unlearned))
     if args.json:
         for rec in chosen:
             print(json.dumps(rec, sort_keys=True))

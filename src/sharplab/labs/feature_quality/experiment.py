@@ -144,6 +144,7 @@ class FeatureProbeResult:
     dataset: str
     rows: list[ProbeRow] = field(default_factory=list)
     seconds: float = 0.0
+    unlearned: list[str] = field(default_factory=list)  # optimizers none of whose configurations learned
 
     def selected(self) -> list[ProbeRow]:
         return [r for r in self.rows if r.selected]
@@ -158,7 +159,7 @@ def _mean(values: Iterable[float]) -> float:
 
 
 def select_config(rows: Sequence[ProbeRow], n_val: int | None = None, num_classes: int | None = None
-                  ) -> tuple[float, float]:
+                  ) -> tuple[float, float] | None:
     """(lr, rho) of the pre-registered selection rule (docs/feature_quality.md).
 
     Configurations with a run that did not learn (validation error above half the chance error, when
@@ -166,6 +167,7 @@ def select_config(rows: Sequence[ProbeRow], n_val: int | None = None, num_classe
     configurations within one binomial standard error of it (``n_val`` validation examples; exact ties
     without it) tie, and the tie goes to the **largest** rho (the one-standard-error rule: the most
     regularised setting validation cannot tell from the best), then the lower validation loss and lr.
+    Returns None when no configuration learned (every one has a near-chance or diverged run).
     """
     groups: dict[tuple[float, float], list[ProbeRow]] = {}
     for r in rows:
@@ -179,7 +181,9 @@ def select_config(rows: Sequence[ProbeRow], n_val: int | None = None, num_classe
     def ok(rs: list[ProbeRow]) -> bool:
         return all(r.metrics.get("val_error", math.nan) <= limit for r in rs) and math.isfinite(err(rs))
 
-    usable = {k: v for k, v in groups.items() if ok(v)} or groups
+    usable = {k: v for k, v in groups.items() if ok(v)}
+    if not usable:  # no configuration learned: nothing is selected (never fall back to one that did not)
+        return None
     best = min(err(v) for v in usable.values())
     se = math.sqrt(best * (1 - best) / n_val) if n_val and math.isfinite(best) else 0.0
     tied = {k: v for k, v in usable.items() if err(v) <= best + se + 1e-12}
@@ -190,6 +194,20 @@ def select_config(rows: Sequence[ProbeRow], n_val: int | None = None, num_classe
         return (-rho, loss if math.isfinite(loss) else math.inf, lr)
 
     return min(tied.items(), key=key)[0]
+
+
+CHECK_BATCH = 512  # examples of the manipulation check in feature-probe rows (as the runner lab's default)
+
+
+def _check_hook(data: Any, cfg: TrainConfig | None, data_seed: int) -> Any:
+    """The manipulation check (:mod:`.check`) for a trained row: Gini at w and at the step's phantom,
+    measured after every epoch on a fixed batch of training examples."""
+    if cfg is None:
+        return None
+    from sharplab.labs.feature_quality.check import EpochCheck, check_batch
+
+    x, y = check_batch(data, CHECK_BATCH, data_seed)
+    return EpochCheck(x, y, cfg)
 
 
 def run_feature_probe(
@@ -222,6 +240,8 @@ def run_feature_probe(
         on_row: called with each finished row (progress, streaming output).
 
     A diverged run (non-finite loss) is kept as a row with ``val_error = 1`` so the grid never selects it.
+    Every trained row carries the manipulation check at its final epoch: ``gini_w``, ``gini_phantom`` and
+    ``flattening = gini_w - gini_phantom`` (0 for SGD, whose step is taken at w).
     """
     base = base or TrainConfig()
     for name in optimizers:
@@ -247,8 +267,13 @@ def run_feature_probe(
             cfg = None if name == UNTRAINED else base.replace(optimizer=name, lr=lr, rho=rho, m=m)
             for seed in seeds:
                 bar.set_postfix_str(f"{name} lr={lr:g} rho={rho:g} seed={seed}")
+                hook = _check_hook(data, cfg, data_seed)
                 try:
-                    metrics = run_one(data, cfg, seed=seed, model_name=base.model)
+                    metrics = run_one(data, cfg, seed=seed, model_name=base.model, check=hook)
+                    if hook is not None and hook.history:
+                        last = hook.history[-1]
+                        metrics.update({k: v for k, v in last.items() if k != "epoch"})
+                        metrics["flattening"] = last["gini_w"] - last["gini_phantom"]
                 except Diverged as exc:
                     # step None: training finished but its features are not finite (caught by the probe)
                     metrics = {"val_error": 1.0, "diverged_step": -1.0 if exc.step is None else float(exc.step)}
@@ -259,8 +284,10 @@ def run_feature_probe(
                 bar.update(1)
     for name in result.optimizers():
         rows = [r for r in result.rows if r.optimizer == name]
-        lr, rho = select_config(rows, n_val=len(data.splits["val"].y), num_classes=int(data.num_classes))
+        choice = select_config(rows, n_val=len(data.splits["val"].y), num_classes=int(data.num_classes))
+        if choice is None and name != UNTRAINED:
+            result.unlearned.append(name)
         for r in rows:
-            r.selected = r.lr == lr and r.rho == rho
+            r.selected = name == UNTRAINED or (choice is not None and (r.lr, r.rho) == choice)
     result.seconds = time.perf_counter() - t0
     return result

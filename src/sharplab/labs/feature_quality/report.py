@@ -100,6 +100,20 @@ def summary_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def gini_cell(rs: Sequence[dict[str, Any]]) -> str:
+    """Mean final Gini of the importance weights at w and at the step's phantom, ``"0.912 / 0.874"``."""
+    w, p = (mean_std(r.get(k, math.nan) for r in rs)[0] for k in ("gini_w", "gini_phantom"))
+    return f"{w:.3f} / {p:.3f}" if math.isfinite(w) and math.isfinite(p) else "-"
+
+
+def flattening_cell(rs: Sequence[dict[str, Any]]) -> str:
+    """``mean ± sd`` over seeds of the final ``gini_w - gini_phantom`` (> 0: the phantom flattens)."""
+    m, sd, n = mean_std(r.get("gini_w", math.nan) - r.get("gini_phantom", math.nan) for r in rs)
+    if not n:
+        return "-"
+    return f"{m:+.3f}" + (f" ± {sd:.3f}" if math.isfinite(sd) else "")
+
+
 def format_table(records: Sequence[dict[str, Any]], title: str = "") -> str:
     """Plain-text table, feature x optimizer (mean ± std over seeds, in %)."""
     groups = group(records)
@@ -117,6 +131,9 @@ def format_table(records: Sequence[dict[str, Any]], title: str = "") -> str:
     summ = summary_rows(records)
     if any(r["optimizer"] == "untrained" for r in summ):
         lines.append(["hard gain vs untrained (pts)", *[r["hard gain vs untrained (pts)"] for r in summ]])
+    if any("gini_w" in r for r in records):
+        lines.append(["Gini at w / at phantom (final)", *[gini_cell(rs) for rs in groups.values()]])
+        lines.append(["flattening (Gini w − phantom)", *[flattening_cell(rs) for rs in groups.values()]])
     if any(is_diverged(r) for r in records):
         lines.append(["diverged runs", *[diverged_count(rs) or "0" for rs in groups.values()]])
     widths = [max(len(row[i]) for row in lines) for i in range(len(lines[0]))]
