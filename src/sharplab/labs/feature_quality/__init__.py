@@ -30,7 +30,8 @@ HARD_ONLY = "hard-only"  # the ceiling: SGD on data whose easy feature is shuffl
 # metrics a run returns to the runner, besides probe_error_<feature> (the CLI's JSON has more)
 READOUT_PREFIXES = ("probe_error_", "curve_error_", "region_error_")
 RUN_METRICS = ("test_error", "worst_group_error", "val_error", "val_loss", "train_loss", "v_hard_over_v_easy",
-               "gini_w", "gini_phantom", "v_hard_over_v_easy_phantom", "near_chance", "jtt_error_set")
+               "gini_w", "gini_phantom", "v_hard_over_v_easy_phantom", "near_chance", "jtt_error_set",
+               "digit_reuse_train")
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,9 @@ def run(cfg: FeatureQualityConfig, ctx: RunContext) -> dict[str, float]:
     if train_cfg is not None and cfg.check_batch:
         last = json.loads(path.read_text())["history"][-1] if path.exists() else {}
         metrics.update({k: v for k, v in last.items() if k != "epoch"})
+    reuse = (data.meta or {}).get("digit_reuse") or {}
+    if "train" in reuse:  # dominoes: how often the most-used training digit image appears in the train split
+        metrics["digit_reuse_train"] = float(reuse["train"])
     metrics["near_chance"] = float(near_chance(metrics.get("val_error", float("nan")), int(data.num_classes)))
     final = {k: v for k, v in metrics.items() if k in RUN_METRICS or k.startswith(READOUT_PREFIXES)}
     ctx.log_metrics(cfg.epochs + 1, {k: v for k, v in final.items() if k.startswith("probe_error_")})
