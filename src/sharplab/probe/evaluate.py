@@ -91,7 +91,10 @@ def probe_representation(
 
 
 def _feature_names(split: Any) -> list[str]:
-    return [name for name in (*FEATURES, "medium") if getattr(split, name, None) is not None]
+    """Feature labels of ``split`` that vary: a label with one value (DomainBed's probe splits come from
+    the single held-out domain, so the domain label is constant there) has nothing to probe."""
+    return [name for name in (*FEATURES, "medium")
+            if getattr(split, name, None) is not None and len(torch.unique(getattr(split, name))) > 1]
 
 
 def probe_model(
@@ -110,7 +113,8 @@ def probe_model(
         data: ``.splits`` with ``probe_train``, ``probe_test`` and ``test`` (``x, y, easy, hard``).
         Cs: grid of probe regularisation strengths (chosen on a validation part of probe_train).
         seed: seed of that validation part.
-        features: feature labels to probe (default: ``easy`` and ``hard``).
+        features: feature labels to probe (default: ``easy``, ``hard`` and ``medium`` where present and
+            not constant on probe_train).
     """
     splits = data.splits
     for name in ("probe_train", "probe_test", "test"):

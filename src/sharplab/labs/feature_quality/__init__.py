@@ -68,6 +68,8 @@ class FeatureQualityConfig:
         "help": "probe learning curve: probe-train sizes, comma list ('' = no curve), e.g. '32,100,1000'"})
     probe_repeats: int = field(default=3, metadata={
         "min": 1, "max": 100, "help": "subsamples per learning-curve size"})
+    device: str = field(default="cpu", metadata={
+        "choices": ["cpu", "cuda", "auto"], "help": "where to train ('auto' = cuda when visible)"})
     region_probes: bool = field(default=False, metadata={
         "help": "per-half diagnostic: probe each half's pooled conv channels (dominoes)"})
     arm: str = field(default="", metadata={

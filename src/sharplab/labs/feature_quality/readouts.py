@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import nn
 
 from sharplab.probe import DEFAULT_CS, extract_features, probe_representation
@@ -32,11 +33,16 @@ def curve_readout(model: nn.Module, data: Any, sizes: Sequence[int], *, repeats:
     ptr, pte = data.splits["probe_train"], data.splits["probe_test"]
     z_tr, z_te = extract_features(model, ptr.x), extract_features(model, pte.x)
     out: dict[str, float] = {}
-    for feat in FEATURES:
+    for feat in _varying(ptr):
         points = learning_curve(z_tr, getattr(ptr, feat), z_te, getattr(pte, feat), sizes, repeats=repeats,
                                 seed=seed, Cs=Cs or DEFAULT_CS)
         out.update(curve_metrics(points, feat))
     return out
+
+
+def _varying(split: Any) -> list[str]:
+    """The features of :data:`FEATURES` whose labels take more than one value on ``split``."""
+    return [f for f in FEATURES if len(torch.unique(getattr(split, f))) > 1]
 
 
 def half_parts(data: Any) -> dict[str, tuple[int, int]] | None:
@@ -65,7 +71,8 @@ def region_readout(model: nn.Module, data: Any, *, seed: int, Cs: Sequence[float
     z_tr, z_te = region_features(body, ptr.x, parts), region_features(body, pte.x, parts)
     out: dict[str, float] = {}
     for part in parts:
-        fits = probe_representation(z_tr[part], {f: getattr(ptr, f) for f in FEATURES}, z_te[part],
-                                    {f: getattr(pte, f) for f in FEATURES}, Cs=Cs or DEFAULT_CS, seed=seed)
+        feats = _varying(ptr)
+        fits = probe_representation(z_tr[part], {f: getattr(ptr, f) for f in feats}, z_te[part],
+                                    {f: getattr(pte, f) for f in feats}, Cs=Cs or DEFAULT_CS, seed=seed)
         out.update({f"region_error_{feat}_{part}half": fit.error for feat, fit in fits.items()})
     return out
