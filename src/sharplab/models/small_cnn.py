@@ -4,7 +4,7 @@ Conv2d(c,32,5,s2,p2)-ReLU-Conv2d(32,64,3,s2,p1)-ReLU-Conv2d(64,128,3,s2,p1)-ReLU
 The penultimate representation is the flattened conv output (``128 * ceil(H/8) * ceil(W/8)`` values:
 2048 for 32x32, 3584 for 56x28). ``pool=True`` (registered as ``small-cnn-gap``) global-average-pools it
 to 128 values instead: a low-dimensional representation on which random features probe poorly, so a
-probe measures what training adds (see ``shared/feature-probe-notes.md``).
+probe measures what training adds (on the flattened map random features already probe well).
 """
 
 from __future__ import annotations
