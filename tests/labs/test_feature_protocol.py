@@ -241,6 +241,7 @@ def test_feature_probe_says_diverged_in_the_table_and_keeps_the_status_in_json(m
     assert len(sam) == 2 and all(r["status"] == "diverged" and r["diverged"] is True for r in sam)
     assert all(r["diverged_step"] == 3.0 and "probe_error_hard" not in r for r in sam)
     assert {r["status"] for r in recs if r["optimizer"] != "sam"} == {"done"}
+    assert all(r["selected"] is False for r in sam)  # shown, but never selected
 
 
 def test_report_marks_diverged_runs_and_never_selects_or_pairs_them(tmp_path):

@@ -102,3 +102,21 @@ def test_report_adds_curves_and_the_paired_table_at_the_primary_size(tmp_path):
     # d_s = sgd - sam at n=320: 0.02, 0.03, 0.01 -> mean +2.00 points
     assert row["SGD − X hard (pts)"] == "+2.00"
     assert any(b.kind == "figure" and "learning curves" in b.title for b in builder.blocks)
+
+
+def test_check_table_per_epoch_marks_on_by_the_preregistered_rule():
+    from types import SimpleNamespace
+
+    from sharplab.labs.feature_quality.protocol import check_table, paired_ci
+
+    def run(arm, seed, flat):
+        hist = {e + 1: {"gini_w": 0.9, "gini_phantom": 0.9 - f} for e, f in enumerate(flat)}
+        return SimpleNamespace(config={"arm": arm}, seed=seed, history=hist)
+
+    runs = [run("sam rho=0.1", s, f) for s, f in enumerate([(0.00, 0.05), (0.01, 0.04), (-0.01, 0.06)])]
+    runs += [run("sgd", s, (0.0, 0.0)) for s in range(3)]
+    (row,) = check_table(runs)
+    m, lo, hi, _ = paired_ci([0.05, 0.04, 0.06])
+    assert row["configuration"] == "sam rho=0.1"
+    assert row["epoch 2"] == f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}] on"
+    assert not row["epoch 1"].endswith("on")

@@ -109,7 +109,10 @@ def handle(args: argparse.Namespace) -> int:
         root=args.root, data_seed=args.data_seed, data_options=dict(args.data_option), quiet=quiet,
         ms=args.m,
     )  # fmt: skip
-    chosen = [r.record() for r in result.selected()]
+    # the selected configuration per optimizer; an optimizer none of whose configurations learned shows
+    # every configuration (marked selected = false) so its table column says "diverged" or near chance
+    chosen = [{**r.record(), "selected": r.selected} for r in result.rows
+              if r.selected or r.optimizer in result.unlearned]
     title = (
         f"feature-probe on {result.dataset}: {args.seeds} seed(s), {args.epochs} epochs, errors in % "
         f"(mean ± std over seeds); lr/rho chosen on validation error; {result.seconds:.1f} s"

@@ -300,6 +300,31 @@ def plot_check(runs: Sequence[Any], title: str = "") -> Any | None:
     return fig
 
 
+def check_table(runs: Sequence[Any]) -> list[dict[str, Any]]:
+    """Manipulation check per configuration and epoch: the flattening ``gini_w - gini_phantom``, mean over
+    seeds with its 95 % t-interval, marked "on" where the pre-registered rule holds at that epoch (interval
+    above zero, mean at least :data:`MIN_FLATTENING`). Configurations whose step is taken at w are left out."""
+    per: dict[str, dict[int, list[float]]] = {}
+    for r in runs:
+        rec = {**getattr(r, "config", {}), "seed": getattr(r, "seed", 0)}
+        arm = arm_label(rec)
+        if arm.split()[0] in ("sgd", FLOOR, CEILING):
+            continue
+        for step, m in (getattr(r, "history", None) or {}).items():
+            if "gini_w" in m and "gini_phantom" in m:
+                per.setdefault(arm, {}).setdefault(int(step), []).append(m["gini_w"] - m["gini_phantom"])
+    rows = []
+    for arm, epochs in per.items():
+        row: dict[str, Any] = {"configuration": arm}
+        for e in sorted(epochs):
+            m, lo, hi, n = paired_ci(epochs[e])
+            on = math.isfinite(lo) and lo > 0 and m >= MIN_FLATTENING
+            row[f"epoch {e}"] = (f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]" if math.isfinite(lo) else f"{m:+.3f}") + (
+                " on" if on else "")
+        rows.append(row)
+    return rows
+
+
 def selected_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Secondary view: per optimizer (first word of the configuration), the configuration that
     :func:`select_one_se` picks on mean validation error (the probe splits never enter); a configuration

@@ -288,6 +288,11 @@ def _protocol_sections(runs: Sequence[Any], records: list[dict[str, Any]], build
     fig = protocol.plot_check(runs, f"{title}: Gini at w (solid) and at the step's phantom (dashed)")
     if fig is not None:
         builder.add_figure(f"{title}: manipulation check along training", fig)
+    table = protocol.check_table(runs)
+    if table:
+        builder.add_table(f"{title}: manipulation check per epoch, flattening Gini(w) − Gini(phantom), mean "
+                          "[95 % t-interval] over seeds ('on': interval above zero and mean ≥ "
+                          f"{protocol.MIN_FLATTENING:g})", table)
 
 
 def write_figures(records: Sequence[dict[str, Any]], out_dir: Any, dataset: str) -> list[Any]:
