@@ -104,7 +104,10 @@ def test_paired_rows_pair_by_seed_flag_near_chance_and_call_the_mechanism():
     sam = rows["sam rho=0.5"]
     assert sam["verdict"] == "X better" and sam["mechanism"] == "on"  # seed-to-seed spread cancels
     assert rows["sam rho=2"]["did not learn"] == "1 run(s)" and rows["sam rho=2"]["mechanism"] == "off"
-    assert rows["sam rho=2"]["verdict"] == "X worse"
+    # pre-registered: a configuration with a run that did not learn is not interpreted (no "X worse")
+    assert rows["sam rho=2"]["verdict"] == "not interpreted (a run did not learn)"
+    two = {r["configuration"]: r for r in paired_rows([r for r in recs if r["seed"] < 2])}
+    assert two["sam rho=0.5"]["verdict"].startswith("no verdict (2 paired seeds")
     m, lo, hi, n = contrast(recs, "sam rho=2", "sgd")
     assert n == 4 and m == pytest.approx(0.5 - 0.215)
 

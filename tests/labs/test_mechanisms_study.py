@@ -51,6 +51,8 @@ def test_recovered_fraction_hand_values() -> None:
     assert recovered_fraction(0.10, 0.04, 0.12) == pytest.approx(-1 / 3)
     assert math.isnan(recovered_fraction(0.05, 0.05, 0.01))  # SAM gained nothing: nothing to share
     assert math.isnan(recovered_fraction(0.05, 0.07, 0.01))
+    assert math.isnan(recovered_fraction(0.0245, 0.0240, 0.0250))  # a 0.05-point "gain": no share (not -100 %)
+    assert recovered_fraction(0.031, 0.025, 0.025) == pytest.approx(1.0)  # over half a point: reported
 
 
 def test_config_validation() -> None:
@@ -245,3 +247,20 @@ def _cli_checks(tmp_path, capsys, main, monkeypatch) -> None:
     assert main(["mechanisms", "--data-option", "oops"]) == 2
     assert "KEY=VALUE" in capsys.readouterr().err
     assert main(["mechanisms", "--seeds", "0"]) == 2
+
+
+def test_report_never_pools_runs_that_differ_in_a_field_other_than_the_seed(tmp_path) -> None:
+    from sharplab.runner.config import RunSpec
+    from sharplab.runner.report import build_report
+    from sharplab.runner.store import ResultsStore
+
+    with ResultsStore(tmp_path) as store:
+        for phantom in ("batch", "per-example"):
+            spec = RunSpec("mechanisms", {"dataset": "toy", "phantom": phantom}, 0, 1, "m")
+            store.add_runs([spec])
+            store.claim(spec.run_id)
+            store.finish(spec.run_id, "done", metrics={"probe_error_hard_sgd": 0.1, "probe_error_hard_sam": 0.05})
+    titles = [b.title for b in build_report(tmp_path).blocks if b.kind == "table"]
+    assert any('phantom="batch" (1 seed)' in t for t in titles)
+    assert any('phantom="per-example" (1 seed)' in t for t in titles)
+    assert not any("(2 seeds)" in t for t in titles)

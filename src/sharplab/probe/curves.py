@@ -79,12 +79,15 @@ def learning_curve(
     repeats: int = 3,
     seed: int = 0,
     Cs: Sequence[float] = DEFAULT_CS,
+    full_error: float | None = None,
 ) -> list[CurvePoint]:
     """Probe error on ``z_test`` after fitting on subsamples of ``z_train`` of each size.
 
     Sizes at or above ``len(y_train)`` use the whole probe-train split once (every repeat would be the
-    same fit). Each fit is :func:`~sharplab.probe.linear.fit_linear_probe` (C chosen on a stratified
-    part of the subsample); a subsample too small to hold out a validation part uses the middle of ``Cs``.
+    same fit; ``full_error``, when given, is that fit's known error — the caller's probe on the whole
+    split with the same ``seed`` and ``Cs`` — and is used instead of refitting). Each fit is
+    :func:`~sharplab.probe.linear.fit_linear_probe` (C chosen on a stratified part of the subsample); a
+    subsample too small to hold out a validation part uses the middle of ``Cs``.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -93,9 +96,10 @@ def learning_curve(
     points = []
     for size in sizes:
         if size >= len(y_np):
-            fit = fit_linear_probe(z_np, y_np, z_test, y_test, Cs=Cs, seed=seed)
-            points.append(CurvePoint(int(len(y_np)), (fit.error,)))
-            continue
+            if full_error is None:
+                full_error = fit_linear_probe(z_np, y_np, z_test, y_test, Cs=Cs, seed=seed).error
+            points.append(CurvePoint(int(len(y_np)), (float(full_error),)))
+            break  # every larger size is the same point
         errors = []
         for r in range(repeats):
             idx = subsample_indices(y_np, size, r, seed)

@@ -119,8 +119,9 @@ def _readouts(cfg: FeatureQualityConfig, cs: tuple[float, ...] | None):
     if not sizes and not cfg.region_probes:
         return None
 
-    def readouts(model, data, seed: int) -> dict[str, float]:
-        out = curve_readout(model, data, sizes, repeats=cfg.probe_repeats, seed=seed, Cs=cs) if sizes else {}
+    def readouts(model, data, seed: int, probed: dict[str, float]) -> dict[str, float]:
+        out = (curve_readout(model, data, sizes, repeats=cfg.probe_repeats, seed=seed, Cs=cs, probed=probed)
+               if sizes else {})
         if cfg.region_probes:
             out.update(region_readout(model, data, seed=seed, Cs=cs))
         return out

@@ -115,13 +115,14 @@ def probe_trained(model: Any, data: Any, *, seed: int, Cs: Sequence[float] | Non
 def run_one(data: Any, cfg: TrainConfig | None, *, seed: int, ctx: RunContext | None = None,
             model_name: str = "auto", check: Any = None, weights: Any = None,
             probe_cs: Sequence[float] | None = None,
-            readouts: Callable[[Any, Any, int], dict[str, float]] | None = None) -> dict[str, float]:
+            readouts: Callable[[Any, Any, int, dict[str, float]], dict[str, float]] | None = None
+            ) -> dict[str, float]:
     """Train (``cfg`` None: leave untrained) and probe one model; metrics include val/test error.
 
     The untrained network is built with ``model_name`` (callers pass the trained rows' ``cfg.model``, so the
     floor has the same architecture); ``check`` is an ``on_epoch`` hook (the manipulation check) and
-    ``weights`` per-example training-loss weights (JTT); ``readouts(model, data, seed)`` adds further
-    metrics of the final model (learning curves, per-half probes: :mod:`.readouts`).
+    ``weights`` per-example training-loss weights (JTT); ``readouts(model, data, seed, metrics)`` adds
+    further metrics of the final model (learning curves, per-half probes: :mod:`.readouts`).
     """
     t0 = time.perf_counter()
     model = make_model(data, cfg.model if cfg else model_name, seed=seed)
@@ -132,7 +133,7 @@ def run_one(data: Any, cfg: TrainConfig | None, *, seed: int, ctx: RunContext | 
         metrics = train(model, data, cfg, seed=seed, ctx=ctx, on_epoch=check, weights=weights)
     metrics.update(probe_trained(model, data, seed=seed, Cs=probe_cs))
     if readouts is not None:
-        metrics.update(readouts(model, data, seed))
+        metrics.update(readouts(model, data, seed, metrics))
     metrics["seconds"] = time.perf_counter() - t0
     return metrics
 

@@ -187,13 +187,17 @@ def train_and_record(
     return OptimizerRun(optimizer, metrics, rec.trace, ImportanceSnapshot(snap.real.cpu(), snap.phantom.cpu()))
 
 
+MIN_GAIN = 0.005  # SAM's hard-feature gain over SGD below which no recovered share is reported
+
+
 def recovered_fraction(err_sgd: float, err_sam: float, err_x: float) -> float:
     """Share of SAM's hard-feature gain recovered by ``x``: ``(err_sgd - err_x) / (err_sgd - err_sam)``.
 
-    NaN when SAM does not improve on SGD (``err_sam >= err_sgd``): there is no gain to share.
+    NaN when SAM's gain is below :data:`MIN_GAIN` (half a point of error): a share of no gain (or of a
+    gain inside the noise of any probe here) is meaningless, e.g. -100 % for a 0.05-point "gain".
     """
     gain = err_sgd - err_sam
-    if not gain > 0:
+    if not gain >= MIN_GAIN:
         return float("nan")
     return (err_sgd - err_x) / gain
 

@@ -209,32 +209,42 @@ def report(runs: Sequence[Any], builder: Any) -> None:
     if not done:
         builder.add_text("mechanisms: no finished runs yet.")
         return
-    groups: dict[tuple[str, str, float], list[Any]] = {}
+    from sharplab.labs.feature_quality.protocol import section_key
+
+    # one group per study and config other than the seed: runs that differ in any field (phantom, m, ...)
+    # are never pooled as if they were seeds of one configuration
+    groups: dict[tuple, list[Any]] = {}
     for r in done:
-        groups.setdefault((r.config.get("dataset", "toy"), r.config.get("variant", "sam"),
-                           float(r.config.get("rho", math.nan))), []).append(r)
+        groups.setdefault(section_key(getattr(r, "study", ""), {**r.config, "arm": "-"}), []).append(r)
     builder.add_text(
         "SAM's mechanisms (Springer et al., ICLR 2024): Gini of the per-example importance weights at w and at "
         "the phantom w+eps (lower = more uniform), v_hard/v_easy at w and w+eps (PathwayNet only), probe "
         "errors of SGD, SAM and the mechanism-only variants, and the share of SAM's hard-feature gain each "
         "recovers."
     )
-    for (dataset, variant, rho), rs in groups.items():
+    for key, rs in groups.items():
+        cfg = rs[0].config
+        dataset, variant, rho = cfg.get("dataset", "toy"), cfg.get("variant", "sam"), float(cfg.get("rho", 0.3))
+        siblings = [k for k in groups if k != key]
+        differ = [f"{k}={v}" for k, v in key[2] if k not in ("dataset", "variant", "rho")
+                  and any(dict(o[2]).get(k) != v for o in siblings)]
+        extra = f", {', '.join(differ)}" if differ else ""
         per_seed = [r.metrics for r in rs]
         opts = ["sgd", variant, *[a for a in ABLATIONS if any(f"probe_error_hard_{a.replace('-', '_')}" in m
                                                               for m in per_seed)]]
         rows = summary_rows(per_seed, opts, variant)
-        builder.add_table(f"mechanisms: {dataset}, {variant}, rho={rho:g} ({len(rs)} seeds)", table_rows(rows))
+        seeds = f"{len(rs)} seed" + ("s" if len(rs) != 1 else "")
+        builder.add_table(f"mechanisms: {dataset}, {variant}, rho={rho:g}{extra} ({seeds})", table_rows(rows))
         first = min(rs, key=lambda r: r.seed)
         history = getattr(first, "history", {}) or {}
         for quantity, label in (("gini", "Gini of importance weights"), ("ratio", "v_hard / v_easy")):
             fig = figure_history(history, quantity, label, f"{dataset}, {variant}, rho={rho:g}, seed {first.seed}")
             if fig is not None:
-                builder.add_figure(f"mechanisms: {label} along training ({dataset}, rho={rho:g})", fig)
+                builder.add_figure(f"mechanisms: {label} along training ({dataset}, rho={rho:g}{extra})", fig)
         run_dir = getattr(first, "run_dir", None)
         if run_dir is not None and (saved := Path(run_dir) / "mechanisms.json").exists():
             weights = json.loads(saved.read_text())["weights"]
             snaps = {o: (w["real"], w["phantom"]) for o, w in weights.items()}
             title = f"importance weights at the final checkpoint, {dataset}, rho={rho:g}, seed {first.seed}"
-            builder.add_figure(f"mechanisms: Lorenz curves of the importance weights ({dataset}, rho={rho:g})",
+            builder.add_figure(f"mechanisms: Lorenz curves of the importance weights ({dataset}, rho={rho:g}{extra})",
                                lorenz_figure(snaps, title, ("sgd", variant)))

@@ -8,7 +8,8 @@
   t-interval over seeds; "on" when the interval is above zero and the mean is at least
   :data:`MIN_FLATTENING`.
 * **Near chance.** Runs flagged ``near_chance`` (validation error above half the chance error) are marked
-  and never selected.
+  and never selected; a comparison involving such a run gets no verdict ("not interpreted"), and neither
+  does one with fewer than :data:`MIN_SEEDS_FOR_VERDICT` paired seeds.
 * **Selection** (secondary view): among configurations of an optimizer without near-chance runs, the
   lowest mean validation error; ties within one binomial standard error go to the **largest** rho (the
   one-standard-error rule).
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 
 MIN_FLATTENING = 0.02
+MIN_SEEDS_FOR_VERDICT = 3  # fewer paired seeds give an interval, never a verdict
 FLOOR, CEILING = "untrained", "hard-only"
 
 
@@ -194,7 +196,15 @@ def paired_rows(records: Sequence[dict[str, Any]], reference: str = "sgd", metri
             row["SGD − X hard (pts)"] = f"{100 * m:+.2f}" if math.isfinite(m) else ("diverged" if lost else "-")
             row["95 % CI"] = f"[{100 * lo:+.2f}, {100 * hi:+.2f}]" if math.isfinite(lo) else "-"
             ref_line = arm in (FLOOR, CEILING)
-            row["verdict"] = "(reference line)" if ref_line else verdict(lo, hi, "X better", "X worse")
+            unlearned = any(_get(r, "near_chance") == 1.0 for r in [*rs, *ref.values()])
+            if ref_line:
+                row["verdict"] = "(reference line)"
+            elif unlearned:  # pre-registered: a configuration with a run that did not learn is not interpreted
+                row["verdict"] = "not interpreted (a run did not learn)"
+            elif n < MIN_SEEDS_FOR_VERDICT:
+                row["verdict"] = f"no verdict ({n} paired seeds; the protocol needs {MIN_SEEDS_FOR_VERDICT}+)"
+            else:
+                row["verdict"] = verdict(lo, hi, "X better", "X worse")
         else:
             row["SGD − X hard (pts)"] = row["95 % CI"] = row["verdict"] = ""
         flat = [_get(r, "gini_w") - _get(r, "gini_phantom") for r in rs]
@@ -285,7 +295,7 @@ def plot_check(runs: Sequence[Any], title: str = "") -> Any | None:
     if not series:
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
     for i, (arm, per_epoch) in enumerate(series.items()):
         ep = sorted(per_epoch)
         gw = [np.mean([a for a, _ in per_epoch[e]]) for e in ep]
@@ -295,7 +305,10 @@ def plot_check(runs: Sequence[Any], title: str = "") -> Any | None:
     ax.set_xlabel("epoch")
     ax.set_ylabel("Gini of importance weights")
     ax.legend(fontsize=6, ncol=2)
-    ax.set_title(title or "manipulation check: Gini at w (solid) and at the step's phantom (dashed)", fontsize=9)
+    import textwrap
+
+    text = title or "manipulation check: Gini at w (solid) and at the step's phantom (dashed)"
+    ax.set_title("\n".join(textwrap.wrap(text, 80)), fontsize=9)
     fig.tight_layout()
     return fig
 

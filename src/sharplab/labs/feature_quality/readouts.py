@@ -28,14 +28,19 @@ FEATURES = ("easy", "hard")
 
 
 def curve_readout(model: nn.Module, data: Any, sizes: Sequence[int], *, repeats: int, seed: int,
-                  Cs: Sequence[float] | None = None) -> dict[str, float]:
-    """``curve_error_<feature>_n<size>`` for both features (the same subsamples for every model)."""
+                  Cs: Sequence[float] | None = None, probed: dict[str, float] | None = None) -> dict[str, float]:
+    """``curve_error_<feature>_n<size>`` for both features (the same subsamples for every model).
+
+    ``probed``: the run's probe metrics (``probe_error_<feature>``, fitted on the whole probe-train split
+    with the same seed and C grid), reused as the curve's full-size point instead of a second fit.
+    """
     ptr, pte = data.splits["probe_train"], data.splits["probe_test"]
     z_tr, z_te = extract_features(model, ptr.x), extract_features(model, pte.x)
     out: dict[str, float] = {}
     for feat in _varying(ptr):
+        full = (probed or {}).get(f"probe_error_{feat}")
         points = learning_curve(z_tr, getattr(ptr, feat), z_te, getattr(pte, feat), sizes, repeats=repeats,
-                                seed=seed, Cs=Cs or DEFAULT_CS)
+                                seed=seed, Cs=Cs or DEFAULT_CS, full_error=full)
         out.update(curve_metrics(points, feat))
     return out
 

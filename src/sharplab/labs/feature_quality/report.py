@@ -282,8 +282,11 @@ def _protocol_sections(runs: Sequence[Any], records: list[dict[str, Any]], build
         builder.add_table(heading, chosen)
     else:
         builder.add_text(heading + ": no configuration learned, nothing to select.")
-    builder.add_figure(f"{title}: hard/easy probe error vs in-distribution test error (every run; "
-                       "floor = untrained, ceiling = hard-only)", protocol.plot_tradeoff(
+    present = {protocol.arm_label(r) for r in records}
+    refs = [f"{name} = {arm}" for name, arm in (("floor", protocol.FLOOR), ("ceiling", protocol.CEILING))
+            if arm in present]
+    builder.add_figure(f"{title}: hard/easy probe error vs in-distribution test error (every run"
+                       + (f"; {', '.join(refs)}" if refs else "") + ")", protocol.plot_tradeoff(
         records, f"{title}: probe error vs test error, every configuration and seed (x = did not learn)"))
     fig = protocol.plot_check(runs, f"{title}: Gini at w (solid) and at the step's phantom (dashed)")
     if fig is not None:
