@@ -120,3 +120,20 @@ def test_check_table_per_epoch_marks_on_by_the_preregistered_rule():
     assert row["configuration"] == "sam rho=0.1"
     assert row["epoch 2"] == f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}] on"
     assert not row["epoch 1"].endswith("on")
+
+
+def test_lr_pilot_choice_uses_validation_loss_only():
+    from sharplab.labs.feature_quality.lr_selection import lr_choices
+
+    def rec(arm, lr, val_loss, **kw):
+        return {"study": "p", "arm": arm, "lr": lr, "seed": 100, "val_loss": val_loss,
+                "probe_error_hard": 0.9 if lr == 0.05 else 0.1, **kw}  # probe numbers must not matter
+
+    recs = [rec("sgd", 0.02, 0.030), rec("sgd", 0.05, 0.020), rec("sgd", 0.1, 0.020),
+            rec("sam rho=0.1", 0.02, 0.050), rec("sam rho=0.1", 0.05, 0.010, near_chance=1.0),
+            rec("sam rho=0.1", 0.1, 0.040), rec("lsam rho=1.0", 0.05, 0.01)]
+    rows = {r["configuration"]: r for r in lr_choices(recs)}
+    assert rows["sgd"]["chosen lr"] == "0.05"  # tie with 0.1: the smaller lr
+    assert rows["sam rho=0.1"]["chosen lr"] == "0.1"  # the lowest loss did not learn: never chosen
+    assert rows["sam rho=0.1"]["val loss at lr=0.05"] == "not usable"
+    assert "lsam rho=1.0" not in rows  # one lr only: nothing to choose
