@@ -279,3 +279,19 @@ def test_report_marks_diverged_runs_and_never_selects_or_pairs_them(tmp_path):
     sam_row = dict(zip(table.columns, table.rows[1]))
     assert sam_row["optimizer"] == "sam" and sam_row["probe_error_hard (%)"] == "diverged"
     assert sam_row["diverged"] == "3 of 3" and sam_row["hard gain vs untrained (pts)"] == "diverged"
+
+
+def test_a_per_arm_lr_is_a_training_setting_not_part_of_the_arms_name():
+    from sharplab.labs.feature_quality.curves_report import primary_size
+    from sharplab.labs.feature_quality.protocol import arm_label, by_arm
+
+    assert arm_label({"arm": "sam rho=0.1 lr=0.05"}) == "sam rho=0.1"
+    assert arm_label({"arm": "sgd lr=0.02"}) == "sgd"
+    # the references keep their names, so the primary-size rule finds SGD, floor and ceiling
+    recs = [{"arm": a, "seed": s, "curve_error_hard_n100": e}
+            for s in (0, 1, 2) for a, e in (("untrained", 0.30), ("hard-only lr=0.02", 0.10), ("sgd lr=0.02", 0.20))]
+    n_star, _ = primary_size(recs)
+    assert n_star == 100
+    # two arms that differ only in lr cannot be paired under one name
+    with pytest.raises(ValueError, match="two 'sgd' records"):
+        by_arm([{"arm": "sgd lr=0.02", "seed": 0}, {"arm": "sgd lr=0.05", "seed": 0}])

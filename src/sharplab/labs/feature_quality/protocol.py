@@ -76,8 +76,14 @@ def verdict(low: float, high: float, better: str = "better", worse: str = "worse
 
 
 def arm_label(record: dict[str, Any]) -> str:
-    """The configuration's name: the ``arm`` string, else ``optimizer`` (+ rho for the SAM variants)."""
-    arm = str(record.get("arm") or "").strip()
+    """The configuration's name: the ``arm`` string, else ``optimizer`` (+ rho for the SAM variants).
+
+    An ``lr=`` token in the arm string is the arm's *training* setting (a per-arm lr chosen by a pilot), not
+    part of its name: ``"sam rho=0.1 lr=0.05"`` is labelled ``"sam rho=0.1"``, so the references
+    (``sgd``, floor, ceiling) keep their names. Two arms that differ only in lr within one section then
+    share a label and :func:`by_arm` refuses to pair them.
+    """
+    arm = " ".join(t for t in str(record.get("arm") or "").split() if not t.startswith("lr="))
     if arm:
         return arm
     opt = str(record.get("optimizer", "?"))
