@@ -248,6 +248,33 @@ VARIANTS: dict[str, Callable] = {
     "1-SAM per-example loop": one_sam_loop,
 }
 ONE_SAM = [name for name in VARIANTS if name.startswith("1-SAM")]
+#: registry names (sharplab.optim.available()) -> the row that measures them; "<name>-peer" is pytorch_optimizer's
+SHORT = {"sgd": "SGD", "sam": "SAM (sharplab)", "asam": "ASAM (sharplab)", "gsam": "GSAM (sharplab)",
+         "wsam": "WSAM (sharplab)", "looksam": "LookSAM k=5 (sharplab)", "fsam": "Friendly-SAM (sharplab)",
+         "esam": "ESAM b=0.6 g=0.5 (sharplab)", "msam": "Momentum-SAM (sharplab)", "1-sam": "1-SAM auto (sharplab)"}
+SHORT.update({f"{k}-peer": v.replace("(sharplab)", "(pytorch_optimizer)") for k, v in SHORT.items()
+              if "(sharplab)" in v and v.replace("(sharplab)", "(pytorch_optimizer)") in VARIANTS})
+
+
+def resolve_variants(text: str) -> list[str]:
+    """Rows for ``--variants``: full row names or the short names above; an unknown name exits in one line."""
+    from sharplab.optim import registry
+
+    rows = []
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        key = "1-sam" if item.lower() == "1-sam" else (f"{registry.normalise(item[:-5])}-peer"
+                                                       if item.lower().endswith("-peer") else
+                                                       registry.normalise(item))
+        if item in VARIANTS:
+            rows.append(item)
+        elif key in SHORT:
+            rows.append(SHORT[key])
+        else:
+            sys.exit(f"error: unknown variant {item!r}; use one of: {', '.join(SHORT)} (or a full row name: "
+                     f"{', '.join(VARIANTS)})")
+    return rows
 
 
 def measure(make_model: Callable[[], torch.nn.Module], batch: int, steps: int, warmup: int,
@@ -349,7 +376,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="small CNN only, 10 steps")
     parser.add_argument("--only", choices=["cnn", "resnet"], help="run one model only")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma list of variant names")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"comma list of rows: {', '.join(SHORT)}, or full row names (default: all)")
     parser.add_argument("--compare-allocator", action="store_true",
                         help="also run the small-CNN 1-SAM rows with sharplab.tune_allocator() in force")
     parser.add_argument("--tune-allocator", action="store_true", help="call sharplab.tune_allocator() first")
@@ -361,7 +389,7 @@ def main() -> None:
     if args.tune_allocator:
         sharplab.tune_allocator()
     torch.set_num_threads(args.threads)
-    names = ["SGD", *ONE_SAM] if args.one_sam else [n for n in args.variants.split(",") if n]
+    names = ["SGD", *ONE_SAM] if args.one_sam else resolve_variants(args.variants)
     steps = 10 if args.quick else args.steps
     print(f"sharplab {sharplab.__version__}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads, allocator: {sharplab.allocator_setting()}")

@@ -17,7 +17,7 @@ from torch import nn
 
 from sharplab.errors import SharplabError
 from sharplab.optim import _per_example, make_rule, sam_grad
-from sharplab.optim.functional import _strategy
+from sharplab.optim._msharpness import choose_strategy as _strategy
 
 TOL = {"rtol": 1e-10, "atol": 1e-12}
 

@@ -252,7 +252,7 @@ def test_bfloat16_autocast_on_cpu():
 
 def test_errors():
     model = mlp()
-    with pytest.raises(SharplabError, match="rho must be >= 0"):
+    with pytest.raises(SharplabError, match="rho must be a finite number >= 0"):
         SAM(model.parameters(), torch.optim.SGD, rho=-1.0, lr=0.1)
     opt = SAM(model.parameters(), torch.optim.SGD, rho=0.1, lr=0.1)
     with pytest.raises(SharplabError, match="closure returned None"):

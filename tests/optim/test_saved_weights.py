@@ -57,7 +57,7 @@ def test_added_group_gets_fresh_copies():
     model.zero_grad(set_to_none=True)  # the closure's backward also filled the layer not yet optimized
     opt.add_param_group({"params": rest + [extra]})
     _sam_steps(opt, model, data[1:])
-    assert len(opt._old_buffers) == len(first) + len(rest) + 1
+    assert len(opt._old_buffers) == len(first) + len(rest)  # extra has no gradient: never perturbed or saved
     # reference: step 1 perturbs and updates only the first layer, steps 2-3 all parameters
     x, y = data[0]
     g = ref_sam_grad(ref, F.cross_entropy, x, y, RHO, perturb=["0.weight", "0.bias"])

@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "sharplab.cli.feature_quality",  # feature-probe
     "sharplab.cli.mechanisms",  # mechanisms
     "sharplab.cli.deep_net",  # deep-net STUDY
+    "sharplab.cli.optim",  # optim list
 )
 
 

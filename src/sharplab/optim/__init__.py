@@ -1,18 +1,19 @@
-"""The SAM optimizer family.
+"""The SAM optimizer family: one engine, its parts, one registry.
 
-* :class:`SAM` -- drop-in optimizer wrapping any base optimizer (``step(closure)``).
+* :class:`SAM` -- the drop-in optimizer around any base optimizer: ``step(closure)``,
+  ``first_step()`` / ``second_step()``, ``step(inputs=, targets=)``; every member is SAM with its parts.
+* Parts: perturbation rules (:mod:`~sharplab.optim.rules`: ``sam``, ``usam``, ``asam``, ``random``,
+  :class:`MultiStep`; :mod:`~sharplab.optim.variants`: ``fsam``, ``esam``, ``msam``), combiners (GSAM,
+  WSAM, LookSAM), schedules (every k, from step k, rho schedules), ESAM's data selection.
+* :func:`create` builds a member by name; :func:`available` lists the registry (names, aliases, defaults).
 * :func:`sam_grad` -- functional form: fills ``.grad`` with a SAM gradient; m-sharpness (vectorised
   1-SAM), last-layer SAM (``perturb=``), mechanism-isolating variants (``iw_only``, ``lr_only``).
-* Perturbation rules (:mod:`sharplab.optim.rules`): ``sam``, ``usam``, ``asam``, ``random``, and
-  :class:`MultiStep` ascent; :mod:`sharplab.optim.variants`: ``fsam``, ``esam``, ``msam``.
-* The wider family by composition (:class:`FamilySAM`): combiners (GSAM, WSAM, LookSAM), schedules
-  (every k, from step k, rho schedules), ESAM's data selection; :func:`create` builds them by name.
 """
 
 from sharplab.optim.combiners import GSAM, WSAM, Combiner, LookSAM
 from sharplab.optim.factory import create
-from sharplab.optim.family import FamilySAM
 from sharplab.optim.functional import MECHANISMS, sam_grad
+from sharplab.optim.registry import available
 from sharplab.optim.rules import (
     RULES,
     ASAMRule,
@@ -32,31 +33,31 @@ from sharplab.optim.variants import ESAMRule, FriendlyRule, MomentumRule
 
 __all__ = [
     "GSAM",
+    "MECHANISMS",
+    "RULES",
+    "SAM",
     "WSAM",
+    "ASAMRule",
     "Combiner",
     "Constant",
     "Cosine",
     "ESAMRule",
-    "FamilySAM",
     "FriendlyRule",
     "LRTied",
     "Linear",
     "LookSAM",
     "MomentumRule",
-    "Schedule",
-    "SharpestFraction",
-    "create",
-    "weights_only",
-    "MECHANISMS",
-    "RULES",
-    "SAM",
-    "ASAMRule",
     "MultiStep",
     "PerturbationRule",
     "RandomRule",
     "SAMRule",
+    "Schedule",
+    "SharpestFraction",
     "USAMRule",
+    "available",
+    "create",
     "last_layer_params",
     "make_rule",
     "sam_grad",
+    "weights_only",
 ]

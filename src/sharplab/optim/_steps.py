@@ -5,8 +5,8 @@
   one fused copy over all perturbed tensors.
 * Gradient bookkeeping: :func:`clear_grads` (``zero_grad`` without the profiler label, between the
   passes), :func:`grads_left` / :func:`check_fresh` (refuse gradients a closure-mode step would lose).
-* Construction and batch mode: :func:`builds_family` (``SAM(...)`` that is a family member),
-  :func:`batch_grad` (``step(inputs=, targets=)`` through :func:`~sharplab.optim.sam_grad`).
+* Batch mode: :func:`batch_grad` (``step(inputs=, targets=)`` with m-sharpness or a mechanism, through
+  :func:`~sharplab.optim.sam_grad`); :func:`check_dense` (sparse gradients refused).
 * float16 with a ``GradScaler``: :func:`scaler_handover` finds the scaler that called ``step`` (and the
   pass at w a framework already ran), :func:`overflowed` unscales the ascent gradient and decides the
   skip alike on every worker, :func:`base_step` steps the base optimizer through the scaler.
@@ -25,7 +25,7 @@ from sharplab.errors import SharplabError
 from sharplab.optim import _amp
 from sharplab.optim._distributed import any_worker, unwrap
 from sharplab.optim.functional import sam_grad
-from sharplab.optim.rules import RULES, PerturbationRule, global_norm
+from sharplab.optim.rules import global_norm
 
 Groups = list[dict[str, Any]]
 
@@ -123,16 +123,12 @@ def base_step(base: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) 
     return not any(bool(f.item()) for f in _amp.found_inf_flags(scaler, base))
 
 
-def builds_family(args: tuple, kwargs: dict[str, Any]) -> bool:
-    """Whether ``SAM(*args, **kwargs)`` is a family member: ``combiner=``, ``schedule=`` or ``selection=``
-    given, or a rule that needs no gradient (``msam``) or picks tensors (``esam``)."""
-    rule = kwargs.get("rule", args[3] if len(args) > 3 else "sam")
-    if isinstance(rule, str):
-        rule = RULES.get(rule) if rule in RULES else None
-    kind = rule if isinstance(rule, type) else type(rule)
-    needs_family = rule is not None and issubclass(kind, PerturbationRule) and (
-        not kind.needs_grad or kind.select is not PerturbationRule.select)
-    return needs_family or any(kwargs.get(k) is not None for k in ("combiner", "schedule", "selection"))
+def check_dense(params: list[torch.Tensor]) -> None:
+    """Refuse sparse gradients (``nn.Embedding(sparse=True)``) in one line: their norm and the restore of w
+    are not defined for them here."""
+    if any(p.grad is not None and p.grad.is_sparse for p in params):
+        raise SharplabError("SAM does not support sparse gradients (e.g. nn.Embedding(sparse=True)): build the "
+                            "layer with sparse=False, or leave it out of SAM's perturbation with perturb=")
 
 
 def batch_grad(opt: Any, inputs: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
@@ -144,7 +140,7 @@ def batch_grad(opt: Any, inputs: torch.Tensor, targets: torch.Tensor | None) -> 
     rhos = {group["rho"] for group in opt.param_groups if group["rho"] > 0}
     if len(rhos) > 1:
         raise SharplabError("step(inputs=, targets=) supports one rho for all groups; use step(closure)")
-    params, _ = opt._perturbed()
+    params = opt._candidates()[0]
     opt.zero_grad()
     return sam_grad(
         opt.model, opt.loss_fn, inputs, targets, rho=rhos.pop() if rhos else 0.0, m=opt.m,

@@ -10,8 +10,10 @@ combiner         descent gradient                                               
                  other steps: g + alpha ||g|| / ||g_v|| g_v  (no ascent pass)
 ===============  ==================================================================  ===============================
 
-Inner products and norms are global over the perturbed tensors. A combiner edits the tensors in
-``.grad`` in place; ``after_step`` runs after the base optimizer (WSAM's decoupled sharpness term).
+Inner products and norms are global over the perturbed tensors that have a gradient in both passes
+(conjugated for complex tensors, so they are the real inner product of the underlying real vectors). A
+combiner edits the tensors in ``.grad`` in place; ``after_step`` runs after the base optimizer (WSAM's
+decoupled sharpness term).
 """
 
 from __future__ import annotations
@@ -21,13 +23,20 @@ from collections.abc import Sequence
 import torch
 
 from sharplab.errors import SharplabError
-from sharplab.optim.rules import NORM_EPS, global_norm
+from sharplab.optim.registry import Variant, check_int, check_number, register
+from sharplab.optim.rules import NORM_EPS, SAMRule, global_norm
+from sharplab.optim.schedules import Constant, LRTied, Schedule
 
 Tensors = Sequence[torch.Tensor]
 
 
 def _dot(a: Tensors, b: Tensors) -> torch.Tensor:
-    return sum(((x * y).sum() for x, y in zip(a, b)), torch.zeros(()))
+    """Re <a, b> = sum_i Re(conj(a_i) b_i): the Euclidean inner product, also for complex tensors."""
+    total = torch.zeros((), dtype=torch.float64 if any(t.dtype == torch.float64 for t in a) else torch.float32)
+    for x, y in zip(a, b):
+        prod = (x.conj() * y).sum() if x.is_complex() else (x * y).sum()
+        total = total.to(prod.device) + (prod.real if prod.is_complex() else prod)
+    return total
 
 
 class Combiner:
@@ -46,14 +55,14 @@ class Combiner:
     def after_step(self, params: Tensors, lrs: Sequence[float]) -> None:
         """Called after the base optimizer's step on ascent steps."""
 
+    def bind(self, optimizer: torch.optim.Optimizer) -> None:
+        """Called by SAM with its base optimizer (combiners that keep per-parameter state use its order)."""
+
     def state_dict(self) -> dict:
         return {}
 
     def load_state_dict(self, state: dict) -> None:
         pass
-
-
-SAMCombiner = Combiner
 
 
 class GSAM(Combiner):
@@ -79,9 +88,7 @@ class GSAM(Combiner):
     needs_g = True
 
     def __init__(self, alpha: float = 0.4) -> None:
-        if not 0 <= alpha <= 1:
-            raise SharplabError(f"GSAM alpha must be in [0, 1], got {alpha}")
-        self.alpha = alpha
+        self.alpha = check_number("gsam", "alpha", alpha, 0, 1)
 
     def combine(self, g, gs, params):
         coef = _dot(g, gs) / (_dot(gs, gs) + NORM_EPS)
@@ -110,9 +117,8 @@ class WSAM(Combiner):
     needs_g = True
 
     def __init__(self, gamma: float = 0.9, decouple: bool = True) -> None:
-        if not 0 <= gamma < 1:
-            raise SharplabError(f"WSAM gamma must be in [0, 1), got {gamma}")
-        self.gamma, self.decouple = gamma, decouple
+        self.gamma = check_number("wsam", "gamma", gamma, 0, 1, hi_open=True)
+        self.decouple = bool(decouple)
         self.a = gamma / (1 - gamma)
         self._sharp: list[torch.Tensor] | None = None
 
@@ -154,34 +160,100 @@ class LookSAM(Combiner):
     needs_g = True
 
     def __init__(self, alpha: float = 0.7, layerwise: bool = False) -> None:
-        if not 0 < alpha < 1:
-            raise SharplabError(f"LookSAM alpha must be in (0, 1), got {alpha}")
-        self.alpha, self.layerwise = alpha, layerwise
-        self.gv: list[torch.Tensor] | None = None
+        self.alpha = check_number("looksam", "alpha", alpha, 0, 1, lo_open=True, hi_open=True)
+        self.layerwise = bool(layerwise)
+        self.gv: dict[int, torch.Tensor] = {}  # id(param) -> kept component g_v
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    def bind(self, optimizer: torch.optim.Optimizer) -> None:
+        self.optimizer = optimizer
+
+    def _groups(self, n: int) -> list[list[int]]:
+        return [[i] for i in range(n)] if self.layerwise else [list(range(n))]
 
     def combine(self, g, gs, params):
-        groups = [[i] for i in range(len(gs))] if self.layerwise else [list(range(len(gs)))]
-        gv = [torch.empty(0)] * len(gs)
-        for idx in groups:
+        for idx in self._groups(len(gs)):
             a, b = [g[i] for i in idx], [gs[i] for i in idx]
             na, nb = global_norm(a), global_norm(b)
             cos = _dot(a, b) / (torch.clamp(na, min=NORM_EPS) * torch.clamp(nb, min=NORM_EPS))
             for i in idx:
-                gv[i] = gs[i] - (nb * cos / torch.clamp(na, min=NORM_EPS)).to(gs[i]) * g[i]
-        self.gv = [t.detach().clone() for t in gv]
+                self.gv[id(params[i])] = (gs[i] - (nb * cos / torch.clamp(na, min=NORM_EPS)).to(gs[i]) * g[i]).detach()
 
     def between(self, g, params):
-        if self.gv is None or len(self.gv) != len(g):
+        """d = g + alpha ||g|| / ||g_v|| g_v; a tensor with no kept component yet (added since the last
+        ascent) counts as g_v = 0."""
+        if not self.gv:
             return
-        groups = [[i] for i in range(len(g))] if self.layerwise else [list(range(len(g)))]
-        for idx in groups:
-            ng, nv = global_norm([g[i] for i in idx]), global_norm([self.gv[i] for i in idx])
+        gv = [self.gv.get(id(p)) for p in params]
+        for idx in self._groups(len(g)):
+            kept = [i for i in idx if gv[i] is not None]
+            if not kept:
+                continue
+            ng, nv = global_norm([g[i] for i in idx]), global_norm([gv[i] for i in kept])
             scale = self.alpha * ng / (nv + 1e-8)
-            for i in idx:
-                g[i].add_(scale.to(g[i]) * self.gv[i])
+            for i in kept:
+                g[i].add_(scale.to(g[i]) * gv[i])
+
+    def _params(self) -> list[torch.Tensor]:
+        if self.optimizer is None:
+            raise SharplabError("LookSAM's state needs its optimizer: use it through SAM(...) or create('looksam')")
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
 
     def state_dict(self) -> dict:
-        return {} if self.gv is None else {"gv": [t.clone() for t in self.gv]}
+        """``{"gv": {position: g_v}}``, positions in the optimizer's parameter order."""
+        if not self.gv:
+            return {}
+        return {"gv": {i: self.gv[id(p)].clone() for i, p in enumerate(self._params()) if id(p) in self.gv}}
 
     def load_state_dict(self, state: dict) -> None:
-        self.gv = [t.clone() for t in state["gv"]] if "gv" in state else None
+        saved = state.get("gv", {})
+        params = self._params() if saved else []
+        self.gv = {id(params[int(i)]): t.clone() for i, t in saved.items()}
+
+
+def merge_schedule(variant: str, user: Schedule | None, *, every: int | None = None,
+                   rho: object | None = None) -> Schedule:
+    """The variant's own schedule parts (``every``, a rho schedule) merged with the user's ``schedule=``.
+
+    The user's ``start`` is always kept; ``every`` and the rho schedule are taken from whichever side sets
+    them (not the default); both sides setting one of them is refused, naming the variant and the part.
+    """
+    user = user or Schedule()
+    if not isinstance(user, Schedule):
+        raise SharplabError(f"{variant}: schedule must be a sharplab.optim.Schedule, got {type(user).__name__}")
+    if every is not None and user.every not in (1, every):
+        raise SharplabError(f"{variant}: schedule=Schedule(every={user.every}) conflicts with the variant's own "
+                            f"k={every}; give k= (or every= in the schedule with k left out), not both")
+    if rho is not None and not isinstance(user.rho, Constant):
+        raise SharplabError(f"{variant}: the variant sets its own rho schedule ({type(rho).__name__}); a schedule= "
+                            "with a rho schedule cannot be merged: give its every/start only")
+    return Schedule(every=every if every is not None else user.every, start=user.start,
+                    rho=rho if rho is not None else user.rho)
+
+
+def _gsam(kw, schedule):
+    lr_max = kw["lr_max"]
+    tied = LRTied(rho_min=check_number("gsam", "rho_min", kw["rho_min"], 0), lr_min=kw["lr_min"],
+                  lr_max=None if lr_max is None else check_number("gsam", "lr_max", lr_max, 0, lo_open=True))
+    return {"rule": SAMRule(), "combiner": GSAM(kw["alpha"]), "schedule": merge_schedule("gsam", schedule, rho=tied)}
+
+
+def _looksam(kw, schedule):
+    k = check_int("looksam", "k", kw["k"], 1)
+    return {"rule": SAMRule(), "combiner": LookSAM(kw["alpha"], kw["layerwise"]),
+            "schedule": merge_schedule("looksam", schedule, every=k)}
+
+
+register(Variant("gsam", "Zhuang et al., ICLR 2022, Alg. 1",
+                 "d = g_s - alpha g_perp (g's part orthogonal to g_s); rho_t tied to lr_t",
+                 _gsam, {"rho": 0.05, "rho_min": 0.0, "alpha": 0.4, "lr_max": None, "lr_min": 0.0},
+                 aliases=("surrogate-gap-sam",)))
+register(Variant("wsam", "Yue et al., KDD 2023, Alg. 1",
+                 "d = g + gamma/(1-gamma) (g_s - g), sharpness term decoupled from the base step",
+                 lambda kw, schedule: {"rule": SAMRule(), "combiner": WSAM(kw["gamma"], kw["decouple"]),
+                                       "schedule": schedule},
+                 {"rho": 0.05, "gamma": 0.9, "decouple": True}, aliases=("weighted-sam",)))
+register(Variant("looksam", "Liu et al., CVPR 2022, Alg. 1",
+                 "ascend every k steps; between, d = g + alpha ||g||/||g_v|| g_v (g_v kept from the last ascent)",
+                 _looksam, {"rho": 0.1, "k": 5, "alpha": 0.7, "layerwise": False}, passes="1 + 1/k",
+))

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from sharplab.registry import Registry
+from sharplab.optim.registry import Variant, check_int, check_number, register
 
 Tensors = Sequence[torch.Tensor]
 
@@ -163,9 +163,7 @@ class ASAMRule(PerturbationRule):
     name = "asam"
 
     def __init__(self, eta: float = 0.01, scaled: Iterable[torch.Tensor] | None = None) -> None:
-        if eta < 0:
-            raise _error(f"ASAM eta must be >= 0, got {eta}")
-        self.eta = eta
+        self.eta = check_number("asam", "eta", eta, 0)
         self._scaled = None if scaled is None else {id(p) for p in scaled}
 
     def perturbation(self, grads, params, rhos):
@@ -178,12 +176,6 @@ class ASAMRule(PerturbationRule):
 def weights_only(model: torch.nn.Module) -> list[torch.Tensor]:
     """The tensors the ASAM authors' code scales: parameters whose name contains ``"weight"``."""
     return [p for n, p in model.named_parameters() if "weight" in n]
-
-
-def _error(message: str) -> Exception:
-    from sharplab.errors import SharplabError
-
-    return SharplabError(message)
 
 
 class RandomRule(PerturbationRule):
@@ -220,11 +212,10 @@ class MultiStep(PerturbationRule):
     """
 
     def __init__(self, inner: PerturbationRule | str = "sam", steps: int = 2, step_size: float | None = None):
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
         self.inner = make_rule(inner)
-        self.steps = steps
-        self.step_size = 1.0 / steps if step_size is None else step_size
+        self.steps = check_int("multi-step ascent", "ascent_steps", steps, 1)
+        self.step_size = 1.0 / steps if step_size is None else check_number(
+            "multi-step ascent", "step_size", step_size, 0, lo_open=True)
         self.name = f"{self.inner.name}-x{steps}"
 
     def update(self, eps, grads, params, rhos):
@@ -252,23 +243,70 @@ def _project(eps: list[torch.Tensor], rhos: Sequence[float]) -> list[torch.Tenso
     return [e * factor.to(e.device, e.dtype) for e in eps]
 
 
-RULES: Registry[type[PerturbationRule]] = Registry("perturbation rule")
-RULES.add("sam", SAMRule)
-RULES.add("usam", USAMRule)
-RULES.add("asam", ASAMRule)
-RULES.add("random", RandomRule)
-
-
 def make_rule(rule: PerturbationRule | str, ascent_steps: int = 1) -> PerturbationRule:
-    """A rule object from a name (``"sam"``, ``"usam"``, ``"asam"``, ``"random"``) or an instance.
+    """A rule object from a variant name that is a rule alone (``"sam"``, ``"usam"``, ``"asam"``, ``"random"``,
+    ``"fsam"``, ``"esam"``, ``"msam"``; aliases accepted), with the paper's defaults, or an instance.
 
     ``ascent_steps > 1`` wraps it in :class:`MultiStep`.
     """
-    obj = RULES.get(rule)() if isinstance(rule, str) else rule
-    if not isinstance(obj, PerturbationRule):
-        raise TypeError(f"rule must be a name or a PerturbationRule, got {type(rule).__name__}")
-    if ascent_steps < 1:
-        from sharplab.errors import SharplabError
+    from sharplab.errors import SharplabError
+    from sharplab.optim import registry
 
-        raise SharplabError(f"ascent_steps must be >= 1, got {ascent_steps}")
+    if isinstance(rule, str):
+        variant = registry.get(rule)
+        if not variant.rule:
+            raise SharplabError(f"{variant.name!r} is not a perturbation rule (it changes the descent or the "
+                                f"schedule): use sharplab.optim.create({variant.name!r}, ...)")
+        obj = variant.build(dict(variant.defaults), None)["rule"]
+    else:
+        obj = rule
+    if not isinstance(obj, PerturbationRule):
+        raise SharplabError(f"rule must be a variant name or a PerturbationRule, got {type(rule).__name__}")
+    check_int("multi-step ascent", "ascent_steps", ascent_steps, 1)
     return MultiStep(obj, ascent_steps) if ascent_steps > 1 else obj
+
+
+def _rule_only(make):
+    """A ``Variant.build`` for a variant that is a rule and nothing else (the user's schedule kept)."""
+    return lambda kw, schedule: {"rule": make(kw), "schedule": schedule}
+
+
+register(Variant("sam", "Foret et al., ICLR 2021, eq. 2", "eps = rho g / ||g||",
+                 _rule_only(lambda kw: SAMRule()), {"rho": 0.05}, rule=True))
+register(Variant("usam", "Andriushchenko & Flammarion, ICML 2022, eq. 3", "eps = rho g (unnormalised)",
+                 _rule_only(lambda kw: USAMRule()), {"rho": 0.05}, rule=True))
+register(Variant("asam", "Kwon et al., ICML 2021, eq. 9", "eps = rho T^2 g / ||T g||, T = |w| + eta",
+                 _rule_only(lambda kw: ASAMRule(eta=kw["eta"], scaled=kw["scaled"])),
+                 {"rho": 0.5, "eta": 0.01, "scaled": None}, aliases=("adaptive-sam",), rule=True))
+register(Variant("random", "random-perturbation baseline (Andriushchenko & Flammarion, ICML 2022)",
+                 "eps = rho z / ||z||, z ~ N(0, I) (own generator)",
+                 _rule_only(lambda kw: RandomRule(seed=kw["seed"])), {"rho": 0.05, "seed": None},
+                 aliases=("rsam",), rule=True))
+
+
+class _RuleNames:
+    """The names ``SAM(rule=...)`` accepts: a read-only view of the variants that are a rule alone."""
+
+    def names(self) -> list[str]:
+        from sharplab.optim import registry
+
+        return [n for n in registry.names() if registry.get(n).rule]
+
+    def __contains__(self, name: object) -> bool:
+        from sharplab.errors import SharplabError
+        from sharplab.optim import registry
+
+        try:
+            return isinstance(name, str) and registry.get(name).rule
+        except SharplabError:
+            return False
+
+    def __iter__(self):
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self.names())
+
+
+#: The rule names (aliases accepted by ``in``): ``"u_sam" in RULES``.
+RULES = _RuleNames()

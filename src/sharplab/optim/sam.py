@@ -1,17 +1,25 @@
-"""``SAM``: a drop-in ``torch.optim.Optimizer`` that wraps any base optimizer.
+"""``SAM``: the one SAM engine, a drop-in ``torch.optim.Optimizer`` around any base optimizer.
 
 Foret et al., *Sharpness-Aware Minimization for Efficiently Improving Generalization*, ICLR 2021
-(arXiv:2010.01412); shape after davda54/sam. One step (eq. 3 of the paper, first-order):
+(arXiv:2010.01412); shape after davda54/sam. Every family member is this class with its parts: a **rule**
+(the ascent), a **combiner** (the descent gradient), a **schedule** (when to ascend, which radius) and, for
+ESAM, a **selection** (which examples descend). One step at step count t (eq. 3 of the paper, first-order):
 
-    eps = rule(grad L(w))                 # e.g. rho * g / ||g||
-    w  <- w - lr * base_update(grad L(w + eps))
+    rho_t = schedule(t, rho, lr)                          # per param group; Constant by default
+    eps   = rule(g),  g = grad L(w)                       # ascent phase   (first_step)
+    g_s   = grad L(w + eps)
+    w    <- base(w, combiner(g, g_s)); combiner.after     # descent phase  (second_step)
 
-The base optimizer (SGD, AdamW, ...) owns the update, weight decay, momentum and its state; SAM owns
-only the perturbation. Param groups are shared, so schedulers attached to either act on both.
+A step the schedule does not ascend is one pass at w, ``combiner.between(g)`` (LookSAM's reuse) and the
+base step. ``step(closure)``, ``first_step()`` / ``second_step()`` and ``step(inputs=, targets=)`` all run
+these two phases, so a member gives the same iterates on every path. The base optimizer (SGD, AdamW, ...)
+owns the update, weight decay, momentum and its state; param groups are shared, so schedulers attached to
+either act on both.
 """
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -20,66 +28,84 @@ import torch
 from torch import nn
 
 from sharplab.errors import Diverged, SharplabError
-from sharplab.optim import _steps
+from sharplab.optim import _amp, _steps, registry
 from sharplab.optim._distributed import no_sync, unwrap
 from sharplab.optim._passes import BNGuard, Nesting, RNGSnapshot, check_bn_policy, frozen_bn_stats
+from sharplab.optim.combiners import Combiner
 from sharplab.optim.functional import MECHANISMS, LossFn
-from sharplab.optim.rules import Normed, PerturbationRule, global_norm, make_rule
+from sharplab.optim.rules import ASAMRule, Normed, PerturbationRule, global_norm, make_rule
+from sharplab.optim.schedules import Constant, Schedule
+from sharplab.optim.selection import SharpestFraction
+
+#: SAM's own keyword arguments (everything else goes to the base optimizer class).
+SAM_OPTIONS = ("rho", "rule", "combiner", "schedule", "selection", "ascent_steps", "perturb", "bn_policy",
+               "model", "loss_fn", "m", "mechanism", "sync_ascent", "adaptive")
 
 
 class SAM(torch.optim.Optimizer):
-    r"""Sharpness-Aware Minimization around a base optimizer.
+    r"""Sharpness-Aware Minimization around a base optimizer; with ``combiner=``, ``schedule=``,
+    ``selection=`` or another ``rule=``, any member of the family (:func:`~sharplab.optim.create` builds
+    them by name).
 
     .. math::
         \hat\epsilon = \mathrm{rule}(\nabla L(w)),\qquad
-        w \leftarrow \mathrm{base}(w, \nabla L(w + \hat\epsilon))
+        w \leftarrow \mathrm{base}\big(w, \mathrm{combiner}(\nabla L(w), \nabla L(w + \hat\epsilon))\big)
 
-    with the rules of :mod:`sharplab.optim.rules` (``sam``: :math:`\rho g/\|g\|_2`; ``usam``:
-    :math:`\rho g`; ``asam``: :math:`\rho T^2 g/\|Tg\|_2`, :math:`T=|w|+\eta`; ``random``).
-
-    Ways to drive it:
+    Ways to drive it (the same two phases underneath):
 
     * ``step(closure)`` -- the closure runs forward and backward and returns the loss. SAM zeroes the
-      gradients before each call (a closure that zeroes them too is fine), calls it at w (under
-      ``enable_grad``), perturbs, calls it at w + eps, restores w from saved copies and lets the base
-      optimizer step. Returns the loss at w. Gradients found in ``.grad`` on entry that the last step did
-      not leave there are refused (they would be lost): accumulate inside the closure.
-    * ``first_step()`` / ``second_step()`` -- for loops that run the two passes themselves (clipping,
-      frameworks); ``step()`` without a closure after ``first_step()`` is ``second_step()``.
-    * ``step(inputs=x, targets=y)`` -- needs ``model=`` and ``loss_fn=``; computes the gradient with
-      :func:`~sharplab.optim.sam_grad`, which also offers m-sharpness (``m``) and the
-      mechanism-isolating variants (``mechanism="iw_only" | "lr_only"``).
+      gradients before each call (a closure that zeroes them too is fine), calls it at w, perturbs, calls it
+      at w + eps, restores w from saved copies and lets the base optimizer step. Returns the loss at w. Any
+      exception in a pass (a closure error, ``KeyboardInterrupt``) puts w back before it propagates.
+      Gradients found in ``.grad`` on entry that the last step did not leave there are refused.
+    * ``first_step()`` / ``second_step()`` -- for loops that run the passes themselves (clipping,
+      frameworks). ``first_step()`` returns whether it perturbed: ``False`` on a step the schedule does not
+      ascend (LookSAM between ascents, rho_t = 0), where the second pass can be skipped and
+      ``second_step()`` steps on the gradient at w. Momentum-SAM needs no gradient before ``first_step()``.
+      If a pass raises between the two, call :meth:`restore`. ``step()`` without a closure after
+      ``first_step()`` is ``second_step()``.
+    * ``step(inputs=x, targets=y)`` -- needs ``model=`` and ``loss_fn=``: m-sharpness (``m``), the
+      mechanism-isolating variants (``mechanism="iw_only" | "lr_only"``) through
+      :func:`~sharplab.optim.sam_grad`, and ESAM's data selection.
 
-    float16 with a ``GradScaler``: ``step(closure, scaler=)``, ``scaler.step(opt, closure)``, Lightning's
-    ``16-mixed`` plugin, or ``first_step(scaler=)`` / ``second_step(scaler=)``; a non-finite gradient skips
-    the step (counted in ``skipped_steps``), agreed across DDP workers (:mod:`sharplab.optim._amp`).
+    **Safety, every member and path.** A parameter whose ``.grad`` is ``None`` (frozen, unused) is never
+    perturbed and never stepped. A non-finite gradient at w or at w + eps raises :class:`Diverged` before
+    the base step, with w (and BatchNorm statistics) restored. float16 with a ``GradScaler``:
+    ``step(closure, scaler=)``, ``scaler.step(opt, closure)``, Lightning's ``16-mixed`` plugin, or
+    ``first_step(scaler=)`` / ``second_step(scaler=)``; a non-finite gradient skips the step (counted in
+    ``skipped_steps``) instead, agreed across DDP workers (:mod:`sharplab.optim._amp`).
 
     Args:
         params: parameters or param groups (a group may set its own ``rho``; ``rho = 0`` groups are not
             perturbed and do not enter the gradient norm).
         base_optimizer: an optimizer class (constructed with ``params`` and ``**base_kwargs``) or an
-            already built optimizer instance (then ``params`` may be ``None``).
-        rho: perturbation radius rho >= 0 (default for groups that set none).
-        rule: perturbation rule name or object; ``ascent_steps > 1`` makes it a projected multi-step ascent.
+            already built optimizer instance (then ``params`` may be ``None``). ``opt.base`` (alias
+            ``opt.base_optimizer``) is it; ``opt.state`` is its state.
+        rho: perturbation radius, finite and >= 0 (default: the paper default of the rule's variant, e.g.
+            0.05 for ``sam``, 0.5 for ``asam``, 0.3 for ``msam``).
+        rule: a rule-variant name (``sam``, ``usam``, ``asam``, ``random``, ``fsam``, ``esam``, ``msam``; see
+            :func:`~sharplab.optim.available`) or a rule object; ``ascent_steps > 1`` makes it a projected
+            multi-step ascent (plain combiner and schedule only).
+        combiner: a :class:`~sharplab.optim.combiners.Combiner` (default: descend on g_s).
+        schedule: a :class:`~sharplab.optim.schedules.Schedule` (default: ascend every step, constant rho).
+        selection: ESAM's :class:`~sharplab.optim.selection.SharpestFraction` (batch mode only, with a
+            per-example ``loss_fn``).
         perturb: restrict the perturbation to these parameters (e.g. ``model.head.parameters()``, LSAM).
-        bn_policy: ``"once"`` (default): BatchNorm running statistics are updated only by the pass at w
-            (they are saved in ``first_step`` and restored in ``second_step``, on every path);
+        bn_policy: ``"once"`` (default): BatchNorm running statistics are updated only by the pass at w;
             ``"every"``: by both passes, as in the original SAM code. Without ``model`` the BatchNorm
             layers are found by a forward hook (it sees ``torch.compile(model)`` too, not a compiled
             function that calls the model: pass ``model=`` then).
-        model: the model (optionally DDP-wrapped or compiled). Lets SAM run the ascent pass under
-            ``no_sync()``.
+        model: the model (optionally DDP-wrapped or compiled): lets SAM run the ascent under ``no_sync()``.
         loss_fn: ``loss_fn(outputs, targets)``, for ``step(inputs=, targets=)``.
         m, mechanism: m-sharpness micro-batch size and mechanism variant (batch mode only).
-        sync_ascent: under DDP, all-reduce the ascent gradient too (default: each worker ascends locally,
-            i.e. m-sharpness with m = per-worker batch). The descent gradient is always all-reduced.
+        sync_ascent: under DDP, all-reduce the ascent gradient too (default: local ascent per worker).
+        adaptive: davda54/sam's ``adaptive=True``: ASAM with T = |w| (no eta), i.e. ``rule=ASAMRule(eta=0)``.
         **base_kwargs: passed to the base optimizer class (``lr``, ``momentum``, ``weight_decay``, ...).
 
     Raises:
-        SharplabError: rho < 0, a closure returning no loss, an incompatible combination of options,
-            ``params`` that differ from a given optimizer's.
-        Diverged: a non-finite ascent gradient norm without a ``GradScaler`` (the weights are back at
-            w; the step index is in the message).
+        SharplabError: a rho or hyperparameter that is NaN, infinite or out of range; an unknown keyword
+            (named, with the valid ones); sparse gradients; an option the chosen path cannot run.
+        Diverged: a non-finite gradient at w or w + eps without a ``GradScaler`` (the weights are back at w).
 
     Example:
         >>> import torch, torch.nn.functional as F
@@ -97,24 +123,16 @@ class SAM(torch.optim.Optimizer):
     #: :mod:`sharplab.optim._amp`): the protocol of Accelerate's fp16 and Lightning's ``16-mixed``.
     _step_supports_amp_scaling = True
 
-    #: The composed class (:class:`~sharplab.optim.family.FamilySAM` sets itself here when imported).
-    family: type[SAM] | None = None
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> SAM:
-        """``SAM(..., combiner=, schedule=, selection=)``, or a rule that needs no gradient (``msam``) or
-        picks tensors (``esam``), builds the composed family member (:class:`~sharplab.optim.family.FamilySAM`,
-        a subclass with the same protocol)."""
-        if cls is SAM and SAM.family is not None and _steps.builds_family(args, kwargs):
-            return super().__new__(SAM.family)
-        return super().__new__(cls)
-
     def __init__(
         self,
         params: Iterable[Any] | None,
         base_optimizer: type[torch.optim.Optimizer] | torch.optim.Optimizer = torch.optim.SGD,
-        rho: float = 0.05,
+        rho: float | None = None,
         rule: str | PerturbationRule = "sam",
         *,
+        combiner: Combiner | None = None,
+        schedule: Schedule | None = None,
+        selection: SharpestFraction | None = None,
         ascent_steps: int = 1,
         perturb: Iterable[torch.Tensor] | None = None,
         bn_policy: str = "once",
@@ -123,136 +141,269 @@ class SAM(torch.optim.Optimizer):
         m: int | None = None,
         mechanism: str = "full",
         sync_ascent: bool = False,
+        adaptive: bool = False,
         **base_kwargs: Any,
     ) -> None:
-        if rho < 0:
-            raise SharplabError(f"rho must be >= 0, got {rho}")
+        if adaptive:
+            if not (isinstance(rule, str) and registry.normalise(rule) == "sam"):
+                raise SharplabError("adaptive=True is davda54/sam's ASAM switch; give it with the default rule only")
+            rule = ASAMRule(eta=0.0)
+        self.rule = make_rule(rule, ascent_steps)
+        rho = registry.default_rho(self.rule.name) if rho is None else registry.check_rho(rho)
         if mechanism not in MECHANISMS:
             raise SharplabError(f"unknown mechanism {mechanism!r}; choose one of: {', '.join(MECHANISMS)}")
-        if isinstance(base_optimizer, torch.optim.Optimizer):
-            if base_kwargs:
-                raise SharplabError("base optimizer instance given: pass its settings to it, not to SAM")
-            if params is not None and _steps.param_ids(params) != _steps.param_ids(base_optimizer.param_groups):
-                raise SharplabError("params differ from the parameters of the given base optimizer; pass "
-                                    "params=None with a built optimizer (SAM uses its param groups)")
-            self.base = base_optimizer
-        else:
-            if params is None:
-                raise SharplabError("params is None: give the parameters or a built base optimizer")
-            self.base = base_optimizer(params, **base_kwargs)
-        for group in self.base.param_groups:
+        self.combiner = combiner if combiner is not None else Combiner()
+        self.schedule = schedule if schedule is not None else Schedule()
+        self.selection = selection
+        _check_parts(self)
+        self.base = _build_base(params, base_optimizer, base_kwargs)
+        for i, group in enumerate(self.base.param_groups):
             group.setdefault("rho", rho)
-            if group["rho"] < 0:
-                raise SharplabError(f"rho must be >= 0, got {group['rho']} in a param group")
+            registry.check_rho(group["rho"], f"rho of param group {i}")
         self._built = False
         super().__init__(self.base.param_groups, dict(self.base.defaults, rho=rho))
         self._built = True
         self.param_groups = self.base.param_groups
-        self.rule = make_rule(rule, ascent_steps)
+        self.state = self.base.state  # opt.state shows the base optimizer's state (davda54 / torch habit)
         self._perturb = None if perturb is None else {id(p) for p in perturb}
         self.bn_policy = check_bn_policy(bn_policy)
         self.model, self.loss_fn = model, loss_fn
         self.m, self.mechanism, self.sync_ascent = m, mechanism, sync_ascent
+        if (m is not None or mechanism != "full") and not self._plain_parts():
+            raise SharplabError("m-sharpness and the mechanism variants run through sam_grad, which takes the plain "
+                                "combiner, schedule and a gradient rule: leave combiner/schedule/selection out")
+        self.rule.bind(self.base)
+        self.combiner.bind(self.base)
         #: Steps the base optimizer took, and float16 steps skipped because a gradient was not finite.
         self.steps_taken, self.skipped_steps = 0, 0
         #: Diagnostics of the last step (detached tensors; call ``.item()`` when logging):
         #: ``grad_norm`` ||g(w)||, ``eps_norm`` ||eps||, ``loss`` L(w), ``perturbed_loss`` L(w + eps) and
         #: ``sharpness`` = L(w + eps) - L(w) (the latter three in ``step(closure)`` mode only). A step
-        #: without perturbation (rho = 0) or a skipped float16 step leaves only ``loss``.
+        #: without perturbation (rho = 0, a step the schedule skips) leaves only ``loss``.
         self.stats: dict[str, torch.Tensor] = {}
         self._bn_guard: BNGuard | None = None  # BatchNorm statistics saved from first_step to second_step
         self._nesting = Nesting()  # learned by the first guard: may later guards lift their hook (BNGuard)
+        self._phase: str | None = None  # None, "plain" (this step does not ascend) or "ascent" (w + eps held)
         self._skip = False  # first_step(scaler=) found a non-finite ascent gradient: second_step skips
         self._saved: _steps.Perturbed | None = None  # w and eps, from first_step to second_step
         self._old_buffers: list[torch.Tensor] | None = None  # copies of w, reused from step to step
+        self._g: list[torch.Tensor] | None = None  # a copy of g = grad L(w), for combiners that need it
+        self._lrs: list[float] = []  # the lr of each perturbed tensor, for combiner.after_step
+        self._rhos: list[float] = []  # and its radius rho_t (further ascent steps)
+        self._cache: tuple[int, tuple] | None = None  # (step, candidates): computed once per step
+        self._driver: str | None = None  # "closure" / "batch" while step() runs the passes, None otherwise
+        self._mask: list[bool] | None = None  # ESAM's tensor mask, drawn before the pass at w
         self._undo: dict | None = None  # the rule's state before a scaled step, put back if it is skipped
         self._left: dict[int, tuple[int, int]] = {}  # id(p) -> (id, version) of the .grad a step left
 
-    # --- the two passes ------------------------------------------------------------------------------
-    def _perturbed(self) -> tuple[list[torch.Tensor], list[float]]:
-        params, rhos = [], []
-        for group in self.param_groups:
-            if group["rho"] <= 0:
+    # --- the parts ------------------------------------------------------------------------------------
+    @property
+    def base_optimizer(self) -> torch.optim.Optimizer:
+        """The base optimizer (davda54/sam's name for :attr:`base`)."""
+        return self.base
+
+    @property
+    def passes(self) -> int:
+        """Forward/backward passes ``step(closure)`` runs this step: 1 (no ascent, or Momentum-SAM) or
+        1 + ascent_steps."""
+        if not self._candidates()[0] or not self.schedule.ascend(self.steps_taken):
+            return 1
+        return 1 if not self.rule.needs_grad else 1 + self.rule.steps
+
+    def _plain_parts(self) -> bool:
+        return (type(self.combiner) is Combiner and _plain_schedule(self.schedule) and self.selection is None
+                and self.rule.needs_grad and type(self.rule).select is PerturbationRule.select)
+
+    def _candidates(self) -> tuple[list[torch.Tensor], list[float], list[float]]:
+        """The tensors this step may perturb, their radius rho_t and lr (groups with rho_t = 0 left out);
+        computed once per step (the cache ends with the step)."""
+        if self._cache is not None and self._cache[0] == self.steps_taken:
+            return self._cache[1]
+        params, rhos, lrs = [], [], []
+        for gi, group in enumerate(self.param_groups):
+            rho = registry.check_rho(group["rho"], f"rho of param group {gi}")
+            lr = group.get("lr", 0.0)
+            if type(self.schedule.rho) is not Constant:
+                rho = self.schedule.radius(self.steps_taken, rho, float(lr), gi, group.get("initial_lr"))
+            if rho <= 0:
                 continue
             for p in group["params"]:
                 if self._perturb is None or id(p) in self._perturb:
                     params.append(p)
-                    rhos.append(group["rho"])
-        return params, rhos
+                    rhos.append(rho)
+                    lrs.append(lr)
+        self._cache = (self.steps_taken, (params, rhos, lrs))
+        return params, rhos, lrs
 
+    def _ascends(self) -> bool:
+        return self.schedule.ascend(self.steps_taken) and bool(self._candidates()[0])
+
+    # --- the ascent phase -----------------------------------------------------------------------------
     @torch.no_grad()
-    def first_step(self, zero_grad: bool = False, scaler: torch.amp.GradScaler | None = None) -> None:
-        """Move w to w + eps using the current ``.grad`` (the gradient at the current point).
+    def first_step(self, zero_grad: bool = False, scaler: torch.amp.GradScaler | None = None) -> bool:
+        """The ascent phase: move w to w + eps using the gradient now in ``.grad`` (the gradient at w).
 
-        Called again before :meth:`second_step`, it takes one more ascent step of a multi-step rule from
-        the current perturbation (the weights at w are kept from the first call). With ``bn_policy="once"``
-        BatchNorm running statistics are saved here and restored by :meth:`second_step`, so the forward
-        passes in between leave them alone. With a ``GradScaler`` (the backward was
-        ``scaler.scale(loss).backward()``) the gradient is unscaled first; if it is not finite, w is
-        left as is and :meth:`second_step` skips the step (the scaler lowers its scale at ``update()``).
+        Returns ``True`` when it perturbed; ``False`` on a step the schedule does not ascend (or where no
+        perturbed tensor has a gradient): then the weights stay at w and :meth:`second_step` steps on the
+        gradient at w. Called again before :meth:`second_step`, it takes one more ascent step of a
+        multi-step rule from the current perturbation. With ``bn_policy="once"`` BatchNorm running
+        statistics are saved here and restored by :meth:`second_step`. With a ``GradScaler`` (the backward
+        was ``scaler.scale(loss).backward()``) the gradient is unscaled first; if it is not finite, w is
+        left as is and :meth:`second_step` skips the step. ``zero_grad=True`` clears ``.grad`` for the pass
+        at w + eps only when it perturbed (otherwise :meth:`second_step` needs the gradient at w).
         """
-        params, rhos = self._perturbed()
-        if not params:
-            return
-        saved = self._saved
-        if scaler is not None:
-            if saved is not None or self.rule.steps > 1:
-                raise SharplabError("a GradScaler with ascent_steps > 1 is not supported; use bfloat16 autocast")
-            if _steps.overflowed(self, scaler, params):
-                self._skip = True
-                if zero_grad:
-                    self.zero_grad()
-                return
-            self._undo = self.rule.state_dict()  # put back if the descent gradient overflows
-        grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
-        norm = global_norm(grads)
-        if not torch.isfinite(norm):
-            self._restore()  # a later ascent step: back to w before reporting
-            raise Diverged(self.steps_taken, f"ascent gradient norm ({norm.item()})")
-        # the rule's own ||g|| is this one (Normed): the norm is taken once
-        eps = self.rule.update(None if saved is None else saved.eps, Normed(grads, norm), params, rhos)
-        if saved is None:
+        if self._phase == "ascent":
+            self._further_ascent()
+        elif self._phase is None:
+            if self._driver is None:
+                self._cache = None  # a new step driven by hand: read the groups' rho and lr afresh
+            if self.selection is not None and self._driver != "batch":
+                raise SharplabError("esam with gamma < 1 (data selection) picks examples at w + eps, so it runs "
+                                    "only in batch mode: opt.step(inputs=x, targets=y) with SAM(..., model=, "
+                                    "loss_fn=) and a per-example loss")
+            self._phase = "ascent" if self._start_ascent(scaler) else "plain"
+        if zero_grad and self._phase == "ascent":  # a step without ascent descends on the gradient at w: kept
+            self.zero_grad()
+        return self._phase == "ascent"
+
+    def _start_ascent(self, scaler: torch.amp.GradScaler | None) -> bool:
+        params, rhos, lrs = self._candidates()
+        if not params or not self.schedule.ascend(self.steps_taken):
+            self._mask = None
+            return False
+        if scaler is not None and self._undo is None:
+            self._undo = self.rule.state_dict()  # put back if this step is skipped (ESAM's generator, F-SAM's EMA)
+        if self.rule.needs_grad:
+            mask = self._mask if self._mask is not None else self.rule.select(params)
+            self._mask = None
+            keep = [i for i, p in enumerate(params) if (mask is None or mask[i]) and p.grad is not None]
+            params, rhos, lrs = [params[i] for i in keep], [rhos[i] for i in keep], [lrs[i] for i in keep]
+            if not params:
+                return False
+            _steps.check_dense(params)
+            if scaler is not None:
+                if self.rule.steps > 1:
+                    raise SharplabError("a GradScaler with ascent_steps > 1 is not supported; use bfloat16 autocast")
+                if _steps.overflowed(self, scaler, params):
+                    self._skip = True
+                    return False
+            grads = [p.grad for p in params]
+            norm = global_norm(grads)
+            if not bool(torch.isfinite(norm)):
+                raise Diverged(self.steps_taken, f"ascent gradient norm ({norm.item()})")  # weights unchanged
+            self._g = [g.clone() for g in grads] if self.combiner.needs_g else None
+            eps = self.rule.update(None, Normed(grads, norm), params, rhos)  # ||g|| taken once (Normed)
             self.stats = {"grad_norm": norm}
-            if self.bn_policy == "once":
-                self._bn_guard = BNGuard(self.model, self._nesting).start()
-            self._saved = _steps.Perturbed(params, eps, reuse=self._old_buffers)
-            self._old_buffers = self._saved.old
-        else:  # a further ascent step starts again from w
-            saved.restore()
-            saved.eps = eps
+        else:  # Momentum-SAM: eps from the base optimizer's state, no gradient at w
+            eps = self.rule.perturbation(None, params, rhos)
+            self._g = None
+            self.stats = {}
+        self._lrs, self._rhos = lrs, rhos
+        if self.bn_policy == "once":
+            self._bn_guard = BNGuard(self.model, self._nesting).start()
+        self._saved = _steps.Perturbed(params, eps, reuse=self._old_buffers)
+        self._old_buffers = self._saved.old
         self.stats["eps_norm"] = global_norm(eps)
         torch._foreach_add_(params, eps)
-        if zero_grad:
-            self.zero_grad()
+        return True
 
+    def _further_ascent(self) -> None:
+        """One more step of a multi-step ascent, from the current perturbation (weights at w kept)."""
+        saved = self._saved
+        params = saved.params
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+        norm = global_norm(grads)
+        if not bool(torch.isfinite(norm)):
+            self.restore()
+            raise Diverged(self.steps_taken, f"ascent gradient norm at w + eps ({norm.item()})")  # back at w
+        eps = self.rule.update(saved.eps, Normed(grads, norm), params, self._rhos)
+        saved.restore()
+        saved.eps = eps
+        self.stats["eps_norm"] = global_norm(eps)
+        torch._foreach_add_(params, eps)
+
+    # --- the descent phase ----------------------------------------------------------------------------
     @torch.no_grad()
     def second_step(self, zero_grad: bool = False, scaler: torch.amp.GradScaler | None = None) -> None:
-        """Restore w from the saved copies (every perturbed tensor, with or without ``.grad``) and let
-        the base optimizer step with the gradient now in ``.grad`` (through ``scaler.step`` if given,
-        which unscales it and skips the step if it is not finite). To clip a scaled descent gradient,
-        unscale it first with ``scaler.unscale_(opt.base)``."""
+        """The descent phase: restore w from the saved copies, form the descent gradient (the combiner) from
+        the gradient now in ``.grad`` and let the base optimizer step (through ``scaler.step`` if given).
+
+        A non-finite gradient at w + eps raises :class:`Diverged` with w restored and no base step (with a
+        scaler: the step is skipped). To clip a scaled descent gradient, unscale it first with
+        ``scaler.unscale_(opt.base)``. After a ``first_step()`` that returned ``False`` it steps on the
+        gradient at w (LookSAM adds its kept direction).
+        """
+        phase, self._phase = self._phase, None
+        self._cache = None  # the next step reads the groups' rho and lr afresh
         if self._skip:  # first_step(scaler=) found an overflow: the whole step is skipped
             self._skip = False
-            self.skipped_steps += 1
+            self._skip_step()
+        elif phase == "ascent":
+            self._descend(scaler)
         else:
-            self._restore()
-            self._base_step(scaler)
+            self._plain_descent(scaler)
         if zero_grad:
             self.zero_grad()
 
+    def _plain_descent(self, scaler: torch.amp.GradScaler | None) -> None:
+        """A step without ascent: the gradient at w, ``combiner.between`` (LookSAM), the base step."""
+        if type(self.combiner) is not Combiner:
+            params = [p for p in self._candidates()[0] if p.grad is not None]
+            if params:
+                if scaler is not None:  # LookSAM reads ||g||: unscale first (scaler.step then skips on inf)
+                    scaler.unscale_(self.base)
+                self.combiner.between([p.grad for p in params], params)
+        self._base_step(scaler)
+
+    def _descend(self, scaler: torch.amp.GradScaler | None) -> None:
+        params = self._saved.params
+        self.restore()
+        pairs = [i for i, p in enumerate(params) if p.grad is not None]
+        gs = [params[i].grad for i in pairs]
+        if scaler is not None:
+            if type(self.combiner) is not Combiner:  # the combiner mixes g (unscaled) with g_s: unscale g_s
+                scaler.unscale_(self.base)
+                if any(bool(f.item()) for f in _amp.found_inf_flags(scaler, self.base)):
+                    self._skip_step()
+                    return
+        else:
+            norm = global_norm(gs)
+            if not bool(torch.isfinite(norm)):
+                self._g = None
+                self._undo = None  # the weights are back at w and the base optimizer did not step
+                raise Diverged(self.steps_taken, f"gradient at w + eps (norm {norm.item()})")
+        if type(self.combiner) is not Combiner:
+            g = None if self._g is None else [self._g[i] for i in pairs]
+            self.combiner.combine(g, gs, [params[i] for i in pairs])
+        self._g = None
+        if self._base_step(scaler):
+            self.combiner.after_step([params[i] for i in pairs], [self._lrs[i] for i in pairs])
+
+    def _skip_step(self) -> None:
+        """A float16 step with a non-finite gradient: weights at w, no base step, the rule's state put back,
+        no gradient left behind (scaler.update() lowers the scale)."""
+        if self._undo is not None:
+            self.rule.load_state_dict(self._undo)
+        self._undo, self._g = None, None
+        self.skipped_steps += 1
+        self.zero_grad()
+
     @torch.no_grad()
-    def _restore(self) -> None:
-        """Back to w: copy the saved weights into every perturbed tensor; end the BatchNorm guard."""
+    def restore(self) -> None:
+        """Back to w: copy the saved weights into every perturbed tensor and end the BatchNorm guard (the
+        statistics are put back). Safe to call at any time; the step in progress is abandoned."""
         if self._saved is not None:
             self._saved.restore()
             self._saved = None
         if self._bn_guard is not None:
             self._bn_guard.stop()
             self._bn_guard = None
+        if self._phase == "ascent":
+            self._phase = None
 
     def _pending(self) -> bool:
         """first_step() was called and second_step() not yet."""
-        return self._skip or self._saved is not None
+        return self._skip or self._phase is not None
 
     def _base_step(self, scaler: torch.amp.GradScaler | None) -> bool:
         """The base step; a step the scaler skips is counted and leaves the rule's state as it was."""
@@ -267,9 +418,6 @@ class SAM(torch.optim.Optimizer):
         self._left = _steps.grads_left(self.param_groups)
         return stepped
 
-    def _check_fresh(self) -> None:
-        _steps.check_fresh(self.param_groups, self._left)
-
     # --- one full step -------------------------------------------------------------------------------
     def step(  # type: ignore[override]
         self,
@@ -279,21 +427,16 @@ class SAM(torch.optim.Optimizer):
         targets: torch.Tensor | None = None,
         scaler: torch.amp.GradScaler | None = None,
     ) -> torch.Tensor | None:
-        """One SAM step: ``step(closure)`` or ``step(inputs=x, targets=y)``; returns the loss at w.
+        """One step: ``step(closure)`` or ``step(inputs=x, targets=y)``; returns the loss at w (for
+        Momentum-SAM, whose only pass is at w + eps, the loss there).
 
-        SAM zeroes the gradients before each call of the closure (a closure that zeroes them too is
-        fine). With a ``GradScaler`` (float16 training; the closure calls
-        ``scaler.scale(loss).backward()``) pass ``scaler=``, or let the scaler call this method
-        (``scaler.step(opt, closure)``, as Accelerate does): the ascent gradient is unscaled before its
-        norm is taken, a step whose ascent or descent gradient is not finite is skipped with the weights
-        left at w (and a stateful rule's state as it was), and the caller runs ``scaler.update()`` once
-        per iteration, as usual. ``step()`` without a closure after :meth:`first_step` finishes that step
-        like :meth:`second_step` (for trainers that call ``optimizer.step()`` themselves).
+        With a ``GradScaler`` (float16; the closure calls ``scaler.scale(loss).backward()``) pass ``scaler=``,
+        or let the scaler call this method (``scaler.step(opt, closure)``, as Accelerate does); the caller runs
+        ``scaler.update()`` once per iteration. ``step()`` without a closure after :meth:`first_step`
+        finishes that step like :meth:`second_step` (for trainers that call ``optimizer.step()`` themselves).
         """
         if inputs is not None:
-            if scaler is not None:
-                raise SharplabError("scaler= works with step(closure); step(inputs=, targets=) has no scaler")
-            return self._batch_step(inputs, targets)
+            return self._batch_step(inputs, targets, scaler)
         closure, scaler, ran = _steps.scaler_handover(self, closure, scaler, self._pending())
         if closure is None:
             if self._pending():
@@ -301,82 +444,115 @@ class SAM(torch.optim.Optimizer):
                 return None
             raise SharplabError("SAM.step needs a closure (forward, backward, return loss) "
                                 "or inputs=/targets= with SAM(..., model=, loss_fn=)")
-        if self.m is not None or self.mechanism != "full":
-            raise SharplabError("m-sharpness and mechanism variants need the batch: call "
-                                "step(inputs=x, targets=y) and build SAM with model= and loss_fn=")
-        if scaler is not None and self.rule.steps > 1:
-            raise SharplabError("a GradScaler with ascent_steps > 1 is not supported; use bfloat16 autocast")
-        closure = torch.enable_grad()(closure)
-        params, _ = self._perturbed()
+        if self.m is not None or self.mechanism != "full" or self.selection is not None:
+            raise SharplabError("m-sharpness, the mechanism variants and ESAM's data selection need the batch: "
+                                "call step(inputs=x, targets=y) and build SAM with model= and loss_fn=")
+        if ran is None:
+            _steps.check_fresh(self.param_groups, self._left)
+        loss = self._two_phase(_ClosurePasses(torch.enable_grad()(closure), self, ran), scaler)
+        if ran is not None:  # the framework runs the next pass at w before SAM can zero: leave no gradient
+            self.zero_grad()
+        return loss
+
+    def _two_phase(self, passes: _ClosurePasses, scaler: torch.amp.GradScaler | None,
+                   driver: str = "closure") -> torch.Tensor:
+        """The passes of one step around :meth:`first_step` / :meth:`second_step` (every path runs this)."""
+        self._cache, self._driver = None, driver
+        try:
+            return self._run_passes(passes, scaler)
+        finally:
+            self._driver = None
+
+    def _run_passes(self, passes: _ClosurePasses, scaler: torch.amp.GradScaler | None) -> torch.Tensor:
+        ascend = self._ascends()
         ddp = unwrap(self.model)[1] if self.model is not None else None
         ascent_ddp = None if self.sync_ascent else ddp
-        rng = RNGSnapshot(params)
-        if ran is not None:
-            loss = self._loss(ran[0])
-        else:
-            self._check_fresh()
-            with no_sync(ascent_ddp if params else None):  # rho = 0: the only pass must all-reduce
-                loss = self._call(closure)
-        if not params:  # rho = 0 everywhere: exactly the base optimizer
-            self._base_step(scaler)
-            if ran is not None:
-                self.zero_grad()
-            self.stats = {"loss": loss}
-            return loss
-        if scaler is not None:
-            if _steps.overflowed(self, scaler, params):
-                self.skipped_steps += 1  # weights stay at w; scaler.update() lowers the scale
-                self.stats = {"loss": loss}
-                self.zero_grad()
-                return loss
-            self._undo = self.rule.state_dict()  # put back if the descent gradient overflows
+        candidates = self._candidates()[0]
+        rng = RNGSnapshot(candidates)
         try:
-            self.first_step()
+            if ascend and not self.rule.needs_grad:  # Momentum-SAM: its only pass is at w + eps
+                if passes.ran is not None:
+                    raise SharplabError("msam runs its only pass at w + eps, but the framework already ran the pass "
+                                        "at w: use a precision plugin that lets the optimizer run the closure")
+                self.first_step()
+                loss = passes.at_eps(ddp=None)
+                self.second_step(scaler=scaler)
+                self.stats["perturbed_loss"] = loss
+                return loss
+            frozen: list[torch.Tensor] = []
+            if scaler is not None and ascend:
+                self._undo = self.rule.state_dict()  # before ESAM draws its mask: a skipped step puts it back
+            if ascend and self.rule.needs_grad and type(self.rule).select is not PerturbationRule.select:
+                self._mask = self.rule.select(candidates)  # ESAM: untouched tensors skip the backward
+                frozen = [p for p, keep in zip(candidates, self._mask) if not keep and p.requires_grad]
+            for p in frozen:
+                p.requires_grad_(False)
+            try:
+                with no_sync(ascent_ddp if ascend else None):  # no ascent: the only pass must all-reduce
+                    loss = passes.at_w()
+            finally:
+                for p in frozen:
+                    p.requires_grad_(True)
+            if not ascend or not self.first_step(scaler=scaler):
+                self._mask = None
+                if self._skip:  # float16 overflow at w: the weights stay at w, scaler.update() lowers the scale
+                    self.second_step()
+                else:
+                    self.second_step(scaler=scaler)
+                self.stats = {"loss": loss}
+                return loss
+            stats = self.stats
             for _ in range(self.rule.steps - 1):
                 rng.restore()
                 with no_sync(ascent_ddp), frozen_bn_stats(self.model, nesting=self._nesting):
-                    self._call(closure)
+                    passes.at_eps(ddp=ascent_ddp)
                 self.first_step()
             rng.restore()
-            perturbed = self._call(closure)  # BatchNorm: first_step's guard holds for bn_policy="once"
+            perturbed = passes.at_eps(ddp=ddp)  # BatchNorm: first_step's guard holds for bn_policy="once"
         except BaseException:
-            self._restore()
-            self._undo = None
+            self.restore()
+            self._undo, self._g, self._mask, self._skip = None, None, None, False
             raise
-        stats = self.stats
-        # the framework runs the next pass at w before SAM can zero (Lightning's manual 16-mixed never
-        # zeroes): leave no gradient behind for it to accumulate onto
-        self.second_step(zero_grad=ran is not None, scaler=scaler)
-        if isinstance(loss, torch.Tensor) and isinstance(perturbed, torch.Tensor):
-            stats.update(loss=loss, perturbed_loss=perturbed, sharpness=perturbed - loss)
+        self.second_step(scaler=scaler)
+        stats.update(loss=loss, perturbed_loss=perturbed)
+        if isinstance(loss, torch.Tensor) and isinstance(perturbed, torch.Tensor) and passes.same_examples:
+            stats["sharpness"] = perturbed - loss
+        if getattr(passes, "selected", None) is not None:
+            stats["selected"] = passes.selected  # ESAM: indices of the examples the descent used
         self.stats = stats
         return loss
 
     def _call(self, closure: Callable[[], torch.Tensor]) -> torch.Tensor:
         _steps.clear_grads(self.param_groups)
         if self._bn_guard is None or not self._bn_guard.hooked:
-            return self._loss(closure())
+            return _loss(closure())
         with warnings.catch_warnings():  # our BatchNorm hook is meant to see compiled modules' calls
             warnings.filterwarnings("ignore", message=r"Using `torch\.compile\(module\)` when there are global hooks")
-            return self._loss(closure())
+            return _loss(closure())
 
-    @staticmethod
-    def _loss(loss: Any) -> Any:
-        if loss is None:
-            raise SharplabError("the closure returned None; it must return the loss tensor")
-        return loss.detach() if isinstance(loss, torch.Tensor) else loss
-
-    def _batch_step(self, inputs: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
-        loss = _steps.batch_grad(self, inputs, targets)
-        self.base.step()
-        self.steps_taken += 1
-        return loss
+    def _batch_step(self, inputs: torch.Tensor, targets: torch.Tensor | None,
+                    scaler: torch.amp.GradScaler | None) -> torch.Tensor:
+        if self.model is None or self.loss_fn is None or targets is None:
+            raise SharplabError("step(inputs=, targets=) needs SAM(..., model=model, loss_fn=loss_fn) "
+                                "and both inputs and targets")
+        if self.m is not None or self.mechanism != "full":
+            if scaler is not None:
+                raise SharplabError("scaler= with m-sharpness or a mechanism variant is not supported; use "
+                                    "bfloat16 autocast")
+            loss = _steps.batch_grad(self, inputs, targets)
+            self._base_step(None)
+            self.stats = {"loss": loss}
+            return loss
+        passes = (_SelectionPasses(self, inputs, targets, scaler) if self.selection is not None
+                  else _BatchPasses(self, inputs, targets, scaler))
+        return self._two_phase(passes, scaler, driver="batch")
 
     # --- state -------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """The base optimizer's state dict plus ``"sam"``: the step count and the rule's own state."""
+        """The base optimizer's state dict plus ``"sam"``: the step count and the parts' own state."""
         state = self.base.state_dict()
-        state["sam"] = {"steps_taken": self.steps_taken, "rule": self.rule.state_dict()}
+        state["sam"] = {"steps_taken": self.steps_taken, "rule": self.rule.state_dict(),
+                        "combiner": self.combiner.state_dict(), "schedule": self.schedule.state_dict()}
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -384,16 +560,163 @@ class SAM(torch.optim.Optimizer):
         sam_state = state_dict.pop("sam", {})
         self.base.load_state_dict(state_dict)
         self.param_groups = self.base.param_groups  # load_state_dict rebuilt the group dicts
+        self.state = self.base.state
         self.steps_taken = int(sam_state.get("steps_taken", 0))
         self.rule.load_state_dict(sam_state.get("rule", {}))
+        self.combiner.load_state_dict(sam_state.get("combiner", {}))
+        self.schedule.load_state_dict(sam_state.get("schedule", {}))
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if not self._built:  # called by Optimizer.__init__ while building
             return super().add_param_group(param_group)
         param_group.setdefault("rho", self.defaults["rho"])
+        registry.check_rho(param_group["rho"], "rho of the added param group")
         self.base.add_param_group(param_group)
         self.param_groups = self.base.param_groups
 
     def __repr__(self) -> str:
-        return f"SAM(rule={self.rule.name}, bn_policy={self.bn_policy}, base={self.base!r})"
+        parts = [f"rule={self.rule.name}"]
+        if type(self.combiner) is not Combiner:
+            parts.append(f"combiner={self.combiner.name}")
+        if not _plain_schedule(self.schedule):
+            parts.append(f"schedule={self.schedule}")
+        if self.selection is not None:
+            parts.append(f"selection=SharpestFraction({self.selection.gamma:g})")
+        return f"SAM({', '.join(parts)}, bn_policy={self.bn_policy}, base={self.base!r})"
 
+
+def _plain_schedule(s: Schedule) -> bool:
+    """Ascend every step from step 0 with the constant radius."""
+    return s.every == 1 and s.start == 0 and type(s.rho) is Constant
+
+
+def _loss(loss: Any) -> Any:
+    if loss is None:
+        raise SharplabError("the closure returned None; it must return the loss tensor")
+    return loss.detach() if isinstance(loss, torch.Tensor) else loss
+
+
+def _check_parts(opt: SAM) -> None:
+    if not isinstance(opt.combiner, Combiner):
+        raise SharplabError(f"combiner must be a sharplab.optim Combiner (GSAM, WSAM, LookSAM), got "
+                            f"{type(opt.combiner).__name__}")
+    if not isinstance(opt.schedule, Schedule):
+        raise SharplabError(f"schedule must be a sharplab.optim.Schedule, got {type(opt.schedule).__name__}")
+    if opt.selection is not None and not isinstance(opt.selection, SharpestFraction):
+        raise SharplabError(f"selection must be a SharpestFraction, got {type(opt.selection).__name__}")
+    plain = type(opt.combiner) is Combiner and _plain_schedule(opt.schedule) and opt.selection is None
+    if opt.rule.steps > 1 and not plain:
+        raise SharplabError("multi-step ascent (ascent_steps > 1) combines only with the plain combiner, schedule "
+                            "and selection")
+    if opt.selection is not None and not opt.rule.needs_grad:
+        raise SharplabError("ESAM's data selection needs a gradient rule (not msam)")
+
+
+def _build_base(params: Iterable[Any] | None, base_optimizer: Any,
+                base_kwargs: dict[str, Any]) -> torch.optim.Optimizer:
+    """The base optimizer: the given instance, or the class built with ``params`` and ``base_kwargs``
+    (an unknown keyword is named with SAM's options and the class's own arguments)."""
+    if isinstance(base_optimizer, torch.optim.Optimizer):
+        if base_kwargs:
+            raise SharplabError(f"base optimizer instance given: pass {', '.join(sorted(base_kwargs))} to it, "
+                                "not to SAM")
+        if params is not None and _steps.param_ids(params) != _steps.param_ids(base_optimizer.param_groups):
+            raise SharplabError("params differ from the parameters of the given base optimizer; pass "
+                                "params=None with a built optimizer (SAM uses its param groups)")
+        return base_optimizer
+    if params is None:
+        raise SharplabError("params is None: give the parameters or a built base optimizer")
+    if not (isinstance(base_optimizer, type) and issubclass(base_optimizer, torch.optim.Optimizer)):
+        raise SharplabError(f"base_optimizer must be a torch.optim.Optimizer class or instance, got {base_optimizer!r}")
+    accepted = _arguments(base_optimizer)
+    if accepted is not None:
+        unknown = sorted(set(base_kwargs) - accepted)
+        if unknown:
+            raise SharplabError(
+                f"SAM: unknown keyword {unknown[0]!r}: not a SAM option ({', '.join(SAM_OPTIONS)}) nor an argument "
+                f"of {base_optimizer.__name__} ({', '.join(sorted(accepted))})")
+    return base_optimizer(params, **base_kwargs)
+
+
+def _arguments(cls: type) -> set[str] | None:
+    """The keyword arguments ``cls(params, ...)`` takes (``None`` when it takes ``**kwargs``)."""
+    try:
+        sig = inspect.signature(cls.__init__)
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
+        return None
+    return {n for n, p in sig.parameters.items() if n not in ("self", "params")
+            and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+
+
+class _ClosurePasses:
+    """The passes of ``step(closure)``: the closure at w, then at w + eps."""
+
+    same_examples = True  # both passes see the same examples: L(w + eps) - L(w) is the sharpness
+
+    def __init__(self, closure: Callable[[], torch.Tensor], opt: SAM, ran: tuple[Any] | None = None) -> None:
+        self.closure, self.opt = closure, opt
+        self.ran = ran  # the result of the pass at w a framework already ran (Lightning's 16-mixed)
+
+    def at_w(self) -> torch.Tensor:
+        if self.ran is not None:
+            loss, self.ran = self.ran[0], None
+            return _loss(loss)
+        return self.opt._call(self.closure)
+
+    def at_eps(self, ddp: Any) -> torch.Tensor:
+        return self.opt._call(self.closure)
+
+
+class _BatchPasses(_ClosurePasses):
+    """``step(inputs=, targets=)`` without m or a mechanism: the mean loss of the batch, as a closure."""
+
+    def __init__(self, opt: SAM, x: torch.Tensor, y: torch.Tensor, scaler: torch.amp.GradScaler | None) -> None:
+        def closure() -> torch.Tensor:
+            loss = opt.loss_fn(opt.model(x), y)
+            if loss.ndim:
+                loss = loss.mean()
+            (loss if scaler is None else scaler.scale(loss)).backward()
+            return loss
+
+        super().__init__(torch.enable_grad()(closure), opt)
+
+
+class _SelectionPasses(_ClosurePasses):
+    """ESAM's passes in batch mode: per-example losses at w, the sharpest fraction chosen at w + eps."""
+
+    same_examples = False
+
+    def __init__(self, opt: SAM, x: torch.Tensor, y: torch.Tensor,
+                 scaler: torch.amp.GradScaler | None = None) -> None:
+        self.opt, self.x, self.y, self.scaler, self.ran = opt, x, y, scaler, None
+        self.before: torch.Tensor | None = None
+        self.selected: torch.Tensor | None = None
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+
+    def at_w(self) -> torch.Tensor:
+        opt = self.opt
+        _steps.clear_grads(opt.param_groups)
+        with torch.enable_grad():
+            losses = opt.loss_fn(opt.model(self.x), self.y)
+            if losses.ndim != 1 or losses.shape[0] != self.x.shape[0]:
+                raise SharplabError(f"ESAM's data selection needs per-example losses (shape [{self.x.shape[0]}]), "
+                                    f"got {tuple(losses.shape)}: use e.g. nn.CrossEntropyLoss(reduction='none')")
+            self._backward(losses.mean())
+        self.before = losses.detach()
+        return self.before.mean()
+
+    def at_eps(self, ddp: Any) -> torch.Tensor:
+        opt = self.opt
+        with torch.no_grad():
+            after = opt.loss_fn(opt.model(self.x), self.y)
+        idx = opt.selection.pick(after - self.before)
+        _steps.clear_grads(opt.param_groups)
+        with torch.enable_grad():
+            loss = opt.loss_fn(opt.model(self.x[idx]), self.y[idx]).mean()
+            self._backward(loss)
+        self.selected = idx
+        return loss.detach()

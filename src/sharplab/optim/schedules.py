@@ -14,8 +14,11 @@ rho schedule           rho_t                                                    
 ``LRTied(rho_min)``    rho_min + (rho - rho_min) (lr - lr_min) / (lr_max - lr_min)        GSAM (Zhuang 2022)
 =====================  =================================================================  ================
 
-``LRTied`` takes lr_max as each group's lr at the first step (or given) and clamps rho_t to
-[rho_min, rho], so a warm-up from lr = 0 never gives a negative radius.
+``LRTied``'s lr_max is the schedule's peak: the explicit ``lr_max=``, else the group's ``initial_lr`` (what
+every ``torch.optim.lr_scheduler`` records, the base lr a warm-up climbs to), else the group's lr at the
+first step (a constant lr). rho_t is clamped to [rho_min, rho], so a warm-up from lr = 0 gives rho_min and
+never a negative radius (Zhuang et al., ICLR 2022, sec. 5: rho_t = rho_min + (rho_max - rho_min)
+(lr_t - lr_min) / (lr_max - lr_min)).
 """
 
 from __future__ import annotations
@@ -24,10 +27,13 @@ import math
 from dataclasses import dataclass, field
 
 from sharplab.errors import SharplabError
+from sharplab.optim.registry import check_int, check_number
 
 
 class RhoSchedule:
-    def __call__(self, step: int, rho: float, lr: float, group: int = 0) -> float:
+    """rho_t from the step, the group's rho and lr (and the scheduler's ``initial_lr`` when there is one)."""
+
+    def __call__(self, step: int, rho: float, lr: float, group: int = 0, initial_lr: float | None = None) -> float:
         raise NotImplementedError
 
     def state_dict(self) -> dict:
@@ -37,8 +43,9 @@ class RhoSchedule:
         pass
 
 
+@dataclass
 class Constant(RhoSchedule):
-    def __call__(self, step, rho, lr, group=0):
+    def __call__(self, step, rho, lr, group=0, initial_lr=None):
         return rho
 
 
@@ -49,10 +56,11 @@ class Linear(RhoSchedule):
     steps: int = 1000
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or min(self.start, self.end) < 0:
-            raise SharplabError(f"Linear rho schedule needs steps >= 1 and factors >= 0, got {self}")
+        check_int("Linear rho schedule", "steps", self.steps, 1)
+        check_number("Linear rho schedule", "start", self.start, 0)
+        check_number("Linear rho schedule", "end", self.end, 0)
 
-    def __call__(self, step, rho, lr, group=0):
+    def __call__(self, step, rho, lr, group=0, initial_lr=None):
         return rho * (self.start + (self.end - self.start) * min(step, self.steps) / self.steps)
 
 
@@ -63,10 +71,11 @@ class Cosine(RhoSchedule):
     steps: int = 1000
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or min(self.start, self.end) < 0:
-            raise SharplabError(f"Cosine rho schedule needs steps >= 1 and factors >= 0, got {self}")
+        check_int("Cosine rho schedule", "steps", self.steps, 1)
+        check_number("Cosine rho schedule", "start", self.start, 0)
+        check_number("Cosine rho schedule", "end", self.end, 0)
 
-    def __call__(self, step, rho, lr, group=0):
+    def __call__(self, step, rho, lr, group=0, initial_lr=None):
         frac = min(step, self.steps) / self.steps
         return rho * (self.end + (self.start - self.end) * (1 + math.cos(math.pi * frac)) / 2)
 
@@ -78,8 +87,19 @@ class LRTied(RhoSchedule):
     lr_max: float | None = None
     _lr_max: dict[int, float] = field(default_factory=dict, repr=False)
 
-    def __call__(self, step, rho, lr, group=0):
-        top = self.lr_max if self.lr_max is not None else self._lr_max.setdefault(group, lr)
+    def __post_init__(self) -> None:
+        check_number("LRTied", "rho_min", self.rho_min, 0)
+        check_number("LRTied", "lr_min", self.lr_min, 0)
+        if self.lr_max is not None:
+            check_number("LRTied", "lr_max", self.lr_max, self.lr_min, lo_open=True)
+
+    def __call__(self, step, rho, lr, group=0, initial_lr=None):
+        if self.lr_max is not None:
+            top = self.lr_max
+        elif initial_lr is not None:
+            top = float(initial_lr)
+        else:
+            top = self._lr_max.setdefault(group, lr)
         if top <= self.lr_min:
             return rho
         t = (lr - self.lr_min) / (top - self.lr_min)
@@ -105,8 +125,11 @@ class Schedule:
     rho: RhoSchedule = field(default_factory=Constant)
 
     def __post_init__(self) -> None:
-        if self.every < 1 or self.start < 0:
-            raise SharplabError(f"Schedule needs every >= 1 and start >= 0, got every={self.every}, start={self.start}")
+        check_int("Schedule", "every", self.every, 1)
+        check_int("Schedule", "start", self.start, 0)
+        if not isinstance(self.rho, RhoSchedule):
+            raise SharplabError(f"Schedule: rho must be a rho schedule (Constant, Linear, Cosine, LRTied), "
+                                f"got {type(self.rho).__name__}")
 
     @classmethod
     def from_epoch(cls, epoch: int, steps_per_epoch: int, every: int = 1, rho: RhoSchedule | None = None) -> Schedule:
@@ -115,10 +138,11 @@ class Schedule:
     def ascend(self, step: int) -> bool:
         return step >= self.start and (step - self.start) % self.every == 0
 
-    def radius(self, step: int, rho: float, lr: float, group: int = 0) -> float:
-        value = self.rho(step, rho, lr, group)
-        if value < 0:
-            raise SharplabError(f"the rho schedule gave rho = {value} < 0 at step {step}")
+    def radius(self, step: int, rho: float, lr: float, group: int = 0, initial_lr: float | None = None) -> float:
+        value = self.rho(step, rho, lr, group, initial_lr)
+        if not math.isfinite(value) or value < 0:
+            raise SharplabError(f"the rho schedule gave rho = {value} at step {step} (param group {group}); "
+                                "rho must be finite and >= 0")
         return value
 
     def state_dict(self) -> dict:

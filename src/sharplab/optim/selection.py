@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import torch
 
-from sharplab.errors import SharplabError
+from sharplab.optim.registry import check_number
 
 
 class SharpestFraction:
     """Keep the fraction gamma of the batch with the largest sharpness (0.5 in the paper's CIFAR runs)."""
 
     def __init__(self, gamma: float = 0.5) -> None:
-        if not 0 < gamma <= 1:
-            raise SharplabError(f"ESAM gamma must be in (0, 1], got {gamma}")
-        self.gamma = gamma
+        self.gamma = check_number("esam", "gamma", gamma, 0, 1, lo_open=True)
 
     def count(self, batch: int) -> int:
         return max(1, min(batch, round(self.gamma * batch)))

@@ -20,7 +20,8 @@ from collections.abc import Sequence
 import torch
 
 from sharplab.errors import SharplabError
-from sharplab.optim.rules import RULES, PerturbationRule, Tensors, _scale, global_norm
+from sharplab.optim.registry import Variant, check_number, register
+from sharplab.optim.rules import PerturbationRule, Tensors, _rule_only, _scale, global_norm
 
 
 class FriendlyRule(PerturbationRule):
@@ -33,8 +34,11 @@ class FriendlyRule(PerturbationRule):
         d_t = g_t - \sigma m_{t-1},\qquad m_t = \lambda m_{t-1} + (1-\lambda) g_t,\qquad
         \epsilon_t = \rho\, d_t / \|d_t\|_2 .
 
-    As in the authors' code (and pytorch_optimizer's ``FriendlySAM``) the EMA starts at the first
-    gradient, m_0 = g_0, so the first step is a plain SAM step.
+    **Which form.** This is the authors' code (and pytorch_optimizer's ``FriendlySAM``): the direction uses
+    the EMA *before* this step's update, m_{t-1}, and the EMA starts at the first gradient, m_0 = g_0, so
+    the first step is a plain SAM step. (Algorithm 1 of the paper updates m first and subtracts m_t; the
+    two differ by (1 - lambda) sigma g_t in the direction.) The EMA is kept per parameter, so a tensor
+    added later (``add_param_group``) starts its own EMA at its first gradient and the others keep theirs.
 
     Args:
         sigma: weight of the removed component (1.0 in the paper).
@@ -45,26 +49,41 @@ class FriendlyRule(PerturbationRule):
     stateful = True
 
     def __init__(self, sigma: float = 1.0, lmbda: float = 0.9) -> None:
-        if sigma < 0 or not 0 <= lmbda < 1:
-            raise SharplabError(f"Friendly-SAM needs sigma >= 0 and 0 <= lmbda < 1, got sigma={sigma}, lmbda={lmbda}")
-        self.sigma, self.lmbda = sigma, lmbda
-        self.ema: list[torch.Tensor] | None = None
+        self.sigma = check_number("fsam", "sigma", sigma, 0)
+        self.lmbda = check_number("fsam", "lmbda", lmbda, 0, 1, hi_open=True)
+        self.ema: dict[int, torch.Tensor] = {}  # id(param) -> m
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    def bind(self, optimizer: torch.optim.Optimizer) -> None:
+        self.optimizer = optimizer
+
+    def _params(self) -> list[torch.Tensor]:
+        if self.optimizer is None:
+            raise SharplabError("Friendly-SAM's state needs its optimizer: use it through SAM(...) or create('fsam')")
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
 
     def perturbation(self, grads, params, rhos):
-        if self.ema is None or len(self.ema) != len(grads):
-            self.ema = [g.detach().clone() for g in grads]
-            direction = list(grads)
-        else:
-            direction = [g - self.sigma * m for g, m in zip(grads, self.ema)]
-            for m, g in zip(self.ema, grads):
+        direction = []
+        for p, g in zip(params, grads):
+            m = self.ema.get(id(p))
+            if m is None:
+                self.ema[id(p)] = g.detach().clone()
+                direction.append(g)
+            else:
+                direction.append(g - self.sigma * m)
                 m.mul_(self.lmbda).add_(g, alpha=1 - self.lmbda)
         return _scale(direction, rhos, global_norm(direction), of_norm=True)
 
     def state_dict(self) -> dict:
-        return {} if self.ema is None else {"ema": [m.clone() for m in self.ema]}
+        """``{"ema": {position: m}}``, positions in the optimizer's parameter order."""
+        if not self.ema:
+            return {}
+        return {"ema": {i: self.ema[id(p)].clone() for i, p in enumerate(self._params()) if id(p) in self.ema}}
 
     def load_state_dict(self, state: dict) -> None:
-        self.ema = [m.clone() for m in state["ema"]] if "ema" in state else None
+        saved = state.get("ema", {})
+        params = self._params() if saved else []
+        self.ema = {id(params[int(i)]): m.clone() for i, m in saved.items()}
 
 
 class ESAMRule(PerturbationRule):
@@ -89,9 +108,7 @@ class ESAMRule(PerturbationRule):
     name = "esam"
 
     def __init__(self, beta: float = 0.6, seed: int | None = None) -> None:
-        if not 0 < beta <= 1:
-            raise SharplabError(f"ESAM beta must be in (0, 1], got {beta}")
-        self.beta = beta
+        self.beta = check_number("esam", "beta", beta, 0, 1, lo_open=True)
         self.generator = torch.Generator()
         self.generator.manual_seed(torch.initial_seed() + 104729 if seed is None else seed)
         self.mask: list[bool] | None = None
@@ -105,9 +122,8 @@ class ESAMRule(PerturbationRule):
         return self.mask
 
     def perturbation(self, grads, params, rhos):
-        mask = self.mask if self.mask is not None and len(self.mask) == len(grads) else [True] * len(grads)
-        kept = [g if keep else torch.zeros_like(g) for g, keep in zip(grads, mask)]
-        return _scale(kept, [r / self.beta for r in rhos], global_norm(kept), of_norm=True)
+        """eps on the kept tensors (SAM drops the others before calling: they are not perturbed)."""
+        return _scale(list(grads), [r / self.beta for r in rhos], global_norm(grads), of_norm=True)
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}
@@ -145,32 +161,59 @@ class MomentumRule(PerturbationRule):
         self.optimizer: torch.optim.Optimizer | None = None
 
     def bind(self, optimizer: torch.optim.Optimizer) -> None:
+        """Refuse a base optimizer that keeps no momentum: Momentum-SAM would silently be the base alone."""
+        for i, group in enumerate(optimizer.param_groups):
+            if self.buffer is None and "momentum" in group and "betas" not in group and not group["momentum"]:
+                raise SharplabError(
+                    f"msam: param group {i} of {type(optimizer).__name__} has momentum=0, so there is no momentum "
+                    "buffer to perturb along and Momentum-SAM would be plain SGD; give momentum > 0 (the paper "
+                    "uses 0.9) or use Adam/AdamW")
         self.optimizer = optimizer
 
-    def momentum(self, params: Tensors) -> list[torch.Tensor] | None:
-        """The base optimizer's momentum for ``params`` (None before its first step)."""
+    def momentum(self, params: Tensors) -> list[torch.Tensor | None]:
+        """The base optimizer's momentum for each of ``params`` (``None`` where it has none yet)."""
         if self.optimizer is None:
             raise SharplabError("Momentum-SAM needs the base optimizer: use it through SAM(...) or create('msam', ...)")
-        out = []
+        keys = [self.buffer] if self.buffer else ["momentum_buffer", "exp_avg"]
+        out: list[torch.Tensor | None] = []
         for p in params:
             state = self.optimizer.state.get(p, {})
-            keys = [self.buffer] if self.buffer else ["momentum_buffer", "exp_avg"]
             v = next((state[k] for k in keys if state.get(k) is not None), None)
-            if v is None:
-                if state:
-                    raise SharplabError(f"Momentum-SAM: the base optimizer keeps no momentum ({', '.join(keys)}); "
-                                        "use SGD with momentum > 0 or Adam/AdamW")
-                return None
+            if v is None and state:
+                raise SharplabError(f"msam: the base optimizer keeps no momentum ({', '.join(keys)}); use SGD "
+                                    "with momentum > 0 or Adam/AdamW")
             out.append(v)
         return out
 
     def perturbation(self, grads: Tensors | None, params: Tensors, rhos: Sequence[float]) -> list[torch.Tensor]:
+        """eps = -rho v / ||v|| over the tensors that have a buffer; 0 on those that have none yet (a tensor
+        never stepped, e.g. frozen so far); all 0 before the first step."""
         v = self.momentum(params)
-        if v is None:
-            return [torch.zeros_like(p) for p in params]
-        return _scale([-t for t in v], rhos, global_norm(v), of_norm=True)
+        have = [i for i, t in enumerate(v) if t is not None]
+        eps = [torch.zeros_like(p) for p in params]
+        if have:
+            kept = _scale([-v[i] for i in have], [rhos[i] for i in have], global_norm([v[i] for i in have]))
+            for i, e in zip(have, kept):
+                eps[i] = e
+        return eps
 
 
-RULES.add("fsam", FriendlyRule)
-RULES.add("esam", ESAMRule)
-RULES.add("msam", MomentumRule)
+def _esam(kw, schedule):
+    from sharplab.optim.selection import SharpestFraction
+
+    gamma = check_number("esam", "gamma", kw["gamma"], 0, 1, lo_open=True)
+    return {"rule": ESAMRule(kw["beta"], kw["seed"]), "schedule": schedule,
+            "selection": SharpestFraction(gamma) if gamma < 1 else None}
+
+
+register(Variant("fsam", "Li et al., CVPR 2024, eq. 9", "eps = rho d / ||d||, d = g - sigma m_{t-1} (EMA of g)",
+                 _rule_only(lambda kw: FriendlyRule(kw["sigma"], kw["lmbda"])),
+                 {"rho": 0.05, "sigma": 1.0, "lmbda": 0.9}, aliases=("friendly-sam",), rule=True))
+register(Variant("esam", "Du et al., ICLR 2022, sec. 3", "eps = rho/beta (M g)/||M g||, M a random tensor mask; "
+                 "gamma < 1: descend on the sharpest fraction gamma of the batch",
+                 _esam, {"rho": 0.05, "beta": 0.6, "gamma": 1.0, "seed": None}, passes="< 2",
+                 notes="gamma < 1 (data selection) runs only in batch mode: step(inputs=, targets=)", rule=True))
+register(Variant("msam", "Becker et al., arXiv:2401.12033, 2024, eq. 4",
+                 "eps = -rho v / ||v||, v the base optimizer's momentum (no ascent pass)",
+                 _rule_only(lambda kw: MomentumRule(kw["buffer"])), {"rho": 0.3, "buffer": None},
+                 aliases=("momentum-sam",), passes="1", rule=True))
