@@ -381,3 +381,29 @@ def test_optim_list_prints_the_registry(capsys):
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["name"] for r in rows] == [v["name"] for v in available()]
     assert next(r for r in rows if r["name"] == "asam")["defaults"]["rho"] == 0.5
+
+
+def test_esam_data_selection_refuses_the_two_phase_path_naming_why():
+    model = mlp()
+    opt = create("esam", model.parameters(), torch.optim.SGD, gamma=0.5, lr=LR, model=model,
+                 loss_fn=torch.nn.CrossEntropyLoss(reduction="none"))
+    x, y = data(steps=1)[0]
+    F.cross_entropy(model(x), y).backward()
+    with pytest.raises(SharplabError, match="esam with gamma < 1 .* batch mode"):
+        opt.first_step()
+    opt.zero_grad()
+    opt.step(inputs=x, targets=y)  # the batch path runs it
+    assert opt.steps_taken == 1 and len(opt.stats["selected"]) == 8
+
+
+def test_momentum_sam_two_phase_needs_no_gradient_before_first_step():
+    a, b = mlp(), mlp()
+    opt_a, opt_b = build("msam", a), build("msam", b)
+    for x, y in data(steps=4):
+        closure_step(opt_a, a, x, y)
+        opt_b.first_step()  # eps from the momentum buffer: no pass at w
+        opt_b.zero_grad()
+        F.cross_entropy(b(x), y).backward()
+        opt_b.second_step(zero_grad=True)
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-12)

@@ -29,7 +29,7 @@ import torch
 from torch.amp import GradScaler
 
 #: How many frames up to look for the GradScaler.step that called SAM.step (Accelerate adds one wrapper;
-#: FamilySAM.step -> SAM.step and torch.optim's step wrappers add up to four more).
+#: SAM.step -> _two_phase -> _run_passes and torch.optim's step wrappers add up to four more).
 _MAX_DEPTH = 12
 
 
