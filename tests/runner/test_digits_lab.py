@@ -119,3 +119,33 @@ def test_config_checks():
         validate_config(DigitsConfig, {"train_size": 50, "batch_size": 64})
     with pytest.raises(ConfigError, match="optimizer = 'adam'"):
         validate_config(DigitsConfig, {"optimizer": "adam"})
+
+
+def test_validation_split_is_held_out_of_training_and_scored(tmp_path):
+    """val_size = N: the last N training images are the validation split; training uses the first ones only,
+    so the run equals one whose training set is those first images (val metrics on the held-out ones)."""
+    a = run(DigitsConfig(optimizer="sgd", val_size=300, **SMALL), RunContext(tmp_path / "a", seed=1))
+    b = run(DigitsConfig(optimizer="sgd", **SMALL), RunContext(tmp_path / "b", seed=1))
+    assert a["test_error"] == b["test_error"]  # train_size=200 of the first 1,047 = the same 200 images
+    from sharplab.models import MLP
+
+    model = MLP(64, 10, hidden=(8,)).double()
+    model.load_state_dict(torch.load(tmp_path / "a" / "model.pt", weights_only=True))
+    xtr, ytr, *_ = load_digits_tensors(torch.float64)
+    with torch.no_grad():
+        err = (model(xtr[-300:]).argmax(1) != ytr[-300:]).double().mean().item()
+    assert a["val_error"] == err
+    with pytest.raises(ValueError, match="exceed"):
+        DigitsConfig(train_size=1200, val_size=300)
+
+
+def test_digits_report_has_the_metric_table_in_percent(tmp_path):
+    from sharplab.cli import main
+
+    study = tmp_path / "s.toml"
+    study.write_text('lab = "digits"\nname = "t"\n[config]\nwidth = 8\ndepth = 1\ntrain_size = 128\n'
+                     'batch_size = 32\nepochs = 1\n[grid]\nseed = [0, 1]\n')
+    assert main(["run", str(study), "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    assert main(["report", str(tmp_path / "o")]) == 0
+    md = (tmp_path / "o" / "report.md").read_text()
+    assert "digits: final metrics over seeds (mean ± std, 95% CI)" in md and "test_error (%)" in md

@@ -54,6 +54,24 @@ def test_in_process_sweep_finds_the_minimum_and_reuses_runs(tmp_path):
     assert len(runs) <= 3 and all(r.attempts == 1 for r in runs)  # repeated configs reuse the stored run
 
 
+def test_sweep_summary_and_report_section(tmp_path):
+    """The sweep writes sweeps/<study>.json; the report shows the best configuration, every trial and the
+    history, with the values Optuna holds."""
+    import json
+
+    from sharplab.runner.report import build_report
+
+    study = _toy({"metric": "loss", "space": {"x": [0.1, 0.3, 0.9]}})
+    ostudy = run_sweep(study, tmp_path / "out", 4, f"sqlite:///{tmp_path / 'o.db'}", sampler_seed=0)
+    summary = json.loads((tmp_path / "out" / "sweeps" / "sw.json").read_text())
+    assert summary["best"] == {"number": ostudy.best_trial.number, "value": ostudy.best_value,
+                               "params": ostudy.best_params}
+    assert [t["value"] for t in summary["trials"]] == [t.value for t in ostudy.trials]
+    md = build_report(tmp_path / "out").to_markdown()
+    assert "## Sweep: sw" in md and "Sweep sw: trials" in md and "Sweep sw: optimisation history" in md
+    assert f"loss = {ostudy.best_value:.4g}, x = 0.3" in md
+
+
 SWEEP = """
     lab = "digits"
     name = "shared"

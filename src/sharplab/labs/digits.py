@@ -11,7 +11,9 @@ same SGD as base (Foret et al., 2021, arXiv:2010.01412):
 
 Each epoch draws a fresh permutation from a private generator and uses ``n_train // batch_size`` full
 batches (the last partial batch is dropped, so every step sees exactly ``batch_size`` examples).
-Metrics per epoch: ``train_loss`` (mean mini-batch loss at w), ``test_loss``, ``test_error``.
+Metrics per epoch: ``train_loss`` (mean mini-batch loss at w), ``test_loss``, ``test_error``; with
+``val_size = N`` the last N training images are held out as a validation split (``val_loss``,
+``val_error``), the split to tune on (``examples/sweep.toml``) so the test images never choose a setting.
 
 Resume: a checkpoint after every epoch (and every ``checkpoint_every`` steps) holds model, optimizer
 (SAM's base state), all RNG states, the data-order generator, the epoch's permutation and the position
@@ -60,13 +62,18 @@ class DigitsConfig:
     width: int = _f(128, "hidden units per layer", min=1)
     depth: int = _f(2, "hidden layers", min=1, max=8)
     train_size: int = _f(0, "use only the first N training images (0 = all 1,347)", min=0, max=N_TRAIN)
+    val_size: int = _f(0, "hold out the last N training images as a validation split (0 = none)", min=0,
+                       max=N_TRAIN - 1)
     checkpoint_every: int = _f(0, "also checkpoint every N steps (0 = after each epoch only)", min=0)
     sync_ascent: bool = _f(False, "DDP: average the ascent gradient over ranks (else m-sharpness per rank)")
     dtype: str = _f("float32", "parameter and data precision", choices=["float32", "float64"])
     device: str = _f("cpu", "cpu, cuda, or auto (cuda when available)", choices=["cpu", "cuda", "auto"])
 
     def __post_init__(self) -> None:
-        n = self.train_size or N_TRAIN
+        n = (self.train_size or N_TRAIN - self.val_size)
+        if self.train_size and self.train_size > N_TRAIN - self.val_size:
+            raise ValueError(f"train_size = {self.train_size} + val_size = {self.val_size} exceed the {N_TRAIN} "
+                             "training images; lower one")
         if self.batch_size > n:
             raise ValueError(f"batch_size = {self.batch_size} exceeds the {n} training images; lower it")
 
@@ -92,12 +99,13 @@ def build_optimizer(cfg: DigitsConfig, model: torch.nn.Module, net: torch.nn.Mod
     return SAM(model.parameters(), torch.optim.SGD, rho=cfg.rho, rule=cfg.rule, **ddp, **sgd)
 
 
-def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, split: str = "test") -> dict[str, float]:
+    """``{split}_loss`` and ``{split}_error`` (a fraction) of the model on ``(x, y)``."""
     model.eval()
     with torch.no_grad():
         logits = model(x)
-        out = {"test_loss": F.cross_entropy(logits, y).item(),
-               "test_error": (logits.argmax(1) != y).double().mean().item()}
+        out = {f"{split}_loss": F.cross_entropy(logits, y).item(),
+               f"{split}_error": (logits.argmax(1) != y).double().mean().item()}
     model.train()
     return out
 
@@ -113,6 +121,10 @@ def run(cfg: DigitsConfig, ctx: RunContext) -> dict[str, float]:
     torch.manual_seed(ctx.seed)
     np.random.seed(ctx.seed)
     x_train, y_train, x_test, y_test = (t.to(ctx.device) for t in load_digits_tensors(dtype))
+    x_val = y_val = None
+    if cfg.val_size:
+        x_train, x_val = x_train[: -cfg.val_size], x_train[-cfg.val_size :]
+        y_train, y_val = y_train[: -cfg.val_size], y_train[-cfg.val_size :]
     if cfg.train_size:
         x_train, y_train = x_train[: cfg.train_size], y_train[: cfg.train_size]
     model = MLP(64, 10, hidden=(cfg.width,) * cfg.depth).to(device=ctx.device, dtype=dtype)
@@ -170,6 +182,8 @@ def run(cfg: DigitsConfig, ctx: RunContext) -> dict[str, float]:
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and pos < steps_per_epoch:
                 save()
         metrics = {"train_loss": loss_sum / steps_per_epoch, **evaluate(model, x_test, y_test)}
+        if x_val is not None:
+            metrics.update(evaluate(model, x_val, y_val, "val"))
         ctx.log_metrics(epoch + 1, metrics)
         epoch, pos, perm, loss_sum = epoch + 1, 0, None, 0.0
         save()
@@ -198,14 +212,15 @@ def _train_step(cfg: DigitsConfig, net: torch.nn.Module, opt: torch.optim.Optimi
 
 
 def report(runs: list[Any], builder: Any) -> None:
-    """Test error vs rho, one line per optimizer (mean and 95% CI over seeds), and learning curves.
-
-    (The runner's generic section already tabulates every final metric over seeds.)"""
+    """Every final metric over seeds (mean ± std, 95% CI), test error vs rho (one line per optimizer) and
+    learning curves."""
     from sharplab.runner.aggregate import plot_history, plot_metric_vs
+    from sharplab.runner.report import add_metric_table
 
     done = [r for r in runs if r.status == "done"]
     if not done:
         return
+    add_metric_table(builder, "digits", done)
     builder.add_figure("Digits: test error vs rho", plot_metric_vs(done, "test_error", x="rho"))
     builder.add_figure("Digits: test error per epoch", plot_history(done, "test_error"))
 

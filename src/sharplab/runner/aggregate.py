@@ -88,23 +88,42 @@ def group_runs(runs: Sequence[Any], by: Sequence[str] | None = None) -> dict[tup
     return groups
 
 
+def is_error(metric: str) -> bool:
+    """Error rates are stored as fractions and shown in % (one unit in every report): ``*_error``, ``*_err``."""
+    return metric.endswith(("_error", "_err")) or metric == "error"
+
+
 def metric_table(runs: Sequence[Any], metrics: Sequence[str],
-                 by: Sequence[str] | None = None) -> dict[str, Any]:
+                 by: Sequence[str] | None = None, percent: Sequence[str] | None = None,
+                 log10: Sequence[str] = ()) -> dict[str, Any]:
     """Rows ``{key..., metric: "mean ± std", metric 95% CI: "± h", seeds}`` for ``ReportBuilder.add_table``
-    (the CI columns are left out when no group has two seeds)."""
+    (the CI columns are left out when no group has two seeds). Error rates in % (``percent``: the metrics
+    shown x100 as ``"<metric> (%)"``; default: those :func:`is_error` names); ``log10``: quantities that
+    span decades, summarised on the log scale (``"log10 <metric>"``: mean ± std of log10 over seeds)."""
+    percent = [m for m in metrics if is_error(m)] if percent is None else list(percent)
     by = varying_keys(runs) if by is None else list(by)
     groups = group_runs(runs, by)
     with_ci = any(len(g) > 1 for g in groups.values())
     rows = []
+    names = {m: f"log10 {m}" if m in log10 else f"{m} (%)" if m in percent else m for m in metrics}
+
+    def value(m: str, r: Any) -> float:
+        v = r.metrics.get(m)
+        if v is None:
+            return math.nan
+        if m in log10:
+            return math.log10(v) if v > 0 else math.nan
+        return 100.0 * v if m in percent else float(v)
+
     for key, group in groups.items():
         row: dict[str, Any] = dict(zip(by, key))
         for m in metrics:
-            s = summarize(r.metrics.get(m, math.nan) for r in group)
-            row[m] = s.fmt()
-            row[f"{m} 95% CI"] = "–" if math.isnan(s.ci95) else f"± {s.ci95:.2g}"
+            s = summarize(value(m, r) for r in group)
+            row[names[m]] = s.fmt()
+            row[f"{names[m]} 95% CI"] = "–" if math.isnan(s.ci95) else f"± {s.ci95:.2g}"
         row["seeds"] = len(group)
         rows.append(row)
-    per_metric = (lambda m: (m, f"{m} 95% CI")) if with_ci else (lambda m: (m,))
+    per_metric = (lambda m: (names[m], f"{names[m]} 95% CI")) if with_ci else (lambda m: (names[m],))
     columns = [*by, *[c for m in metrics for c in per_metric(m)], "seeds"]
     return {"rows": rows, "columns": columns}
 

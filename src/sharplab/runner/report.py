@@ -147,15 +147,70 @@ class ReportBuilder:
         return paths
 
 
-def add_metric_table(builder: ReportBuilder, lab_name: str, runs: list, metrics: list[str] | None = None) -> None:
+def add_metric_table(builder: ReportBuilder, lab_name: str, runs: list, metrics: list[str] | None = None,
+                     percent: list[str] | None = None, log10: tuple[str, ...] = ()) -> None:
     """A table of final metrics (all, or ``metrics``) of the finished ``runs``, grouped by the config keys
-    that vary, with mean ± std and the 95% CI over seeds. Labs may call it from their report section."""
+    that vary, with mean ± std and the 95% CI over seeds; error rates in %, ``log10`` metrics on the log
+    scale (see :func:`~sharplab.runner.aggregate.metric_table`). Labs call it from their report section."""
     from sharplab.runner.aggregate import metric_table
 
     done = [r for r in runs if r.status == "done"]
     if done:
         metrics = metrics or list(dict.fromkeys(k for r in done for k in r.metrics))
-        builder.add_table(f"{lab_name}: final metrics over seeds (mean ± std, 95% CI)", **metric_table(done, metrics))
+        table = metric_table(done, metrics, percent=percent, log10=log10)
+        builder.add_table(f"{lab_name}: final metrics over seeds (mean ± std, 95% CI)", **table)
+
+
+def add_sweep_sections(builder: ReportBuilder, out_dir: str | os.PathLike) -> None:
+    """Per sweep that wrote ``sweeps/<study>.json`` into the folder: the best configuration, every trial,
+    the optimisation history (value per trial and the best so far) and the parameter importances."""
+    import json
+
+    for path in sorted((Path(out_dir) / "sweeps").glob("*.json")):
+        try:
+            summary = json.loads(path.read_text())
+        except (OSError, ValueError):
+            builder.add_text(f"Sweep summary {path.name} could not be read; re-run `sharplab sweep` to rewrite it.")
+            continue
+        name, metric, direction = summary["study"], summary["metric"], summary["direction"]
+        builder.add_heading(f"Sweep: {name}")
+        done = [t for t in summary["trials"] if t["state"] == "COMPLETE"]
+        best = summary.get("best")
+        builder.add_text(f"Objective: {direction} `{metric}` (mean over seeds {summary['seeds']}); "
+                         f"{len(done)} of {len(summary['trials'])} trials completed. "
+                         + ("No trial completed." if best is None else
+                            f"Best: trial {best['number']}, {metric} = {best['value']:.4g}, "
+                            + ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}"
+                                        for k, v in best["params"].items()) + "."))
+        params = list(dict.fromkeys(k for t in summary["trials"] for k in t["params"]))
+        rows = [{"trial": t["number"], "state": t["state"].lower(),
+                 metric: "" if t["value"] is None else f"{t['value']:.4g}",
+                 **{k: (f"{t['params'][k]:.4g}" if isinstance(t["params"].get(k), float) else t["params"].get(k, ""))
+                    for k in params}} for t in summary["trials"]]
+        builder.add_table(f"Sweep {name}: trials", rows, columns=["trial", "state", metric, *params])
+        if summary.get("importances"):
+            builder.add_table(f"Sweep {name}: parameter importance (Optuna fANOVA)",
+                              [{"parameter": k, "importance": f"{v:.3f}"} for k, v in summary["importances"].items()])
+        if done:
+            builder.add_figure(f"Sweep {name}: optimisation history", _history_figure(done, metric, direction))
+
+
+def _history_figure(done: list[dict[str, Any]], metric: str, direction: str) -> Any:
+    from matplotlib.figure import Figure
+
+    xs = [t["number"] for t in done]
+    ys = [t["value"] for t in done]
+    pick = min if direction == "minimize" else max
+    running = [pick(ys[: i + 1]) for i in range(len(ys))]
+    fig = Figure(figsize=(5.5, 3.4))
+    ax = fig.add_subplot()
+    ax.plot(xs, ys, "o", ms=4, label="trial")
+    ax.step(xs, running, where="post", color="k", lw=1.2, label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(metric)
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    return fig
 
 
 def build_report(out_dir: str | os.PathLike, title: str | None = None) -> ReportBuilder:
@@ -176,6 +231,7 @@ def build_report(out_dir: str | os.PathLike, title: str | None = None) -> Report
             {"run": r.run_id, "lab": r.lab, "seed": r.seed, "status": r.status,
              "step": "" if r.diverged_step is None else r.diverged_step, "error": r.error or ""}
             for r in troubled])
+    add_sweep_sections(builder, out_dir)
     for lab_name in dict.fromkeys(r.lab for r in runs):
         lab_runs = [r for r in runs if r.lab == lab_name]
         builder.add_heading(f"Lab: {lab_name}")

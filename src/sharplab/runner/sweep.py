@@ -237,7 +237,45 @@ def run_sweep(study: Study, out_dir: str | os.PathLike, trials: int, storage: st
 
     if budget_taken(ostudy) < trials:
         ostudy.optimize(objective, n_trials=trials, callbacks=[_stop_at(trials)], catch=())
+    write_summary(ostudy, sweep, out_dir)
     return ostudy
+
+
+def summary_path(out_dir: str | os.PathLike, study_name: str) -> Path:
+    """Where :func:`write_summary` puts a sweep's summary (``sharplab report`` reads every one there)."""
+    return Path(out_dir) / "sweeps" / f"{study_name}.json"
+
+
+def write_summary(ostudy: Any, sweep: SweepSpec, out_dir: str | os.PathLike) -> Path:
+    """``sweeps/<study>.json`` (atomic): every trial (number, state, value, params, run ids, worker), the best
+    trial, and Optuna's parameter importances (fANOVA) when at least two trials completed. The report's
+    sweep section is built from it, so it needs no access to the Optuna storage."""
+    from optuna.trial import TrialState
+
+    from sharplab.io import atomic_write_json
+
+    trials = ostudy.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    importances: dict[str, float] = {}
+    if len(complete) >= 2:
+        try:
+            import optuna
+
+            importances = {k: float(v) for k, v in optuna.importance.get_param_importances(ostudy).items()}
+        except (RuntimeError, ValueError, ImportError):  # e.g. a parameter that never varied
+            importances = {}
+    pick = min if sweep.direction == "minimize" else max
+    best = pick(complete, key=lambda t: t.value) if complete else None
+    summary = {
+        "study": ostudy.study_name, "metric": sweep.metric, "direction": sweep.direction,
+        "seeds": list(sweep.seeds),
+        "trials": [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
+                    "run_ids": t.user_attrs.get("run_ids", []), "worker": t.user_attrs.get("worker", "")}
+                   for t in trials],
+        "best": None if best is None else {"number": best.number, "value": best.value, "params": best.params},
+        "importances": importances,
+    }
+    return atomic_write_json(summary_path(out_dir, ostudy.study_name), summary)
 
 
 def budget_taken(ostudy: Any) -> int:

@@ -44,7 +44,8 @@ def report_diag_net(runs: list[Any], builder: Any) -> None:
         return
     from sharplab.runner.report import add_metric_table
 
-    add_metric_table(builder, "diag-net", done, ["test_error", "train_loss", "l1_norm", "dist_theta"])
+    add_metric_table(builder, "diag-net", done, ["test_error", "train_loss", "l1_norm", "dist_theta"],
+                     percent=[], log10=("test_error", "train_loss"))  # regression losses spanning decades
     rows = [{**r.config, **r.metrics} for r in done if "test_error" in r.metrics]
     if len({(r["method"], r["rho"]) for r in rows}) > 1:
         builder.add_figure("Diagonal network: test error vs rho", plots.test_error_vs_rho(rows))
