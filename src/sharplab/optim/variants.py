@@ -148,6 +148,11 @@ class MomentumRule(PerturbationRule):
     step (the same iterates w_t, and the model is never left perturbed). MSAM works with a much larger
     rho than SAM (the paper uses rho = 0.3 - 3 with SGD).
 
+    Weight decay: with ``torch.optim.SGD`` the decay term enters the gradient before the momentum update, so
+    v (and eps) includes it, and the base step's decay is computed at w (restored before it); the authors'
+    optimizer holds the weights at w + eps, so its decay differs by lambda eps. A base optimizer without
+    momentum (SGD with ``momentum=0``) is refused at construction.
+
     Args:
         buffer: the state key of the base optimizer's momentum (default: ``momentum_buffer`` or ``exp_avg``,
             whichever the optimizer keeps).
