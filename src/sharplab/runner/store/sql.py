@@ -171,9 +171,9 @@ class SQLStore:
         elif row["status"] == "running":
             why = f"taken over by pid {row['pid']} on {row['host']}"
         elif row["token"] is None:
-            why = f"reset to {row['status']} (sharplab reset --force)"
+            why = f"it was reset by `sharplab reset --force` and is now {row['status']}"
         else:
-            why = f"it is now {row['status']}, ended by another process"
+            why = f"it is now {row['status']}, ended by another process on {row['host']}"
         raise ClaimLost(f"run {run_id}: this process no longer holds it ({why}); stopped without writing")
 
     def check_held(self, run_id: str, token: str | None = None) -> None:
