@@ -137,29 +137,28 @@ def test_server_restart_mid_study_workers_wait_and_continue(pg_server, pg_url, t
     assert _rows(out, pg_url) == reference()
 
 
-def test_store_copy_round_trip_and_conflicts(pg_url, tmp_path, reference):
-    from runner_testlib import sharplab_cli
+def test_store_copy_round_trip_and_conflicts(pg_url, tmp_path, reference, capsys):
+    from sharplab.cli import main as cli
 
     ref_rows = reference()
-    src = reference.out
-    r = sharplab_cli("store", "copy", str(src), pg_url)
-    assert r.returncode == 0 and "copied 24 runs" in r.stdout, r.stderr
-    back = tmp_path / "back"
-    r = sharplab_cli("store", "copy", pg_url, str(back))
-    assert r.returncode == 0, r.stderr
+    src, back = reference.out, tmp_path / "back"
+    assert cli(["store", "copy", str(src), pg_url]) == 0
+    assert "copied 24 runs" in capsys.readouterr().out
+    assert _rows(src, None) == _rows(src, pg_url)
+    assert cli(["store", "copy", pg_url, str(back)]) == 0
     dump = lambda p: sqlite3.connect(p).execute("SELECT * FROM runs ORDER BY rowid").fetchall()  # noqa: E731
     epochs = lambda p: sqlite3.connect(p).execute("SELECT * FROM epochs ORDER BY 1, 2, 3").fetchall()  # noqa: E731
-    assert dump(back / "results.sqlite") == dump(src / "results.sqlite")
+    assert dump(back / "results.sqlite") == dump(src / "results.sqlite")  # every row, every column identical
     assert epochs(back / "results.sqlite") == epochs(src / "results.sqlite")
     assert _rows(back, None) == ref_rows
-    r = sharplab_cli("store", "copy", str(src), pg_url)  # the same rows again: nothing to do, not a conflict
-    assert r.returncode == 0 and "copied 0 runs" in r.stdout
-    with open_store(back) as store:  # a destination whose run differs: refused in one line, nothing copied
-        run_id = next(iter(ref_rows))
+    capsys.readouterr()
+    assert cli(["store", "copy", str(src), pg_url]) == 0  # the same rows again: nothing to do, not a conflict
+    assert "copied 0 runs" in capsys.readouterr().out
+    run_id = next(iter(ref_rows))
+    with open_store(back) as store:  # the destination's copy of one run now differs
         store.reset(run_id, force=True)
-    fresh = tmp_path / "fresh"
-    r = sharplab_cli("store", "copy", str(back), str(fresh))
-    assert r.returncode == 0
-    r = sharplab_cli("store", "copy", str(src), str(back))
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "other contents" in r.stderr
-    assert _records(back, None)[run_id].status == "pending"
+    assert cli(["store", "copy", str(src), str(back)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "other contents" in err and run_id in err, err
+    assert _records(back, None)[run_id].status == "pending"  # nothing copied
+    assert cli(["store", "copy", str(src), str(src)]) == 2

@@ -207,3 +207,13 @@ def test_sweep_refuses_an_existing_non_database_sqlite_file(tmp_path, capsys):
     assert cli(["sweep", str(study), "--trials", "1", "--storage", f"sqlite:///{victim}"]) == 2
     assert "not a SQLite database" in capsys.readouterr().err
     assert victim.read_text() == "my notes, not a database\n"
+
+
+def test_plan_records_runs_and_starts_nothing(tmp_path, toy_study, capsys):
+    out = tmp_path / "out"
+    assert cli(["run", str(toy_study), "--out", str(out), "--plan"]) == 0
+    ids = capsys.readouterr().out.split()
+    with open_store(out, readonly=True) as store:
+        runs = store.runs()
+    assert len(ids) == 6 and [r.run_id for r in runs] == ids and all(r.status == "pending" for r in runs)
+    assert not (out / "runs").exists() and (out / "studies" / "toy.json").exists()

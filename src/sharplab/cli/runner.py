@@ -22,6 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads per process (default: cpus/jobs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars (also when CI is set)")
     p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars per run")
+    p.add_argument("--plan", action="store_true",
+                   help="only record the runs in the store and print the ids of those not finished (start nothing)")
     _store_option(p)
     p.set_defaults(func=cmd_run, needs_labs=True)
     typed(p, study=text, out=out_dir, jobs=positive_int, nproc=positive_int, threads=threads)
@@ -136,6 +138,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         open_store(out, url, wait=False).close()
     elif (out / "results.sqlite").exists():
         open_store(out, create=False).close()
+    if args.plan:
+        from sharplab.runner.execute import plan_study
+
+        todo = plan_study(study, out, args.nproc, url)
+        print(f"study {study.name!r}: {len(study.runs(args.nproc))} runs recorded in {out}, {len(todo)} not finished",
+              file=sys.stderr)
+        for run_id in todo:
+            print(run_id)
+        return 0
     options = RunOptions(quiet=_quiet(args), tensorboard=args.tensorboard, threads=args.threads, store=url)
     n = len(study.runs(args.nproc))
     print(f"study {study.name!r}: lab {study.lab}, {n} runs -> {out}", file=sys.stderr)

@@ -263,6 +263,20 @@ def _metrics_sink(store: SQLStore | None, run_id: str, writer: Any,
 
 
 # --- studies -----------------------------------------------------------------------------------------
+def plan_study(study: Study, out_dir: str | os.PathLike, nproc: int = 1, store_url: str | None = None) -> list[str]:
+    """``sharplab run --plan``: record the study's runs (pending) in the store and its file under
+    ``DIR/studies``, start nothing; return the ids of the runs not finished yet, in study order (for
+    launchers that start each run themselves, e.g. ``torchrun`` across nodes)."""
+    out_dir = Path(out_dir)
+    specs = study.runs(nproc)
+    with open_store(out_dir, store_url) as store:
+        store.add_runs(specs)
+        status = {r.run_id: r.status for r in store.runs(history=False)}
+    atomic_write_json(out_dir / "studies" / f"{study.name}.json",
+                      {**asdict(study), "run_ids": [s.run_id for s in specs], "nproc": nproc})
+    return [s.run_id for s in specs if status[s.run_id] not in FINISHED]
+
+
 def run_study(study: Study, out_dir: str | os.PathLike, jobs: int = 1, nproc: int = 1,
               options: RunOptions = RunOptions()) -> Counter:
     """Run every configuration of ``study`` not finished yet in ``out_dir``; return a status count."""
