@@ -217,3 +217,34 @@ def test_plan_records_runs_and_starts_nothing(tmp_path, toy_study, capsys):
         runs = store.runs()
     assert len(ids) == 6 and [r.run_id for r in runs] == ids and all(r.status == "pending" for r in runs)
     assert not (out / "runs").exists() and (out / "studies" / "toy.json").exists()
+
+
+def test_status_check_finds_changed_contents_of_the_same_size(tmp_path, toy_study, capsys):
+    out = tmp_path / "out"
+    assert cli(["run", str(toy_study), "--out", str(out), "--quiet"]) == 0
+    assert cli(["status", str(out), "--check"]) == 0
+    history = next((out / "runs").glob("*/history.jsonl"))
+    text = history.read_text()
+    history.write_text(text.replace("0.", "9.", 1))  # same size, other contents
+    capsys.readouterr()
+    assert cli(["status", str(out), "--check"]) == 1
+    assert f"{history} has other contents" in capsys.readouterr().out
+
+
+def test_a_full_disk_checkpoint_write_is_one_line_and_keeps_the_previous(tmp_path, monkeypatch):
+    import errno
+
+    import sharplab.io
+    from sharplab.errors import SharplabError
+
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"step": 1})
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(sharplab.io, "atomic_write_bytes", full)
+    with pytest.raises(SharplabError, match="No space left on device.*previous checkpoint is kept"):
+        save_checkpoint(path, {"step": 2})
+    monkeypatch.undo()
+    assert load_checkpoint(path, print) == {"step": 1}

@@ -226,14 +226,26 @@ def remove_temp_files(run_dir: Path) -> None:
 _UNLISTED = (".log",)
 
 
-def run_files(run_dir: Path) -> dict[str, int]:
-    """``relative path -> size`` of the files a run left in its folder (logs and TensorBoard excepted)."""
-    out = {}
+def run_files(run_dir: Path) -> dict[str, list[Any]]:
+    """``relative path -> [size, SHA-256]`` of the files a run left in its folder (logs and TensorBoard
+    excepted), recorded when it finishes and checked by ``sharplab status --check``."""
+    out: dict[str, list[Any]] = {}
     for p in sorted(run_dir.rglob("*")):
         rel = p.relative_to(run_dir).as_posix()
-        if p.is_file() and not rel.endswith(_UNLISTED) and not rel.startswith("tensorboard/"):
-            out[rel] = p.stat().st_size
+        if p.is_file() and not p.is_symlink() and not rel.endswith(_UNLISTED) and not rel.startswith("tensorboard/"):
+            out[rel] = [p.stat().st_size, file_sha256(p)]
     return out
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file, read in chunks (bounded memory)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _agree(claim: str, device: torch.device) -> str:
@@ -455,7 +467,8 @@ def reset_run(out_dir: str | os.PathLike, run_id: str, force: bool = False, stor
 
 def verify_run_files(rec: RunRecord) -> list[str]:
     """Problems with a finished run's folder: missing run.json or one that disagrees with the store, and
-    recorded files that are missing or changed size."""
+    recorded files that are missing or changed size or contents (a SHA-256 recorded at finish; stores
+    written before checksums existed have sizes only)."""
     import json
 
     assert rec.run_dir is not None
@@ -470,10 +483,13 @@ def verify_run_files(rec: RunRecord) -> list[str]:
     for key, want in (("run_id", rec.run_id), ("lab", rec.lab), ("seed", rec.seed), ("config", rec.config)):
         if info.get(key) != want:
             problems.append(f"{meta}: {key} differs from the store")
-    for name, size in (rec.files or {}).items():
+    for name, entry in (rec.files or {}).items():
+        size, digest = (entry[0], entry[1]) if isinstance(entry, list) else (entry, None)
         path = rec.run_dir / name
         if not path.is_file():
             problems.append(f"{path} is missing")
         elif path.stat().st_size != size:
             problems.append(f"{path} has {path.stat().st_size} bytes, the store recorded {size}")
+        elif digest is not None and file_sha256(path) != digest:
+            problems.append(f"{path} has other contents than when the run finished (SHA-256 differs)")
     return problems

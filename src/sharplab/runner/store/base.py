@@ -134,7 +134,8 @@ class RunRecord:
     heartbeat: float | None = None
     pid_start: str | None = None
     threads: int | None = None
-    files: dict[str, int] | None = None
+    #: files the finished run left: name -> [size, SHA-256] (older stores: name -> size)
+    files: dict[str, Any] | None = None
     history: dict[int, dict[str, float]] = field(default_factory=dict)
     #: the run's folder (checkpoints, artifacts), for report sections that read what the run wrote
     run_dir: Path | None = None

@@ -218,7 +218,7 @@ class SQLStore:
 
         return self._run(work)
 
-    def set_files(self, run_id: str, files: dict[str, int]) -> None:
+    def set_files(self, run_id: str, files: dict[str, Any]) -> None:
         """Record the files a finished run left in its folder (name -> size), for ``status --check``."""
         token = self._tokens.get(run_id)
 
@@ -261,7 +261,7 @@ class SQLStore:
 
     def finish(self, run_id: str, status: str, metrics: dict[str, float] | None = None,
                error: str | None = None, diverged_step: int | None = None,
-               files: dict[str, int] | None = None, token: str | None = None) -> None:
+               files: dict[str, Any] | None = None, token: str | None = None) -> None:
         """Record the end of an attempt; wall time since :meth:`claim` is added to ``seconds``.
 
         ``files``: what a finished run left in its folder (name -> bytes), checked by ``status --check``.
