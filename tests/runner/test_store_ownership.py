@@ -248,3 +248,37 @@ def test_a_full_disk_checkpoint_write_is_one_line_and_keeps_the_previous(tmp_pat
         save_checkpoint(path, {"step": 2})
     monkeypatch.undo()
     assert load_checkpoint(path, print) == {"step": 1}
+
+
+@pytest.fixture
+def read_only_view(tmp_path):
+    """``(source folder, the same folder mounted read-only)``; skipped where bind mounts are not allowed."""
+    src, view = tmp_path / "src", tmp_path / "view"
+    src.mkdir()
+    view.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("a read-only bind mount needs root (as non-root, chmod would do, but root ignores it)")
+    ok = subprocess.run(["mount", "--bind", str(src), str(view)], capture_output=True).returncode == 0
+    if not ok:
+        pytest.skip("bind mounts are not allowed here")
+    try:
+        if subprocess.run(["mount", "-o", "remount,ro,bind", str(view)], capture_output=True).returncode != 0:
+            pytest.skip("read-only remount is not allowed here")
+        yield src, view
+    finally:
+        if subprocess.run(["umount", str(view)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(view)], capture_output=True)
+            raise AssertionError(f"{view} was busy at the end: a store connection was left open")
+
+
+def test_status_export_report_work_in_a_read_only_folder(read_only_view, toy_study, capsys):
+    src, view = read_only_view
+    assert cli(["run", str(toy_study), "--out", str(src / "out"), "--quiet"]) == 0
+    with pytest.raises(OSError):
+        (view / "out" / "probe").write_text("x")
+    capsys.readouterr()
+    assert cli(["status", str(view / "out")]) == 0
+    assert "4 done, 2 diverged" in capsys.readouterr().out
+    assert cli(["export", str(view / "out"), "--json"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 6
+    assert cli(["status", str(view / "out"), "--check"]) == 0

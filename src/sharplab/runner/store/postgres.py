@@ -139,15 +139,19 @@ class PostgresStore(SQLStore):
         self.readonly = readonly
         self.conn: Any = None
         self._connect(first=True, wait=wait)
-        if readonly or not create:
-            exists = self._run(lambda tx: tx.execute("SELECT to_regclass('runs') IS NOT NULL").fetchone()[0],
-                               write=False)
-            if not exists:
-                raise StoreError(f"no results in {self.location}; run `sharplab run STUDY.toml --out DIR "
-                                 f"--store URL` first")
-        else:
-            self._run(self._create_schema)
-        self.clock_offset = self.now() - time.time()
+        try:
+            if readonly or not create:
+                exists = self._run(lambda tx: tx.execute("SELECT to_regclass('runs') IS NOT NULL").fetchone()[0],
+                                   write=False)
+                if not exists:
+                    raise StoreError(f"no results in {self.location}; run `sharplab run STUDY.toml --out DIR "
+                                     f"--store URL` first")
+            else:
+                self._run(self._create_schema)
+            self.clock_offset = self.now() - time.time()
+        except BaseException:
+            self.close()
+            raise
 
     def _create_schema(self, tx: Tx) -> None:
         tx.execute("SELECT pg_advisory_xact_lock(?)", (_SCHEMA_LOCK,))

@@ -100,6 +100,8 @@ class SQLiteStore(SQLStore):
                         db.execute(f"ALTER TABLE runs ADD COLUMN {col} {typ}")
                 db.execute("SELECT COUNT(*) FROM runs").fetchone()
         except sqlite3.DatabaseError as exc:
+            with contextlib.suppress(Exception):
+                self.db.close()
             raise _open_error(self.path, exc) from None
 
     def _open_readonly(self) -> sqlite3.Connection:
@@ -107,6 +109,7 @@ class SQLiteStore(SQLStore):
         (WAL's shared-memory file cannot be made there)."""
         last: sqlite3.DatabaseError | None = None
         for flags in ("mode=ro", "immutable=1"):
+            db = None
             try:
                 db = sqlite3.connect(f"{self.path.resolve().as_uri()}?{flags}", uri=True, timeout=60,
                                      isolation_level=None, check_same_thread=False)
@@ -115,6 +118,8 @@ class SQLiteStore(SQLStore):
                 db.execute("SELECT COUNT(*) FROM runs").fetchone()
                 return db
             except sqlite3.DatabaseError as exc:
+                if db is not None:
+                    db.close()
                 last = exc
                 if "no such table" in str(exc):
                     break
