@@ -162,3 +162,33 @@ def test_store_copy_round_trip_and_conflicts(pg_url, tmp_path, reference, capsys
     assert len(err.strip().splitlines()) == 1 and "other contents" in err and run_id in err, err
     assert _records(back, None)[run_id].status == "pending"  # nothing copied
     assert cli(["store", "copy", str(src), str(src)]) == 2
+
+
+DIGITS = """
+    lab = "digits"
+    name = "pgjobs"
+    [config]
+    width = 8
+    depth = 1
+    train_size = 128
+    batch_size = 32
+    epochs = 1
+    [grid]
+    lr = [0.1]
+"""
+
+
+def test_jobs_worker_processes_use_the_postgresql_store(pg_url, tmp_path):
+    from runner_testlib import sharplab_cli
+
+    from sharplab.cli import main as cli
+
+    study = write_study(tmp_path / "pgjobs.toml", DIGITS)
+    r = sharplab_cli("run", str(study), "--out", str(tmp_path / "pg"), "--store", pg_url, "--jobs", "2",
+                     "--threads", "1")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not (tmp_path / "pg" / "results.sqlite").exists()  # the workers wrote to PostgreSQL only
+    assert cli(["run", str(study), "--out", str(tmp_path / "lite"), "--threads", "1", "--quiet"]) == 0
+    pg, lite = _rows(tmp_path / "pg", pg_url), _rows(tmp_path / "lite", None)
+    assert len(pg) == 1 and all(r["status"] == "done" for r in pg.values())
+    assert pg == lite

@@ -7,8 +7,11 @@ Layout of an output folder::
     DIR/runs/<run_id>/run.json  resolved config, seed, versions, machine, git revision (atomic)
     DIR/runs/<run_id>/run.log   the run's log;  checkpoint.pt, model.pt and other artifacts of the lab
 
-A run is claimed in the store (status ``running``, pid, host) before it starts and finished in one
-transaction. ``done`` and ``diverged`` runs are never re-run; ``pending``, ``failed`` and interrupted
+A run is claimed in the store (status ``running``, pid, host, a claim token) before it starts and finished
+in one transaction; the holder's every write checks the token, so a run reset (``--force``) or taken over
+meanwhile stops its old holder at the next write (:class:`~sharplab.runner.store.ClaimLost`). The store is
+``DIR/results.sqlite`` or, for many machines, a PostgreSQL database (``RunOptions.store``, ``--store URL``).
+``done`` and ``diverged`` runs are never re-run; ``pending``, ``failed`` and interrupted
 (``running`` whose process is gone) runs are started again, and the lab resumes from its checkpoint.
 
 Several ``sharplab run`` processes may share one output folder: each runs the pending runs nobody holds
@@ -405,6 +408,8 @@ def _in_child(out_dir: Path, nproc: int, options: RunOptions) -> Callable[[RunSp
         run_dir.mkdir(parents=True, exist_ok=True)
         cmd = worker_command(out_dir, spec.run_id, nproc, options, get_lab(spec.lab).module)
         env = {**os.environ, "OMP_NUM_THREADS": str(options.threads or 1)}
+        if options.store:  # in the environment, not the command line: a URL may hold a password
+            env["SHARPLAB_STORE"] = options.store
         with open(run_dir / "worker.log", "ab") as log:
             rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
         if rc == CLAIM_LOST_EXIT:
@@ -439,8 +444,6 @@ def worker_command(out_dir: Path, run_id: str, nproc: int, options: RunOptions,
         args += ["--threads", str(options.threads)]
     if options.watch_pid:
         args += ["--watch-pid", str(options.watch_pid)]
-    if options.store:
-        args += ["--store", options.store]
     if nproc == 1:
         return [sys.executable, *args]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
