@@ -51,7 +51,7 @@ from sharplab.runner.store import (
     ClaimLost,
     Heartbeat,
     RunRecord,
-    SQLStore,
+    Store,
     heartbeat_timeout,
     open_store,
     pid_alive,
@@ -261,7 +261,7 @@ def _agree(claim: str, device: torch.device) -> str:
     return outcomes[int(flag.item())]
 
 
-def _metrics_sink(store: SQLStore | None, run_id: str, writer: Any,
+def _metrics_sink(store: Store | None, run_id: str, writer: Any,
                   watch_pid: int | None) -> Callable[[int, dict[str, float]], None] | None:
     if store is None:
         return None

@@ -23,6 +23,7 @@ from sharplab.runner.store.base import (
     STORE_NAME,
     ClaimLost,
     RunRecord,
+    Store,
     StoreError,
     StoreUnavailable,
     check_out_dir,
@@ -42,7 +43,7 @@ STORE_ENV = "SHARPLAB_STORE"
 POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg2")
 
 __all__ = ["DISPLAY_ORDER", "FINISHED", "HEARTBEAT_EVERY", "STATUSES", "STORE_NAME", "ClaimLost", "Heartbeat",
-           "ResultsStore", "RunRecord", "SQLStore", "SQLiteStore", "StoreError", "StoreUnavailable",
+           "ResultsStore", "RunRecord", "SQLStore", "SQLiteStore", "Store", "StoreError", "StoreUnavailable",
            "check_out_dir", "check_store_url", "heartbeat_every", "heartbeat_timeout", "host_identity",
            "open_location", "open_store", "pid_alive", "process_start", "resolve_store", "status_line"]
 

@@ -1,4 +1,5 @@
-"""What every results-store backend shares: the run record, the stale-run policy, errors, the interface.
+"""What every results-store backend shares: the interface (:class:`Store`), the run record, the stale-run
+policy, errors.
 
 A store holds two tables::
 
@@ -21,6 +22,7 @@ on a shared store (PostgreSQL) another host's row is taken over only after the h
 
 from __future__ import annotations
 
+import abc
 import os
 import socket
 import time
@@ -179,6 +181,89 @@ class RunRecord:
     @property
     def display_status(self) -> str:
         return "interrupted" if self.stale else self.status
+
+
+class Store(abc.ABC):
+    """The results store's interface; :class:`~sharplab.runner.store.sql.SQLStore` implements it once for
+    both backends. Writes of a run this store claimed check its claim token (:class:`ClaimLost`)."""
+
+    #: a store many hosts share (another host's running row is taken over only after the heartbeat timeout)
+    shared: bool = False
+    #: where the store is, for messages (a file path, or a URL without its password)
+    location: str = ""
+    out_dir: Path = Path(".")
+
+    @abc.abstractmethod
+    def add_runs(self, specs: Iterable[Any]) -> int:
+        """Insert pending rows for specs not yet known; return how many were new."""
+
+    @abc.abstractmethod
+    def claim(self, run_id: str, threads: int | None = None) -> str:
+        """``"claimed"`` (under a fresh token), ``"finished"`` or ``"busy"``."""
+
+    @abc.abstractmethod
+    def token(self, run_id: str) -> str | None:
+        """The claim token this store object holds for ``run_id``."""
+
+    @abc.abstractmethod
+    def check_held(self, run_id: str, token: str | None = None) -> None:
+        """:class:`ClaimLost` unless this process still holds ``run_id``."""
+
+    @abc.abstractmethod
+    def beat(self, run_id: str, token: str | None = None) -> None:
+        """Heartbeat of the holder of ``run_id``."""
+
+    @abc.abstractmethod
+    def reset(self, run_id: str, force: bool = False) -> str:
+        """Make a run pending (history forgotten, holder fenced); return its previous status."""
+
+    @abc.abstractmethod
+    def set_files(self, run_id: str, files: dict[str, Any]) -> None:
+        """Record the files a finished run left in its folder."""
+
+    @abc.abstractmethod
+    def restore_history(self, run_id: str, rows: Iterable[tuple[int, dict[str, float]]]) -> int:
+        """Insert per-epoch metrics the store lacks; return how many."""
+
+    @abc.abstractmethod
+    def log_epoch(self, run_id: str, step: int, metrics: dict[str, float]) -> None:
+        """Record (or replace) the metrics of ``step``."""
+
+    @abc.abstractmethod
+    def finish(self, run_id: str, status: str, metrics: dict[str, float] | None = None,
+               error: str | None = None, diverged_step: int | None = None,
+               files: dict[str, Any] | None = None, token: str | None = None) -> None:
+        """Record the end of an attempt."""
+
+    @abc.abstractmethod
+    def runs(self, lab: str | None = None, status: str | None = None, history: bool = True) -> list[RunRecord]:
+        """All runs (optionally of one lab / status), oldest first."""
+
+    @abc.abstractmethod
+    def get(self, run_id: str) -> RunRecord:
+        """One run with its per-epoch history."""
+
+    @abc.abstractmethod
+    def now(self) -> float:
+        """The store's clock."""
+
+    @abc.abstractmethod
+    def raw_rows(self) -> tuple[list[dict[str, Any]], list[tuple[Any, ...]]]:
+        """Every row as stored (for ``store copy``)."""
+
+    @abc.abstractmethod
+    def insert_raw(self, runs: list[dict[str, Any]], epochs: list[tuple[Any, ...]]) -> tuple[int, int]:
+        """Add copied rows, refusing conflicting runs; return (added, already there)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the connection."""
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def check_out_dir(out_dir: str | os.PathLike) -> None:

@@ -24,6 +24,7 @@ from sharplab.runner.store.base import (
     STATUSES,
     ClaimLost,
     RunRecord,
+    Store,
     StoreError,
     host_identity,
     process_start,
@@ -51,7 +52,7 @@ class Tx:
         return self.cursor
 
 
-class SQLStore:
+class SQLStore(Store):
     """The results store's operations over a SQL connection; see :mod:`sharplab.runner.store.base`.
 
     Subclasses set :attr:`location` (for messages), :attr:`out_dir`, :attr:`readonly` and implement
@@ -90,14 +91,8 @@ class SQLStore:
     def _now(self, tx: Tx) -> float:
         return time.time()
 
-    def close(self) -> None:
-        raise NotImplementedError
-
     def __enter__(self) -> SQLStore:
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def now(self) -> float:
         """The store's clock (seconds since the epoch), which heartbeat ages are measured on."""
