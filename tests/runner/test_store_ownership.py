@@ -282,3 +282,18 @@ def test_status_export_report_work_in_a_read_only_folder(read_only_view, toy_stu
     assert cli(["export", str(view / "out"), "--json"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 6
     assert cli(["status", str(view / "out"), "--check"]) == 0
+
+
+def test_a_full_store_says_so_and_nothing_is_lost(tmp_path):
+    from sharplab.runner.config import RunSpec
+    from sharplab.runner.store import StoreError
+
+    first = RunSpec("runner-toy", {"x": 0.5}, 0, 1, "s")
+    with open_store(tmp_path) as store:
+        store.add_runs([first])
+        pages = store.db.execute("PRAGMA page_count").fetchone()[0]
+        store.db.execute(f"PRAGMA max_page_count = {pages}")  # the disk is full from here on
+        big = [RunSpec("runner-toy", {"x": 0.5, "pad": "x" * 5000}, s, 1, "s") for s in range(1, 50)]
+        with pytest.raises(StoreError, match="full.*not damaged and nothing was lost"):
+            store.add_runs(big)
+        assert [r.run_id for r in store.runs()] == [first.run_id]  # the failed transaction left nothing

@@ -154,8 +154,13 @@ class SQLiteStore(SQLStore):
             raise _open_error(self.path, exc) from None
         try:
             yield Tx(self.db.cursor(), self.paramstyle)
+        except sqlite3.OperationalError as exc:  # disk full, I/O error, locked past busy_timeout
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("ROLLBACK")
+            raise _open_error(self.path, exc) from None
         except BaseException:
-            self.db.execute("ROLLBACK")
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("ROLLBACK")
             raise
         try:
             self.db.execute("COMMIT")
@@ -168,8 +173,11 @@ class SQLiteStore(SQLStore):
 def _open_error(path: Path, exc: sqlite3.DatabaseError) -> StoreError:
     """A one-line error that tells a full disk or a permission problem from a damaged store."""
     text = str(exc)
+    if isinstance(exc, sqlite3.OperationalError) and "locked" in text:
+        return StoreError(f"{path} is locked by another process for over 60 s ({text}); nothing was lost: run the "
+                          "command again when that process is done")
     if isinstance(exc, sqlite3.OperationalError) and any(
-            s in text for s in ("full", "readonly", "read-only", "unable to open", "locked", "disk I/O")):
+            s in text for s in ("full", "readonly", "read-only", "unable to open", "disk I/O")):
         return StoreError(f"{path} cannot be used now ({text}); the store is not damaged and nothing was lost: "
                           "free disk space or fix permissions, then run the command again")
     return StoreError(f"{path} is not a readable results store ({text}); move it away and re-run the study "
