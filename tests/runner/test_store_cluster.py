@@ -60,8 +60,9 @@ def _records(out: Path, url: str | None):
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """The study run by one process on SQLite; started at once, waited for by ``reference()``."""
+def reference(pg_server, tmp_path_factory):
+    """The study run by one process on SQLite; started at once, waited for by ``reference()``. (Asks for
+    ``pg_server`` only so that it is not started where the PostgreSQL tests that use it are skipped.)"""
     root = tmp_path_factory.mktemp("reference")
     study = write_study(root / "cluster.toml", STUDY)
     proc = _worker(study, root / "out", root / "log", None)
