@@ -88,7 +88,7 @@ def handle(args: argparse.Namespace) -> int:
     from sharplab.runner.config import parse_study
     from sharplab.runner.execute import RunOptions, run_study
     from sharplab.runner.report import build_report
-    from sharplab.runner.store import ResultsStore
+    from sharplab.runner.store import open_store
 
     if args.epochs is not None and args.epochs < 1:
         raise ConfigError(f"--epochs {args.epochs} must be >= 1")
@@ -104,7 +104,7 @@ def handle(args: argparse.Namespace) -> int:
         ids.update(s.run_id for s in st.runs())
     for st in studies:
         run_study(st, out, jobs=args.jobs, options=RunOptions(quiet=args.quiet, threads=args.threads))
-    with ResultsStore(out, create=False) as store:
+    with open_store(out, create=False) as store:
         records = [r for r in store.runs() if r.run_id in ids]
     analysis = analyse(args.study, out, records)
     summary = summarise(records, analysis if args.study == "sharpness" else None)

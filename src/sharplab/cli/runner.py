@@ -1,4 +1,4 @@
-"""Runner commands: ``run``, ``status``, ``report``, ``export``, ``sweep``, ``labs``."""
+"""Runner commands: ``run``, ``status``, ``reset``, ``report``, ``export``, ``store copy``, ``sweep``, ``labs``."""
 
 from __future__ import annotations
 
@@ -22,6 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads per process (default: cpus/jobs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars (also when CI is set)")
     p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars per run")
+    p.add_argument("--plan", action="store_true",
+                   help="only record the runs in the store and print the ids of those not finished (start nothing)")
+    _store_option(p)
     p.set_defaults(func=cmd_run, needs_labs=True)
     typed(p, study=text, out=out_dir, jobs=positive_int, nproc=positive_int, threads=threads)
 
@@ -29,18 +32,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out", type=text, help="output folder of `sharplab run`")
     p.add_argument("--check", action="store_true",
                    help="verify that every finished run's files exist and match the store (exit 1 if not)")
+    _store_option(p)
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("reset", help="make runs pending again (their checkpoint and history are deleted)")
     p.add_argument("out", type=text, help="output folder of `sharplab run`")
     p.add_argument("run_ids", nargs="+", type=text, metavar="RUN", help="run id(s) from `sharplab status`")
     p.add_argument("--force", action="store_true",
-                   help="also reset a finished run, or one held by a live process")
+                   help="also reset a finished run, or one held by a live process (which stops at its next write)")
+    _store_option(p)
     p.set_defaults(func=cmd_reset)
 
     p = sub.add_parser("report", help="write report.md, report.html and figures for an output folder")
     p.add_argument("out", help="output folder of `sharplab run`")
     p.add_argument("--title", default=None)
+    _store_option(p)
     p.set_defaults(func=cmd_report, needs_labs=True)
     typed(p, out=text, title=text)
 
@@ -49,8 +55,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--csv", dest="format", action="store_const", const="csv", help="CSV (default)")
     fmt.add_argument("--json", dest="format", action="store_const", const="json", help="JSON lines")
+    _store_option(p)
     p.set_defaults(func=cmd_export, format="csv")
     typed(p, out=text)
+
+    p = sub.add_parser("store", help="results-store tools: `store copy SRC DST` (SQLite <-> PostgreSQL)")
+    store_sub = p.add_subparsers(dest="store_command", metavar="COMMAND", required=True)
+    c = store_sub.add_parser("copy", help="copy every run and its history from one store into another")
+    c.add_argument("src", type=text, help="an output folder (its results.sqlite), sqlite:///FILE or postgresql://...")
+    c.add_argument("dst", type=text, help="the same kinds; refused if it holds any of the runs with other contents")
+    c.set_defaults(func=cmd_store_copy)
 
     p = sub.add_parser("sweep", help="Optuna hyperparameter search over the study's [sweep] space")
     p.add_argument("study", help="study file with a [sweep] table")
@@ -69,6 +83,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("name", nargs="?", help="a lab name: show its config fields, defaults and allowed values")
     p.set_defaults(func=cmd_labs, needs_labs=True)
     typed(p, name=text)
+
+
+def _store_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", type=store_url, default=None, metavar="URL",
+                   help="results store: postgresql://user@host/db for many machines, sqlite:///FILE; "
+                        "default $SHARPLAB_STORE, else DIR/results.sqlite")
+
+
+def store_url(value: str) -> str:
+    """A results-store URL of a known scheme."""
+    from sharplab.runner.store import check_store_url
+
+    try:
+        return check_store_url(value)
+    except SharplabError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _read_store(out: str | Path, url: str | None):
+    """The store of ``out``, opened read-only (status, export, report never write)."""
+    from sharplab.runner.store import open_store
+
+    return open_store(out, url, readonly=True, wait=False)
 
 
 def storage_url(value: str) -> str:
@@ -91,15 +128,26 @@ def _quiet(args: argparse.Namespace) -> bool:
 def cmd_run(args: argparse.Namespace) -> int:
     from sharplab.runner.config import load_study
     from sharplab.runner.execute import RunOptions, run_study
-    from sharplab.runner.store import status_line
+    from sharplab.runner.store import open_store, resolve_store, status_line
 
     study = load_study(args.study)
     out = Path(args.out or Path("runs") / study.name)
-    if (out / "results.sqlite").exists():  # a corrupt store stops here, before anything is printed or run
-        from sharplab.runner.store import ResultsStore
+    url = resolve_store(args.store)
+    # a corrupt store, bad credentials or an unreachable server stop here, before anything is printed or run
+    if url is not None:
+        open_store(out, url, wait=False).close()
+    elif (out / "results.sqlite").exists():
+        open_store(out, create=False).close()
+    if args.plan:
+        from sharplab.runner.execute import plan_study
 
-        ResultsStore(out, create=False).close()
-    options = RunOptions(quiet=_quiet(args), tensorboard=args.tensorboard, threads=args.threads)
+        todo = plan_study(study, out, args.nproc, url)
+        print(f"study {study.name!r}: {len(study.runs(args.nproc))} runs recorded in {out}, {len(todo)} not finished",
+              file=sys.stderr)
+        for run_id in todo:
+            print(run_id)
+        return 0
+    options = RunOptions(quiet=_quiet(args), tensorboard=args.tensorboard, threads=args.threads, store=url)
     n = len(study.runs(args.nproc))
     print(f"study {study.name!r}: lab {study.lab}, {n} runs -> {out}", file=sys.stderr)
     counts = run_study(study, out, jobs=args.jobs, nproc=args.nproc, options=options)
@@ -120,9 +168,9 @@ def _fmt(v: object) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from sharplab.runner.aggregate import params, varying_keys
-    from sharplab.runner.store import ResultsStore, status_line
+    from sharplab.runner.store import status_line
 
-    with ResultsStore(args.out, create=False) as store:
+    with _read_store(args.out, args.store) as store:
         runs = store.runs(history=False)
     if not runs:
         print(f"no runs in {args.out}")
@@ -173,7 +221,7 @@ def cmd_reset(args: argparse.Namespace) -> int:
     from sharplab.runner.execute import reset_run
 
     for run_id in dict.fromkeys(args.run_ids):
-        before = reset_run(args.out, run_id, force=args.force)
+        before = reset_run(args.out, run_id, force=args.force, store_url=args.store)
         print(f"{run_id}: {before} -> pending (checkpoint and history deleted)")
     return 0
 
@@ -181,16 +229,14 @@ def cmd_reset(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from sharplab.runner.report import build_report
 
-    paths = build_report(args.out, args.title).write(args.out)
+    paths = build_report(args.out, args.title, store_url=args.store).write(args.out)
     print(f"report: {paths['html']}\n        {paths['markdown']}")
     return 0
 
 
-def export_rows(out: str | Path) -> tuple[list[str], list[dict[str, object]]]:
+def export_rows(out: str | Path, store_url: str | None = None) -> tuple[list[str], list[dict[str, object]]]:
     """Columns and rows of ``sharplab export``: identity, config keys, status, timing, final metrics."""
-    from sharplab.runner.store import ResultsStore
-
-    with ResultsStore(out, create=False) as store:
+    with _read_store(out, store_url) as store:
         runs = store.runs(history=False)
     fixed = ["run_id", "lab", "study", "seed", "nproc", "status", "seconds", "diverged_step", "error"]
     config_keys = list(dict.fromkeys(k for r in runs for k in r.config if k not in fixed))
@@ -209,7 +255,7 @@ def export_rows(out: str | Path) -> tuple[list[str], list[dict[str, object]]]:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    columns, rows = export_rows(args.out)
+    columns, rows = export_rows(args.out, args.store)
     if args.format == "json":
         for row in rows:
             print(json.dumps({c: row.get(c) for c in columns}, default=str))
@@ -224,6 +270,14 @@ def cmd_export(args: argparse.Namespace) -> int:
         import os
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+def cmd_store_copy(args: argparse.Namespace) -> int:
+    from sharplab.runner.store.copy import copy_store
+
+    added, kept = copy_store(args.src, args.dst)
+    print(f"copied {added} runs from {args.src} to {args.dst}" + (f" ({kept} were there already)" if kept else ""))
     return 0
 
 

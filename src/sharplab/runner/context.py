@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from sharplab.io import atomic_torch_save
+from sharplab.runner.ckpt_integrity import load_checkpoint, save_checkpoint
 
 CHECKPOINT_NAME = "checkpoint.pt"
 #: per-step metrics, one JSON line per ``log_metrics`` call, so that a lost or emptied store can be refilled
@@ -65,6 +65,9 @@ class RunContext:
     rank: int = 0
     world_size: int = 1
     history_file: bool = False
+    #: called before each checkpoint write: raises if this process no longer holds the run (the runner's
+    #: claim check), so that a fenced process never overwrites the new holder's files
+    guard: Callable[[], None] | None = None
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir)
@@ -83,14 +86,14 @@ class RunContext:
         """Record metrics at ``step`` (an epoch or iteration index chosen by the lab)."""
         clean = {k: float(v) for k, v in metrics.items()}
         self.history.append((step, clean))
+        if self.on_metrics is not None:  # first: the store checks this process still holds the run
+            self.on_metrics(step, clean)
         if self.history_file and self.is_main:
             import json
 
             with (self.run_dir / HISTORY_NAME).open("a", encoding="utf-8") as f:
                 f.write(json.dumps({"step": int(step), "metrics": {k: _json_float(v) for k, v in clean.items()}})
                         + "\n")
-        if self.on_metrics is not None:
-            self.on_metrics(step, clean)
         self.logger.info("step %d: %s", step, " ".join(f"{k}={v:.6g}" for k, v in clean.items()))
 
     # --- checkpoints -------------------------------------------------------------------------------
@@ -99,25 +102,27 @@ class RunContext:
         return self.run_dir / CHECKPOINT_NAME
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
-        """Write ``state`` atomically (temp file + rename). Tensors, numbers, strings, lists, dicts only.
+        """Write ``state`` atomically (temp file + rename) with its checksum (:mod:`~sharplab.runner.ckpt_integrity`).
+        Tensors, numbers, strings, lists, dicts only.
 
         Only rank 0 writes; other ranks return at once (their state is identical under DDP)."""
         if not self.is_main:
             return
-        atomic_torch_save(self.checkpoint_path, state)
+        if self.guard is not None:
+            self.guard()
+        save_checkpoint(self.checkpoint_path, state)
 
     def load_checkpoint(self) -> dict[str, Any] | None:
-        """The last checkpoint written by this run, or None. Loaded with ``weights_only=True``."""
-        if not self.checkpoint_path.exists():
-            return None
-        try:
-            return torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # truncated, corrupt, or not a checkpoint at all
-            from sharplab.errors import SharplabError
+        """The last checkpoint written by this run that matches its checksum, or None. Loaded with
+        ``weights_only=True``. A damaged checkpoint is reported (naming it) and skipped: the run resumes
+        from the previous good one, or starts over."""
+        def report(msg: str) -> None:
+            import sys
 
-            reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-            raise SharplabError(f"checkpoint {self.checkpoint_path} cannot be read ({reason}); delete it to "
-                                "start this run over, or `sharplab reset DIR RUN_ID`") from None
+            self.logger.warning(msg)
+            print(msg, file=sys.stderr)
+
+        return load_checkpoint(self.checkpoint_path, report)
 
     # --- artifacts and progress --------------------------------------------------------------------
     def artifact(self, name: str) -> Path:

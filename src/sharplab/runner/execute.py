@@ -2,13 +2,16 @@
 
 Layout of an output folder::
 
-    DIR/results.sqlite          the results store (sharplab.runner.store)
+    DIR/results.sqlite          the results store (sharplab.runner.store; or a PostgreSQL database: --store URL)
     DIR/studies/<name>.json     each study file run into DIR, as parsed
     DIR/runs/<run_id>/run.json  resolved config, seed, versions, machine, git revision (atomic)
     DIR/runs/<run_id>/run.log   the run's log;  checkpoint.pt, model.pt and other artifacts of the lab
 
-A run is claimed in the store (status ``running``, pid, host) before it starts and finished in one
-transaction. ``done`` and ``diverged`` runs are never re-run; ``pending``, ``failed`` and interrupted
+A run is claimed in the store (status ``running``, pid, host, a claim token) before it starts and finished
+in one transaction; the holder's every write checks the token, so a run reset (``--force``) or taken over
+meanwhile stops its old holder at the next write (:class:`~sharplab.runner.store.ClaimLost`). The store is
+``DIR/results.sqlite`` or, for many machines, a PostgreSQL database (``RunOptions.store``, ``--store URL``).
+``done`` and ``diverged`` runs are never re-run; ``pending``, ``failed`` and interrupted
 (``running`` whose process is gone) runs are started again, and the lab resumes from its checkpoint.
 
 Several ``sharplab run`` processes may share one output folder: each runs the pending runs nobody holds
@@ -43,7 +46,16 @@ from sharplab.runner.config import RunSpec, Study
 from sharplab.runner.context import CHECKPOINT_NAME, RunContext, read_history
 from sharplab.runner.env import environment
 from sharplab.runner.labs import get_lab
-from sharplab.runner.store import FINISHED, Heartbeat, ResultsStore, RunRecord, heartbeat_timeout, pid_alive
+from sharplab.runner.store import (
+    FINISHED,
+    ClaimLost,
+    Heartbeat,
+    RunRecord,
+    Store,
+    heartbeat_timeout,
+    open_store,
+    pid_alive,
+)
 
 
 @dataclass(frozen=True)
@@ -54,6 +66,7 @@ class RunOptions:
     tensorboard: bool = False
     threads: int | None = None  # torch threads per process; None = leave as is
     watch_pid: int | None = None  # stop (exit 3) once this process is gone: a killed parent `sharplab run`
+    store: str | None = None  # results store URL (None: $SHARPLAB_STORE, else DIR/results.sqlite)
 
 
 def run_dir_of(out_dir: str | os.PathLike, run_id: str) -> Path:
@@ -105,7 +118,7 @@ def execute_run(out_dir: str | os.PathLike, spec: RunSpec, options: RunOptions =
     main = rank == 0
     if options.threads:
         torch.set_num_threads(options.threads)
-    store = ResultsStore(out_dir) if main else None
+    store = open_store(out_dir, options.store) if main else None
     handler: logging.Handler | None = None
     writer = None
     try:
@@ -134,13 +147,18 @@ def execute_run(out_dir: str | os.PathLike, spec: RunSpec, options: RunOptions =
 
             writer = SummaryWriter(str(run_dir / "tensorboard"))
         on_metrics = _metrics_sink(store, run_id, writer, options.watch_pid)
+        guard = (lambda: store.check_held(run_id)) if store is not None else None
         ctx = RunContext(run_dir, seed=spec.seed, device=device,
                          quiet=options.quiet or not main, on_metrics=on_metrics, logger=logger, rank=rank,
-                         world_size=world_size, history_file=main)
-        beat = Heartbeat(out_dir, run_id) if main else contextlib.nullcontext()
+                         world_size=world_size, history_file=main, guard=guard)
+        beat = (Heartbeat(lambda: open_store(out_dir, options.store), run_id, store.token(run_id))
+                if store is not None else contextlib.nullcontext())
         try:
             with beat:
                 metrics = {k: float(v) for k, v in (lab.run(cfg, ctx) or {}).items()}
+        except ClaimLost as exc:
+            logger.error("%s", exc)
+            raise
         except Diverged as exc:
             logger.warning("diverged: %s", exc)
             if store is not None:
@@ -170,6 +188,9 @@ def execute_run(out_dir: str | os.PathLike, spec: RunSpec, options: RunOptions =
         if store is not None:
             store.close()
 
+
+#: exit code of a worker whose run was reset or taken over while it ran (:class:`ClaimLost`)
+CLAIM_LOST_EXIT = 4
 
 #: more torch threads than this per process is refused (oversubscription; 100000 crashes OpenMP)
 MAX_THREADS_PER_CPU = 4
@@ -208,14 +229,26 @@ def remove_temp_files(run_dir: Path) -> None:
 _UNLISTED = (".log",)
 
 
-def run_files(run_dir: Path) -> dict[str, int]:
-    """``relative path -> size`` of the files a run left in its folder (logs and TensorBoard excepted)."""
-    out = {}
+def run_files(run_dir: Path) -> dict[str, list[Any]]:
+    """``relative path -> [size, SHA-256]`` of the files a run left in its folder (logs and TensorBoard
+    excepted), recorded when it finishes and checked by ``sharplab status --check``."""
+    out: dict[str, list[Any]] = {}
     for p in sorted(run_dir.rglob("*")):
         rel = p.relative_to(run_dir).as_posix()
-        if p.is_file() and not rel.endswith(_UNLISTED) and not rel.startswith("tensorboard/"):
-            out[rel] = p.stat().st_size
+        if p.is_file() and not p.is_symlink() and not rel.endswith(_UNLISTED) and not rel.startswith("tensorboard/"):
+            out[rel] = [p.stat().st_size, file_sha256(p)]
     return out
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file, read in chunks (bounded memory)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _agree(claim: str, device: torch.device) -> str:
@@ -228,7 +261,7 @@ def _agree(claim: str, device: torch.device) -> str:
     return outcomes[int(flag.item())]
 
 
-def _metrics_sink(store: ResultsStore | None, run_id: str, writer: Any,
+def _metrics_sink(store: Store | None, run_id: str, writer: Any,
                   watch_pid: int | None) -> Callable[[int, dict[str, float]], None] | None:
     if store is None:
         return None
@@ -245,6 +278,20 @@ def _metrics_sink(store: ResultsStore | None, run_id: str, writer: Any,
 
 
 # --- studies -----------------------------------------------------------------------------------------
+def plan_study(study: Study, out_dir: str | os.PathLike, nproc: int = 1, store_url: str | None = None) -> list[str]:
+    """``sharplab run --plan``: record the study's runs (pending) in the store and its file under
+    ``DIR/studies``, start nothing; return the ids of the runs not finished yet, in study order (for
+    launchers that start each run themselves, e.g. ``torchrun`` across nodes)."""
+    out_dir = Path(out_dir)
+    specs = study.runs(nproc)
+    with open_store(out_dir, store_url) as store:
+        store.add_runs(specs)
+        status = {r.run_id: r.status for r in store.runs(history=False)}
+    atomic_write_json(out_dir / "studies" / f"{study.name}.json",
+                      {**asdict(study), "run_ids": [s.run_id for s in specs], "nproc": nproc})
+    return [s.run_id for s in specs if status[s.run_id] not in FINISHED]
+
+
 def run_study(study: Study, out_dir: str | os.PathLike, jobs: int = 1, nproc: int = 1,
               options: RunOptions = RunOptions()) -> Counter:
     """Run every configuration of ``study`` not finished yet in ``out_dir``; return a status count."""
@@ -257,7 +304,7 @@ def run_study(study: Study, out_dir: str | os.PathLike, jobs: int = 1, nproc: in
     specs = study.runs(nproc)
     threads = options.threads or max(1, (os.cpu_count() or 1) // (jobs * nproc))
     used = threads if (jobs > 1 or nproc > 1) else (options.threads or torch.get_num_threads())
-    with ResultsStore(out_dir) as store:
+    with open_store(out_dir, options.store) as store:
         store.add_runs(specs)
         records = {r.run_id: r for r in store.runs(history=False)}
         status = {run_id: r.status for run_id, r in records.items()}
@@ -272,7 +319,9 @@ def run_study(study: Study, out_dir: str | os.PathLike, jobs: int = 1, nproc: in
     if jobs == 1 and nproc == 1:
         run_one = _in_process(out_dir, options)
     else:
-        run_one = _in_child(out_dir, nproc, RunOptions(True, options.tensorboard, threads, os.getpid()))
+        run_one = _in_child(out_dir, nproc, RunOptions(True, options.tensorboard, threads, os.getpid(),
+                                                       options.store))
+    url = options.store
 
 
     def record(status: str) -> None:
@@ -291,17 +340,17 @@ def run_study(study: Study, out_dir: str | os.PathLike, jobs: int = 1, nproc: in
     try:
         if jobs == 1:  # in the main thread, so that Ctrl-C stops the run at once
             for spec in todo:
-                first_pass(spec, _attempt(out_dir, spec, run_one))
+                first_pass(spec, _attempt(out_dir, spec, run_one, url))
             for spec in held:
-                record(_until_claimed(out_dir, spec, run_one))
+                record(_until_claimed(out_dir, spec, run_one, url))
         else:
             with ThreadPoolExecutor(max_workers=jobs) as pool:
-                first = {pool.submit(_attempt, out_dir, spec, run_one): spec for spec in todo}
+                first = {pool.submit(_attempt, out_dir, spec, run_one, url): spec for spec in todo}
                 for fut in as_completed(first):
                     first_pass(first[fut], fut.result())
                 order = {s.run_id: i for i, s in enumerate(todo)}
                 held.sort(key=lambda s: order[s.run_id])
-                futures = [pool.submit(_until_claimed, out_dir, spec, run_one) for spec in held]
+                futures = [pool.submit(_until_claimed, out_dir, spec, run_one, url) for spec in held]
                 for fut in as_completed(futures):
                     record(fut.result())
     finally:
@@ -309,24 +358,25 @@ def run_study(study: Study, out_dir: str | os.PathLike, jobs: int = 1, nproc: in
     return counts
 
 
-def _attempt(out_dir: Path, spec: RunSpec, run_one: Callable[[RunSpec], str]) -> str:
+def _attempt(out_dir: Path, spec: RunSpec, run_one: Callable[[RunSpec], str], store_url: str | None = None) -> str:
     """One try at ``spec``: its final status, or ``"busy"`` when another live process holds it."""
     result = run_one(spec)
     if result == "finished":
-        with ResultsStore(out_dir) as store:
+        with open_store(out_dir, store_url) as store:
             result = store.get(spec.run_id).status
     return result
 
 
-def _until_claimed(out_dir: Path, spec: RunSpec, run_one: Callable[[RunSpec], str]) -> str:
+def _until_claimed(out_dir: Path, spec: RunSpec, run_one: Callable[[RunSpec], str],
+                   store_url: str | None = None) -> str:
     """Run ``spec``; if another live process holds it, wait for that process and take over if needed."""
     told = False
     while True:
-        result = _attempt(out_dir, spec, run_one)
+        result = _attempt(out_dir, spec, run_one, store_url)
         if result != "busy":
             return result
         if not told:
-            with ResultsStore(out_dir) as store:
+            with open_store(out_dir, store_url) as store:
                 rec = store.get(spec.run_id)
             print(f"run {spec.run_id} is {rec.blocked_by()}; waiting. It is taken over once that process is "
                   f"gone or {heartbeat_timeout():.0f} s without a heartbeat (or: sharplab reset {out_dir} "
@@ -348,7 +398,7 @@ def _in_process(out_dir: Path, options: RunOptions) -> Callable[[RunSpec], str]:
 
 def _in_child(out_dir: Path, nproc: int, options: RunOptions) -> Callable[[RunSpec], str]:
     def run_one(spec: RunSpec) -> str:
-        with ResultsStore(out_dir) as store:
+        with open_store(out_dir, options.store) as store:
             rec = store.get(spec.run_id)
         if rec.status in FINISHED:
             return "finished"
@@ -358,15 +408,22 @@ def _in_child(out_dir: Path, nproc: int, options: RunOptions) -> Callable[[RunSp
         run_dir.mkdir(parents=True, exist_ok=True)
         cmd = worker_command(out_dir, spec.run_id, nproc, options, get_lab(spec.lab).module)
         env = {**os.environ, "OMP_NUM_THREADS": str(options.threads or 1)}
+        if options.store:  # in the environment, not the command line: a URL may hold a password
+            env["SHARPLAB_STORE"] = options.store
         with open(run_dir / "worker.log", "ab") as log:
             rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
-        with ResultsStore(out_dir) as store:
+        if rc == CLAIM_LOST_EXIT:
+            raise ClaimLost(f"run {spec.run_id}: its worker stopped, the run was reset or taken over by another "
+                            f"process meanwhile; see {run_dir}/worker.log")
+        with open_store(out_dir, options.store) as store:
             rec = store.get(spec.run_id)
             if rec.status in ("done", "diverged", "failed"):
                 return rec.status
             if rec.status == "running" and not rec.stale:
                 return "busy"  # another process took it over meanwhile
-            store.finish(spec.run_id, "failed",
+            if rec.status == "pending":
+                return "busy"  # reset meanwhile: the next attempt starts it again
+            store.finish(spec.run_id, "failed", token=rec.token,
                          error=f"worker exited with code {rc}; see {run_dir}/worker.log")
         return "failed"
 
@@ -392,22 +449,29 @@ def worker_command(out_dir: Path, run_id: str, nproc: int, options: RunOptions,
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
 
 
-def reset_run(out_dir: str | os.PathLike, run_id: str, force: bool = False) -> str:
-    """``sharplab reset``: the run becomes ``pending`` and starts over (checkpoint, history deleted)."""
+def reset_run(out_dir: str | os.PathLike, run_id: str, force: bool = False, store_url: str | None = None) -> str:
+    """``sharplab reset``: the run becomes ``pending`` and starts over (checkpoint, history deleted).
+
+    A process still holding the run (``--force``) is fenced: its claim token is cleared in the store, so
+    its next write (history, checkpoint, heartbeat, finish) stops it with :class:`ClaimLost`."""
+    from sharplab.runner.ckpt_integrity import digest_path, previous_path
     from sharplab.runner.context import HISTORY_NAME
 
-    with ResultsStore(out_dir, create=False) as store:
+    with open_store(out_dir, store_url, create=False, wait=False) as store:
         before = store.reset(run_id, force=force)
     run_dir = run_dir_of(out_dir, run_id)
-    for name in (CHECKPOINT_NAME, HISTORY_NAME):
+    ckpt = run_dir / CHECKPOINT_NAME
+    for path in (ckpt, digest_path(ckpt), previous_path(ckpt), digest_path(previous_path(ckpt)),
+                 run_dir / HISTORY_NAME):
         with contextlib.suppress(FileNotFoundError):
-            (run_dir / name).unlink()
+            path.unlink()
     return before
 
 
 def verify_run_files(rec: RunRecord) -> list[str]:
     """Problems with a finished run's folder: missing run.json or one that disagrees with the store, and
-    recorded files that are missing or changed size."""
+    recorded files that are missing or changed size or contents (a SHA-256 recorded at finish; stores
+    written before checksums existed have sizes only)."""
     import json
 
     assert rec.run_dir is not None
@@ -422,10 +486,13 @@ def verify_run_files(rec: RunRecord) -> list[str]:
     for key, want in (("run_id", rec.run_id), ("lab", rec.lab), ("seed", rec.seed), ("config", rec.config)):
         if info.get(key) != want:
             problems.append(f"{meta}: {key} differs from the store")
-    for name, size in (rec.files or {}).items():
+    for name, entry in (rec.files or {}).items():
+        size, digest = (entry[0], entry[1]) if isinstance(entry, list) else (entry, None)
         path = rec.run_dir / name
         if not path.is_file():
             problems.append(f"{path} is missing")
         elif path.stat().st_size != size:
             problems.append(f"{path} has {path.stat().st_size} bytes, the store recorded {size}")
+        elif digest is not None and file_sha256(path) != digest:
+            problems.append(f"{path} has other contents than when the run finished (SHA-256 differs)")
     return problems

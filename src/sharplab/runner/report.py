@@ -213,14 +213,14 @@ def _history_figure(done: list[dict[str, Any]], metric: str, direction: str) -> 
     return fig
 
 
-def build_report(out_dir: str | os.PathLike, title: str | None = None) -> ReportBuilder:
+def build_report(out_dir: str | os.PathLike, title: str | None = None, store_url: str | None = None) -> ReportBuilder:
     """The standard report of an output folder: status summary, then per lab its registered section
     (or, for a lab without one, a generic table of every final metric). ``sharplab export`` has all
     numbers of every run."""
     from sharplab.runner.labs import get_lab
-    from sharplab.runner.store import ResultsStore, status_line
+    from sharplab.runner.store import open_store, status_line
 
-    with ResultsStore(out_dir, create=False) as store:
+    with open_store(out_dir, store_url, readonly=True, wait=False) as store:
         runs = store.runs()
     builder = ReportBuilder(title or f"sharplab report: {Path(out_dir).resolve().name}")
     builder.add_text(f"{len(runs)} runs: {status_line(r.display_status for r in runs)}"

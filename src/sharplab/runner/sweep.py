@@ -50,7 +50,7 @@ from sharplab.runner.config import (
     validate_config,
 )
 from sharplab.runner.execute import RunOptions, _in_process, _until_claimed
-from sharplab.runner.store import ResultsStore, check_out_dir
+from sharplab.runner.store import check_out_dir, open_store
 
 SWEEP_KEYS = ("metric", "direction", "seeds", "space")
 HEARTBEAT_S = 10
@@ -157,6 +157,11 @@ def check_storage_url(url: str) -> None:
         path = Path(rest[1:])
         if path.is_dir():
             raise SharplabError(f"--storage {url!r}: {str(path)!r} is a folder; name a database file")
+        from sharplab.runner.store.sqlite import is_sqlite_file
+
+        if path.is_file() and not is_sqlite_file(path):
+            raise SharplabError(f"--storage {url!r}: {str(path)!r} exists and is not a SQLite database; "
+                                "name a new file or an Optuna database")
         check_out_dir(path.parent)
 
 
@@ -222,14 +227,14 @@ def run_sweep(study: Study, out_dir: str | os.PathLike, trials: int, storage: st
         values = {p.name: p.suggest(trial) for p in sweep.space}
         cfg = validate_config(cls, {**study.base, **values}, where="sweep")
         specs = [RunSpec(study.lab, config_to_dict(cfg), seed, 1, study.name) for seed in sweep.seeds]
-        with ResultsStore(out_dir) as store:
+        with open_store(out_dir) as store:
             store.add_runs(specs)
         statuses = [_until_claimed(out_dir, spec, run_one) for spec in specs]
         trial.set_user_attr("run_ids", [s.run_id for s in specs])
         if any(s != "done" for s in statuses):
             trial.set_user_attr("statuses", statuses)
             raise optuna.TrialPruned(f"runs ended {statuses}")
-        with ResultsStore(out_dir) as store:
+        with open_store(out_dir) as store:
             scores = [store.get(s.run_id).metrics.get(sweep.metric) for s in specs]
         if any(v is None for v in scores):
             raise SharplabError(f"[sweep] metric {sweep.metric!r} is not among the lab's final metrics")

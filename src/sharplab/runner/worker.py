@@ -3,7 +3,8 @@
 Started by ``sharplab run --jobs N`` (one process per run) and, under ``torchrun``, by ``--nproc N``: each
 rank reads the run's spec from the results store, the process group is initialised here (gloo on CPU,
 NCCL on CUDA), and :func:`sharplab.runner.execute.execute_run` does the rest (rank 0 records results).
-Exit code 0 when the run ended done or diverged, 1 when it failed.
+Exit code 0 when the run ended done or diverged, 1 when it failed, 4 when it was reset or taken over
+while it ran (its claim was lost), 2 on any other one-line error.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import sys
 
 import torch
 
+from sharplab.errors import SharplabError
 from sharplab.runner.config import RunSpec
-from sharplab.runner.execute import RunOptions, execute_run
+from sharplab.runner.execute import CLAIM_LOST_EXIT, RunOptions, execute_run
 from sharplab.runner.labs import import_lab_module
-from sharplab.runner.store import ResultsStore
+from sharplab.runner.store import ClaimLost, open_store
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,18 +30,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tensorboard", action="store_true")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--watch-pid", type=int, default=None)
+    parser.add_argument("--store", default=None, help="results store URL (default: $SHARPLAB_STORE or DIR)")
     parser.add_argument("--lab-module", action="append", default=[],
                         help="module to import first: it registers the run's lab (the runner imports no lab)")
     args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except ClaimLost as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return CLAIM_LOST_EXIT
+    except SharplabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     for module in args.lab_module:
         import_lab_module(module)
-    with ResultsStore(args.out_dir, create=False) as store:
+    with open_store(args.out_dir, args.store, create=False) as store:
         rec = store.get(args.run_id)
     spec = RunSpec(rec.lab, rec.config, rec.seed, rec.nproc, rec.study)
     rank = int(os.environ.get("RANK", 0))
     world = int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    options = RunOptions(args.quiet, args.tensorboard, args.threads, args.watch_pid)
+    options = RunOptions(args.quiet, args.tensorboard, args.threads, args.watch_pid, args.store)
     if world > 1:
         import torch.distributed as dist
 
