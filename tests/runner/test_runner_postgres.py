@@ -147,13 +147,16 @@ def test_two_workers_on_postgresql_one_killed_mid_trial(postgres_url, tmp_path):
 
     trials = _trials(postgres_url)
     states = [t.state for t in trials]
-    assert states.count(TrialState.COMPLETE) == BUDGET, states
+    # the budget is met; two workers that finish in the same instant may each start one more trial (the
+    # documented race of docs/runner.md), so the two live workers can overshoot by one
+    n_complete = states.count(TrialState.COMPLETE)
+    assert BUDGET <= n_complete <= BUDGET + 1, states
     assert TrialState.RUNNING not in states
     assert TrialState.FAIL in states  # the killed worker's trial, failed by the restarted worker
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert len({t.params["lr"] for t in complete}) == BUDGET  # no configuration done twice
+    assert len({t.params["lr"] for t in complete}) == n_complete  # no configuration done twice
     recorded = {t.user_attrs["run_ids"][0]: t.value for t in complete}
-    assert len(recorded) == BUDGET
+    assert len(recorded) == n_complete
     with ResultsStore(out) as store:
         runs = {r.run_id: r for r in store.runs()}
     assert all(runs[run_id].status == "done" for run_id in recorded)
