@@ -24,7 +24,8 @@ import torch
 
 from sharplab.errors import SharplabError
 from sharplab.optim import registry
-from sharplab.optim.sam import SAM, SAM_OPTIONS, _arguments
+from sharplab.optim._drive import SAM_OPTIONS, arguments
+from sharplab.optim.sam import SAM
 
 #: SAM options that a variant's build sets itself (a user value would be overridden: refused instead).
 _PARTS = ("rule", "combiner", "selection", "adaptive")
@@ -42,7 +43,7 @@ def create(name: str, params: Iterable[Any] | None, base_optimizer: Any = torch.
                                 "directly to choose it")
         if k in SAM_OPTIONS:
             continue
-        accepted = None if isinstance(base_optimizer, torch.optim.Optimizer) else _arguments(base_optimizer)
+        accepted = None if isinstance(base_optimizer, torch.optim.Optimizer) else arguments(base_optimizer)
         if isinstance(base_optimizer, torch.optim.Optimizer) or (accepted is not None and k not in accepted):
             base_name = getattr(base_optimizer, "__name__", type(base_optimizer).__name__)
             base_part = ("the built base optimizer takes none" if accepted is None

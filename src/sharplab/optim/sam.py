@@ -19,7 +19,6 @@ either act on both.
 
 from __future__ import annotations
 
-import inspect
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -30,16 +29,13 @@ from torch import nn
 from sharplab.errors import Diverged, SharplabError
 from sharplab.optim import _amp, _steps, registry
 from sharplab.optim._distributed import no_sync, unwrap
+from sharplab.optim._drive import BatchPasses, ClosurePasses, SelectionPasses, build_base, loss_value
 from sharplab.optim._passes import BNGuard, Nesting, RNGSnapshot, check_bn_policy, frozen_bn_stats
 from sharplab.optim.combiners import Combiner
 from sharplab.optim.functional import MECHANISMS, LossFn
 from sharplab.optim.rules import ASAMRule, Normed, PerturbationRule, global_norm, make_rule
 from sharplab.optim.schedules import Constant, Schedule
 from sharplab.optim.selection import SharpestFraction
-
-#: SAM's own keyword arguments (everything else goes to the base optimizer class).
-SAM_OPTIONS = ("rho", "rule", "combiner", "schedule", "selection", "ascent_steps", "perturb", "bn_policy",
-               "model", "loss_fn", "m", "mechanism", "sync_ascent", "adaptive")
 
 
 class SAM(torch.optim.Optimizer):
@@ -156,7 +152,7 @@ class SAM(torch.optim.Optimizer):
         self.schedule = schedule if schedule is not None else Schedule()
         self.selection = selection
         _check_parts(self)
-        self.base = _build_base(params, base_optimizer, base_kwargs)
+        self.base = build_base(params, base_optimizer, base_kwargs)
         for i, group in enumerate(self.base.param_groups):
             group.setdefault("rho", rho)
             registry.check_rho(group["rho"], f"rho of param group {i}")
@@ -449,12 +445,12 @@ class SAM(torch.optim.Optimizer):
                                 "call step(inputs=x, targets=y) and build SAM with model= and loss_fn=")
         if ran is None:
             _steps.check_fresh(self.param_groups, self._left)
-        loss = self._two_phase(_ClosurePasses(torch.enable_grad()(closure), self, ran), scaler)
+        loss = self._two_phase(ClosurePasses(torch.enable_grad()(closure), self, ran), scaler)
         if ran is not None:  # the framework runs the next pass at w before SAM can zero: leave no gradient
             self.zero_grad()
         return loss
 
-    def _two_phase(self, passes: _ClosurePasses, scaler: torch.amp.GradScaler | None,
+    def _two_phase(self, passes: ClosurePasses, scaler: torch.amp.GradScaler | None,
                    driver: str = "closure") -> torch.Tensor:
         """The passes of one step around :meth:`first_step` / :meth:`second_step` (every path runs this)."""
         self._cache, self._driver = None, driver
@@ -463,7 +459,7 @@ class SAM(torch.optim.Optimizer):
         finally:
             self._driver = None
 
-    def _run_passes(self, passes: _ClosurePasses, scaler: torch.amp.GradScaler | None) -> torch.Tensor:
+    def _run_passes(self, passes: ClosurePasses, scaler: torch.amp.GradScaler | None) -> torch.Tensor:
         ascend = self._ascends()
         ddp = unwrap(self.model)[1] if self.model is not None else None
         ascent_ddp = None if self.sync_ascent else ddp
@@ -525,10 +521,10 @@ class SAM(torch.optim.Optimizer):
     def _call(self, closure: Callable[[], torch.Tensor]) -> torch.Tensor:
         _steps.clear_grads(self.param_groups)
         if self._bn_guard is None or not self._bn_guard.hooked:
-            return _loss(closure())
+            return loss_value(closure())
         with warnings.catch_warnings():  # our BatchNorm hook is meant to see compiled modules' calls
             warnings.filterwarnings("ignore", message=r"Using `torch\.compile\(module\)` when there are global hooks")
-            return _loss(closure())
+            return loss_value(closure())
 
     def _batch_step(self, inputs: torch.Tensor, targets: torch.Tensor | None,
                     scaler: torch.amp.GradScaler | None) -> torch.Tensor:
@@ -543,8 +539,8 @@ class SAM(torch.optim.Optimizer):
             self._base_step(None)
             self.stats = {"loss": loss}
             return loss
-        passes = (_SelectionPasses(self, inputs, targets, scaler) if self.selection is not None
-                  else _BatchPasses(self, inputs, targets, scaler))
+        passes = (SelectionPasses(self, inputs, targets, scaler) if self.selection is not None
+                  else BatchPasses(self, inputs, targets, scaler))
         return self._two_phase(passes, scaler, driver="batch")
 
     # --- state -------------------------------------------------------------------------------------
@@ -590,12 +586,6 @@ def _plain_schedule(s: Schedule) -> bool:
     return s.every == 1 and s.start == 0 and type(s.rho) is Constant
 
 
-def _loss(loss: Any) -> Any:
-    if loss is None:
-        raise SharplabError("the closure returned None; it must return the loss tensor")
-    return loss.detach() if isinstance(loss, torch.Tensor) else loss
-
-
 def _check_parts(opt: SAM) -> None:
     if not isinstance(opt.combiner, Combiner):
         raise SharplabError(f"combiner must be a sharplab.optim Combiner (GSAM, WSAM, LookSAM), got "
@@ -610,113 +600,3 @@ def _check_parts(opt: SAM) -> None:
                             "and selection")
     if opt.selection is not None and not opt.rule.needs_grad:
         raise SharplabError("ESAM's data selection needs a gradient rule (not msam)")
-
-
-def _build_base(params: Iterable[Any] | None, base_optimizer: Any,
-                base_kwargs: dict[str, Any]) -> torch.optim.Optimizer:
-    """The base optimizer: the given instance, or the class built with ``params`` and ``base_kwargs``
-    (an unknown keyword is named with SAM's options and the class's own arguments)."""
-    if isinstance(base_optimizer, torch.optim.Optimizer):
-        if base_kwargs:
-            raise SharplabError(f"base optimizer instance given: pass {', '.join(sorted(base_kwargs))} to it, "
-                                "not to SAM")
-        if params is not None and _steps.param_ids(params) != _steps.param_ids(base_optimizer.param_groups):
-            raise SharplabError("params differ from the parameters of the given base optimizer; pass "
-                                "params=None with a built optimizer (SAM uses its param groups)")
-        return base_optimizer
-    if params is None:
-        raise SharplabError("params is None: give the parameters or a built base optimizer")
-    if not (isinstance(base_optimizer, type) and issubclass(base_optimizer, torch.optim.Optimizer)):
-        raise SharplabError(f"base_optimizer must be a torch.optim.Optimizer class or instance, got {base_optimizer!r}")
-    accepted = _arguments(base_optimizer)
-    if accepted is not None:
-        unknown = sorted(set(base_kwargs) - accepted)
-        if unknown:
-            raise SharplabError(
-                f"SAM: unknown keyword {unknown[0]!r}: not a SAM option ({', '.join(SAM_OPTIONS)}) nor an argument "
-                f"of {base_optimizer.__name__} ({', '.join(sorted(accepted))})")
-    return base_optimizer(params, **base_kwargs)
-
-
-def _arguments(cls: type) -> set[str] | None:
-    """The keyword arguments ``cls(params, ...)`` takes (``None`` when it takes ``**kwargs``)."""
-    try:
-        sig = inspect.signature(cls.__init__)
-    except (TypeError, ValueError):
-        return None
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
-        return None
-    return {n for n, p in sig.parameters.items() if n not in ("self", "params")
-            and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
-
-
-class _ClosurePasses:
-    """The passes of ``step(closure)``: the closure at w, then at w + eps."""
-
-    same_examples = True  # both passes see the same examples: L(w + eps) - L(w) is the sharpness
-
-    def __init__(self, closure: Callable[[], torch.Tensor], opt: SAM, ran: tuple[Any] | None = None) -> None:
-        self.closure, self.opt = closure, opt
-        self.ran = ran  # the result of the pass at w a framework already ran (Lightning's 16-mixed)
-
-    def at_w(self) -> torch.Tensor:
-        if self.ran is not None:
-            loss, self.ran = self.ran[0], None
-            return _loss(loss)
-        return self.opt._call(self.closure)
-
-    def at_eps(self, ddp: Any) -> torch.Tensor:
-        return self.opt._call(self.closure)
-
-
-class _BatchPasses(_ClosurePasses):
-    """``step(inputs=, targets=)`` without m or a mechanism: the mean loss of the batch, as a closure."""
-
-    def __init__(self, opt: SAM, x: torch.Tensor, y: torch.Tensor, scaler: torch.amp.GradScaler | None) -> None:
-        def closure() -> torch.Tensor:
-            loss = opt.loss_fn(opt.model(x), y)
-            if loss.ndim:
-                loss = loss.mean()
-            (loss if scaler is None else scaler.scale(loss)).backward()
-            return loss
-
-        super().__init__(torch.enable_grad()(closure), opt)
-
-
-class _SelectionPasses(_ClosurePasses):
-    """ESAM's passes in batch mode: per-example losses at w, the sharpest fraction chosen at w + eps."""
-
-    same_examples = False
-
-    def __init__(self, opt: SAM, x: torch.Tensor, y: torch.Tensor,
-                 scaler: torch.amp.GradScaler | None = None) -> None:
-        self.opt, self.x, self.y, self.scaler, self.ran = opt, x, y, scaler, None
-        self.before: torch.Tensor | None = None
-        self.selected: torch.Tensor | None = None
-
-    def _backward(self, loss: torch.Tensor) -> None:
-        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
-
-    def at_w(self) -> torch.Tensor:
-        opt = self.opt
-        _steps.clear_grads(opt.param_groups)
-        with torch.enable_grad():
-            losses = opt.loss_fn(opt.model(self.x), self.y)
-            if losses.ndim != 1 or losses.shape[0] != self.x.shape[0]:
-                raise SharplabError(f"ESAM's data selection needs per-example losses (shape [{self.x.shape[0]}]), "
-                                    f"got {tuple(losses.shape)}: use e.g. nn.CrossEntropyLoss(reduction='none')")
-            self._backward(losses.mean())
-        self.before = losses.detach()
-        return self.before.mean()
-
-    def at_eps(self, ddp: Any) -> torch.Tensor:
-        opt = self.opt
-        with torch.no_grad():
-            after = opt.loss_fn(opt.model(self.x), self.y)
-        idx = opt.selection.pick(after - self.before)
-        _steps.clear_grads(opt.param_groups)
-        with torch.enable_grad():
-            loss = opt.loss_fn(opt.model(self.x[idx]), self.y[idx]).mean()
-            self._backward(loss)
-        self.selected = idx
-        return loss.detach()
