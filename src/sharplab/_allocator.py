@@ -3,7 +3,8 @@
 On this class of machine, glibc's default malloc returns large freed blocks to the kernel (``mmap`` for
 blocks above a dynamic threshold, ``trim`` of the heap top), and touching fresh pages again is slow:
 per-example gradients under ``vmap`` and large activations then run up to 2x slower (measured with
-``benchmarks/optim_overhead.py --compare-allocator``; docs/optim.md, "Performance"). Raising the mmap and trim thresholds and turning off mmap for large blocks with
+``benchmarks/optim_overhead.py --compare-allocator``; docs/optim.md, "Performance"). Raising the mmap and
+trim thresholds and turning off mmap for large blocks with
 ``mallopt`` keeps the memory in the heap, as a caching allocator would (the process's peak memory then
 stays reserved). This changes the allocator of the whole process -- the user's own code and every other
 library too (a freed 512 MiB array then stays resident) -- so it is never done at import: call
