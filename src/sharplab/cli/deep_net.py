@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from sharplab.cli._args import (
+    MAX_EPOCHS,
+    epochs,
     existing_dir,
+    int_in,
     ints,
-    nonneg_int,
     nonneg_numbers,
     numbers,
     out_dir,
@@ -57,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="torch threads per process (default: torch's with --jobs 1, else cpus/jobs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=handle, needs_labs=True)
-    typed(p, out=out_dir, seed=seeds, rho=nonneg_numbers, epochs=nonneg_int, epochs_after=positive_int,
+    typed(p, out=out_dir, seed=seeds, rho=nonneg_numbers, epochs=epochs, epochs_after=int_in(1, MAX_EPOCHS),
           dataset=text, root=existing_dir, set=text, jobs=positive_int, threads=threads)
 
 
