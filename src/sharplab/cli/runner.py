@@ -99,6 +99,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         from sharplab.runner.store import ResultsStore
 
         ResultsStore(out, create=False).close()
+    from sharplab.runner.devices import check_devices
+
+    check_devices(study.runs(args.nproc))
     options = RunOptions(quiet=_quiet(args), tensorboard=args.tensorboard, threads=args.threads)
     n = len(study.runs(args.nproc))
     print(f"study {study.name!r}: lab {study.lab}, {n} runs -> {out}", file=sys.stderr)
@@ -245,7 +248,28 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         best = ostudy.best_trial
         print(f"best value {best.value:.6g} (trial {best.number}): {json.dumps(best.params)}")
     print(f"runs: {out}; next: sharplab report {out}")
+    failed, tried = failed_trials(ostudy)
+    if failed or not complete:
+        which = "all" if failed == tried else f"{failed} of {tried}"
+        what = f"{which} trials of this sweep failed" if failed else "no trial completed"
+        print(f"error: {what}: see `sharplab status {out}` and {out}/runs/<id>/run.log", file=sys.stderr)
+        return 1
     return 0
+
+
+def failed_trials(ostudy: object) -> tuple[int, int]:
+    """(failed, started) trials of this process in ``ostudy``: failed = Optuna FAIL, or pruned because a
+    run failed (a diverged run is a result, not a failure)."""
+    import os
+    import socket
+
+    from optuna.trial import TrialState
+
+    here = f"{socket.gethostname()}:{os.getpid()}"
+    mine = [t for t in ostudy.get_trials(deepcopy=False) if t.user_attrs.get("worker") == here]  # type: ignore[attr-defined]
+    failed = [t for t in mine if t.state == TrialState.FAIL
+              or (t.state == TrialState.PRUNED and "failed" in t.user_attrs.get("statuses", []))]
+    return len(failed), len(mine)
 
 
 def cmd_labs(args: argparse.Namespace) -> int:
