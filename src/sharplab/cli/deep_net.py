@@ -134,6 +134,6 @@ def failed_runs(counts: Any, total: int, out: Path) -> int:
     failed = counts.get("failed", 0)
     if not failed:
         return 0
-    which = "all" if failed == total else f"{failed} of {total}"
+    which = f"all {total}" if failed == total else f"{failed} of {total}"
     print(f"error: {which} runs failed: see `sharplab status {out}` and {out}/runs/<id>/run.log", file=sys.stderr)
     return 1

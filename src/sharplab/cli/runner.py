@@ -231,11 +231,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from sharplab.runner.config import load_study
+    from sharplab.runner.config import RunSpec, load_study
+    from sharplab.runner.devices import check_devices
     from sharplab.runner.execute import RunOptions
     from sharplab.runner.sweep import run_sweep
 
     study = load_study(args.study)
+    check_devices([RunSpec(study.lab, study.base)])
     out = Path(args.out or Path("runs") / f"sweep-{study.name}")
     storage = args.storage or f"sqlite:///{out / 'optuna.db'}"
     ostudy = run_sweep(study, out, args.trials, storage, args.study_name, args.sampler_seed,
@@ -250,7 +252,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print(f"runs: {out}; next: sharplab report {out}")
     failed, tried = failed_trials(ostudy)
     if failed or not complete:
-        which = "all" if failed == tried else f"{failed} of {tried}"
+        which = f"all {tried}" if failed == tried else f"{failed} of {tried}"
         what = f"{which} trials of this sweep failed" if failed else "no trial completed"
         print(f"error: {what}: see `sharplab status {out}` and {out}/runs/<id>/run.log", file=sys.stderr)
         return 1
