@@ -4,11 +4,15 @@ A reader (or a crash at any moment) sees either the old file or the complete new
 Ctrl-C (SIGINT) during the write is deferred until the file is in place, then raised: an interrupted
 ``torch.save`` would otherwise leave a half-written stream and a confusing error. A kill -9 can still
 leave the ``.NAME.*.tmp`` file, which the runner deletes when it next claims the run.
+
+The file gets the permissions of an ordinary new file (``0666`` less the user's umask), not the ``0600``
+of a temporary file, and a folder standing where the file belongs is refused with one line.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -66,12 +70,33 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
         return _atomic_write(path, write)
 
 
+@functools.lru_cache(maxsize=1)
+def file_mode() -> int:
+    """``0o666`` less this process's umask: the mode ``open()`` would give a new file."""
+    try:  # Linux: read it without changing it
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
+    from sharplab.errors import SharplabError
+
     path = Path(path)
+    if path.is_dir():
+        raise SharplabError(f"{path} is a folder where a file belongs; move it away and run the command again")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            with contextlib.suppress(OSError):  # e.g. a file system without permissions
+                os.fchmod(f.fileno(), file_mode())
             write(f)
             f.flush()
             os.fsync(f.fileno())

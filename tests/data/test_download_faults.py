@@ -53,8 +53,8 @@ def test_interrupted_extraction_leaves_no_target_folder(server, tmp_path, birds,
     server.files["/birds.tar.gz"] = _tar(MEMBERS)
     real = dl.safe_extract
 
-    def killed(archive, target):
-        real(archive, target)
+    def killed(archive, target, **kwargs):
+        real(archive, target, **kwargs)
         raise KeyboardInterrupt  # stands for the kill: everything was written to the temporary folder
 
     monkeypatch.setattr(dl, "safe_extract", killed)

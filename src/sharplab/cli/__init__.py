@@ -4,7 +4,9 @@ A module in :data:`COMMAND_MODULES` defines ``register(subparsers)``, which adds
 ``func=handler`` with ``handler(args) -> int``; a command that looks labs up by name (through the runner)
 also sets ``needs_labs=True`` and :func:`main` registers the bundled labs first (the runner imports no
 lab: the CLI, the top layer, does). User errors (:class:`~sharplab.errors.SharplabError`)
-print one line ``error: ...`` and exit with code 2.
+print one line ``error: ...`` and exit with code 2; so does an operating-system error that no command
+turned into a message of its own (a full disk, a permission, a folder where a file should be): one line
+naming the error and the path. A closed output pipe (``sharplab ... | head -1``) ends the command quietly.
 """
 
 from __future__ import annotations
@@ -56,13 +58,38 @@ def main(argv: list[str] | None = None) -> int:
             from sharplab.labs import load_all
 
             load_all()
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handlers below, not at interpreter exit
+        return code
     except (SharplabError, Diverged) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # the reader of stdout went away (`| head -1`): stop quietly
+        _silence_stdout()
+        return 0
+    except OSError as exc:
+        print(f"error: {os_error_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for an operating-system error: what it is and the path(s) it concerns."""
+    what = exc.strerror or type(exc).__name__
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    where = f" ({' -> '.join(paths)})" if paths else ""
+    return f"{what}{where}; the command stopped there".replace("\n", " ")
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush does not fail again."""
+    import contextlib
+    import os
+
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # stdout is not a real file (a test)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -93,6 +93,34 @@ finite = float_in()
 positive = float_in(0.0, strict_low=True)
 nonneg = float_in(0.0)
 
+# --- documented upper bounds of size-like options (docs/limits.md): past them a command would only exhaust
+# memory or run for days, so they are refused before any work -------------------------------------------
+#: examples or dimensions of a generated problem (``diag-net --n/--d``, ``relu-1d --width``, batch sizes)
+MAX_SIZE = 100_000
+#: test examples of a generated problem (``diag-net --n-test``)
+MAX_TEST = 1_000_000
+#: steps, iterations and epochs of one run
+MAX_STEPS = 100_000_000
+MAX_EPOCHS = 100_000
+#: recorded points of a curve (``diag-net --log-curves``, ``--record-every``)
+MAX_POINTS = 100_000
+#: training seeds of one command (``feature-probe --seeds``, ``mechanisms --seeds``)
+MAX_SEEDS = 1_000
+#: a learning rate; past it every update overflows float32 (``RuntimeError`` in torch) or diverges
+MAX_LR = 1e6
+#: a network timeout in seconds (one day); ``1e308`` overflows the socket's time_t
+MAX_TIMEOUT = 86_400.0
+
+size = int_in(1, MAX_SIZE, "the size")
+test_size = int_in(1, MAX_TEST, "the number of test examples")
+steps = int_in(1, MAX_STEPS, "the number of steps")
+nonneg_steps = int_in(0, MAX_STEPS, "the number of steps")
+epochs = int_in(0, MAX_EPOCHS, "the number of epochs")
+points = int_in(0, MAX_POINTS, "the number of points")
+seed_count = int_in(1, MAX_SEEDS, "the number of seeds")
+lr = float_in(0.0, MAX_LR, strict_low=True, what="a learning rate")
+timeout = float_in(0.0, MAX_TIMEOUT, strict_low=True, what="the timeout in seconds")
+
 
 def threads(text: str) -> int:
     """Torch threads: 1 to 4 x the CPUs of this machine (more only oversubscribes; 100000 crashes OpenMP)."""
@@ -111,9 +139,10 @@ def seeds(text: str) -> list[int]:
     return values
 
 
-def finite_numbers(text: str, low: float | None = None, strict_low: bool = False) -> list[float]:
-    """A comma list of distinct finite numbers (``>= low`` / ``> low``)."""
-    check = float_in(low, strict_low=strict_low)
+def finite_numbers(text: str, low: float | None = None, strict_low: bool = False,
+                   high: float | None = None) -> list[float]:
+    """A comma list of distinct finite numbers (``>= low`` / ``> low``, ``<= high``)."""
+    check = float_in(low, high, strict_low=strict_low)
     values = [check(v) for v in text.split(",") if v.strip()]
     if not values:
         raise argparse.ArgumentTypeError("give at least one number")
@@ -128,6 +157,11 @@ def nonneg_numbers(text: str) -> list[float]:
 
 def positive_numbers(text: str) -> list[float]:
     return finite_numbers(text, 0.0, strict_low=True)
+
+
+def lrs(text: str) -> list[float]:
+    """A comma list of distinct learning rates in (0, :data:`MAX_LR`]."""
+    return finite_numbers(text, 0.0, strict_low=True, high=MAX_LR)
 
 
 def out_dir(text: str) -> str:

@@ -15,7 +15,7 @@ import json
 import types
 import typing
 
-from sharplab.cli._args import existing_dir, positive, text, typed
+from sharplab.cli._args import existing_dir, text, timeout, typed
 from sharplab.cli._args import seed as seed_type
 from sharplab.errors import ConfigError
 
@@ -45,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dl.add_argument("--timeout", type=float, default=30.0, help="network timeout in seconds")
     dl.add_argument("--quiet", action="store_true", help="no progress bar")
     dl.set_defaults(func=cmd_download)
-    typed(dl, name=text, root=text, base_url=text, timeout=positive)
+    typed(dl, name=text, root=text, base_url=text, timeout=timeout)
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from sharplab.cli._args import (
+    MAX_EPOCHS,
+    epochs,
     existing_dir,
+    int_in,
     ints,
-    nonneg_int,
     nonneg_numbers,
     numbers,
     out_dir,
@@ -57,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="torch threads per process (default: torch's with --jobs 1, else cpus/jobs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=handle, needs_labs=True)
-    typed(p, out=out_dir, seed=seeds, rho=nonneg_numbers, epochs=nonneg_int, epochs_after=positive_int,
+    typed(p, out=out_dir, seed=seeds, rho=nonneg_numbers, epochs=epochs, epochs_after=int_in(1, MAX_EPOCHS),
           dataset=text, root=existing_dir, set=text, jobs=positive_int, threads=threads)
 
 
@@ -99,11 +101,17 @@ def handle(args: argparse.Namespace) -> int:
     studies = [parse_study({"lab": "deep-net", "name": name, "config": base,
                             "grid": {**grid, "seed": list(args.seed or QUICK_SEEDS[args.study])}})
                for name, base, grid in specs]
+    from sharplab.runner.devices import check_devices
+
     ids = set()
     for st in studies:  # every configuration is validated before the first run starts
         ids.update(s.run_id for s in st.runs())
+        check_devices(st.runs())
+    from collections import Counter
+
+    counts: Counter = Counter()
     for st in studies:
-        run_study(st, out, jobs=args.jobs, options=RunOptions(quiet=args.quiet, threads=args.threads))
+        counts += run_study(st, out, jobs=args.jobs, options=RunOptions(quiet=args.quiet, threads=args.threads))
     with open_store(out, create=False) as store:
         records = [r for r in store.runs() if r.run_id in ids]
     analysis = analyse(args.study, out, records)
@@ -118,4 +126,14 @@ def handle(args: argparse.Namespace) -> int:
         print(json.dumps({"study": args.study, "summary": summary, "analysis": analysis}, default=str))
     else:
         print(f"{len(records)} runs in {out}; report: {paths.get('markdown')}", file=sys.stderr)
-    return 0
+    return failed_runs(counts, len(ids), out)
+
+
+def failed_runs(counts: Any, total: int, out: Path) -> int:
+    """Exit code of a study: 1 (with the count on stderr) when any run failed, else 0."""
+    failed = counts.get("failed", 0)
+    if not failed:
+        return 0
+    which = f"all {total}" if failed == total else f"{failed} of {total}"
+    print(f"error: {which} runs failed: see `sharplab status {out}` and {out}/runs/<id>/run.log", file=sys.stderr)
+    return 1

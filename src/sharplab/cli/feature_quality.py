@@ -9,17 +9,18 @@ import sys
 from typing import Any
 
 from sharplab.cli._args import (
+    epochs,
     existing_dir,
     float_in,
     ints,
+    lrs,
     nonneg,
-    nonneg_int,
     nonneg_ints,
     nonneg_numbers,
     numbers,
     out_dir,
-    positive_int,
-    positive_numbers,
+    seed_count,
+    size,
     text,
     threads,
     typed,
@@ -78,9 +79,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="folder for results.json, table.txt and PNG figures")
     p.add_argument("--quiet", action="store_true", help="no progress bar (also when CI is set)")
     p.set_defaults(func=handle)
-    typed(p, rho=nonneg_numbers, lr=positive_numbers, m=nonneg_ints, sam_start_epoch=nonneg_int, epochs=nonneg_int,
-          batch_size=positive_int, momentum=float_in(0.0, 0.999), weight_decay=nonneg, model=text,
-          seeds=positive_int, data_seed=seed_type, root=existing_dir, threads=threads, out=out_dir)
+    typed(p, rho=nonneg_numbers, lr=lrs, m=nonneg_ints, sam_start_epoch=epochs, epochs=epochs,
+          batch_size=size, momentum=float_in(0.0, 0.999), weight_decay=nonneg, model=text,
+          seeds=seed_count, data_seed=seed_type, root=existing_dir, threads=threads, out=out_dir)
 
 
 def handle(args: argparse.Namespace) -> int:

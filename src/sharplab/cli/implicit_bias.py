@@ -19,14 +19,18 @@ from typing import Any
 from sharplab.cli._args import (
     choices,
     ints,
-    nonneg_int,
+    lrs,
     nonneg_numbers,
+    nonneg_steps,
     numbers,
     out_dir,
+    points,
     positive,
-    positive_int,
     positive_numbers,
     seeds,
+    size,
+    steps,
+    test_size,
     typed,
 )
 from sharplab.errors import ConfigError, Diverged
@@ -69,9 +73,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "first-phase solution at --switch-at (t=1), t in [-1, 2] (interpolation.png)")
     _common(p)
     p.set_defaults(func=handle_diag_net)
-    typed(p, rho=nonneg_numbers, lr=positive_numbers, alpha=positive_numbers, m=positive_int, iters=positive_int,
-          switch_at=nonneg_int, n=positive_int, d=positive_int, r=positive_int, n_test=positive_int,
-          record_every=nonneg_int, log_curves=nonneg_int, seed=seeds, out=out_dir)
+    typed(p, rho=nonneg_numbers, lr=lrs, alpha=positive_numbers, m=size, iters=steps,
+          switch_at=nonneg_steps, n=size, d=size, r=size, n_test=test_size,
+          record_every=points, log_curves=points, seed=seeds, out=out_dir)
 
     p = sub.add_parser("relu-1d", help="1-D ReLU network on 12 points: GD vs SAM, kinks of the fit",
                        description="Full-batch GD vs SAM on a 1-100-1 ReLU network; reports the number of kinks.")
@@ -97,7 +101,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "are the fewer kinks kept once the data are interpolated?")
     _common(p)
     p.set_defaults(func=handle_relu_1d, seed=[0, 1, 2, 3, 4])
-    typed(p, rho=nonneg_numbers, lr=positive_numbers, steps=positive_int, width=positive_int, tol=positive,
+    typed(p, rho=nonneg_numbers, lr=lrs, steps=steps, width=size, tol=positive,
           slope_tol=positive, seed=seeds, out=out_dir)
 
     p = sub.add_parser("convergence", help="SGD/SAM/USAM with stochastic gradients: does ||grad f|| -> 0?",
@@ -114,8 +118,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=1)
     _common(p)
     p.set_defaults(func=handle_convergence)
-    typed(p, rho=nonneg_numbers, lr=positive_numbers, decay_steps=positive, steps=positive_int,
-          batch_size=positive_int, seed=seeds, out=out_dir)
+    typed(p, rho=nonneg_numbers, lr=lrs, decay_steps=positive, steps=steps,
+          batch_size=size, seed=seeds, out=out_dir)
 
 
 def _quiet(args: argparse.Namespace) -> bool:

@@ -23,14 +23,17 @@ from pathlib import Path
 from typing import Any
 
 from sharplab.cli._args import (
+    MAX_SIZE,
+    epochs,
     existing_dir,
     float_in,
     int_in,
+    lr,
     nonneg,
-    nonneg_int,
     out_dir,
-    positive,
-    positive_int,
+    seed_count,
+    size,
+    steps,
     text,
     threads,
     typed,
@@ -87,10 +90,10 @@ def register(subparsers: Any) -> None:
                    help="torch CPU threads (default 1; more helps CNNs only on an otherwise idle machine)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=handler)
-    typed(p, dataset=text, ablation=text, rho=nonneg, lr=positive, momentum=float_in(0.0, 0.999),
-          weight_decay=nonneg, epochs=nonneg_int, batch_size=positive_int, m=positive_int, record_every=positive_int,
-          weight_batch=int_in(2, what="--weight-batch"), root=existing_dir, data_seed=seed_type, data_option=text,
-          seeds=positive_int, out=lambda t: Path(out_dir(t)), threads=threads)
+    typed(p, dataset=text, ablation=text, rho=nonneg, lr=lr, momentum=float_in(0.0, 0.999),
+          weight_decay=nonneg, epochs=epochs, batch_size=size, m=size, record_every=steps,
+          weight_batch=int_in(2, MAX_SIZE, what="--weight-batch"), root=existing_dir, data_seed=seed_type,
+          data_option=text, seeds=seed_count, out=lambda t: Path(out_dir(t)), threads=threads)
 
 
 def data_options(items: list[str]) -> dict[str, Any]:

@@ -147,6 +147,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         for run_id in todo:
             print(run_id)
         return 0
+    from sharplab.runner.devices import check_devices
+
+    check_devices(study.runs(args.nproc))
     options = RunOptions(quiet=_quiet(args), tensorboard=args.tensorboard, threads=args.threads, store=url)
     n = len(study.runs(args.nproc))
     print(f"study {study.name!r}: lab {study.lab}, {n} runs -> {out}", file=sys.stderr)
@@ -282,11 +285,13 @@ def cmd_store_copy(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from sharplab.runner.config import load_study
+    from sharplab.runner.config import RunSpec, load_study
+    from sharplab.runner.devices import check_devices
     from sharplab.runner.execute import RunOptions
     from sharplab.runner.sweep import run_sweep
 
     study = load_study(args.study)
+    check_devices([RunSpec(study.lab, study.base)])
     out = Path(args.out or Path("runs") / f"sweep-{study.name}")
     storage = args.storage or f"sqlite:///{out / 'optuna.db'}"
     ostudy = run_sweep(study, out, args.trials, storage, args.study_name, args.sampler_seed,
@@ -299,7 +304,28 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         best = ostudy.best_trial
         print(f"best value {best.value:.6g} (trial {best.number}): {json.dumps(best.params)}")
     print(f"runs: {out}; next: sharplab report {out}")
+    failed, tried = failed_trials(ostudy)
+    if failed or not complete:
+        which = f"all {tried}" if failed == tried else f"{failed} of {tried}"
+        what = f"{which} trials of this sweep failed" if failed else "no trial completed"
+        print(f"error: {what}: see `sharplab status {out}` and {out}/runs/<id>/run.log", file=sys.stderr)
+        return 1
     return 0
+
+
+def failed_trials(ostudy: object) -> tuple[int, int]:
+    """(failed, started) trials of this process in ``ostudy``: failed = Optuna FAIL, or pruned because a
+    run failed (a diverged run is a result, not a failure)."""
+    import os
+    import socket
+
+    from optuna.trial import TrialState
+
+    here = f"{socket.gethostname()}:{os.getpid()}"
+    mine = [t for t in ostudy.get_trials(deepcopy=False) if t.user_attrs.get("worker") == here]  # type: ignore[attr-defined]
+    failed = [t for t in mine if t.state == TrialState.FAIL
+              or (t.state == TrialState.PRUNED and "failed" in t.user_attrs.get("statuses", []))]
+    return len(failed), len(mine)
 
 
 def cmd_labs(args: argparse.Namespace) -> int:

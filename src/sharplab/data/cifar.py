@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from sharplab.data import sources
-from sharplab.data.formats import _SafeUnpickler, read_cifar, read_idx_pair
+from sharplab.data.formats import cifar_arrays, load_cifar_pickle, read_cifar, read_idx_pair
 from sharplab.errors import ConfigError, SharplabError
 
 IMAGE_SETS = ("cifar10", "cifar100", "fashion-mnist", "digits")
@@ -38,16 +38,12 @@ def read_cifar100_file(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 images [N, 3, 32, 32], int64 fine labels [N]) from CIFAR-100's ``train`` or ``test`` pickle."""
     path = Path(path)
     try:
-        with path.open("rb") as f:
-            d = _SafeUnpickler(f, encoding="bytes").load()
-        data = np.asarray(d[b"data"], dtype=np.uint8)
-        labels = np.asarray(d[b"fine_labels"], dtype=np.int64)
+        data, labels = cifar_arrays(load_cifar_pickle(path), b"fine_labels")
     except FileNotFoundError:
         raise SharplabError(f"{path} is missing; run 'sharplab data download cifar100 --root DIR'") from None
-    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as exc:
+    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, IndexError, AttributeError,
+            RecursionError) as exc:
         raise SharplabError(f"{path} is not a CIFAR-100 python file ({exc}); download it again") from None
-    if data.ndim != 2 or data.shape[1] != 3072 or labels.shape != (data.shape[0],):
-        raise SharplabError(f"{path}: data {data.shape} / labels {labels.shape} are not CIFAR-100 shaped")
     if labels.size and (labels.min() < 0 or labels.max() > 99):
         raise SharplabError(f"{path}: fine labels outside 0..99; the file is damaged, download it again")
     return data.reshape(-1, 3, 32, 32), labels

@@ -151,6 +151,35 @@ def check_positive(obj: Any, *names: str, allow_none: bool = False) -> None:
             raise ConfigError(f"option {n}={v!r} must be an integer in [1, {MAX_SIZE}]")
 
 
+#: the most numbers (examples x dimensions) a generated data set may hold in all: 5e7 float64 are 400 MB
+MAX_ELEMENTS = 5 * 10**7
+
+
+def check_count(obj: Any, *names: str) -> None:
+    """Raise ConfigError unless each named field of ``obj`` is an integer in [0, :data:`MAX_SIZE`]."""
+    for n in names:
+        v = getattr(obj, n)
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_SIZE:
+            raise ConfigError(f"option {n}={v!r} must be an integer in [0, {MAX_SIZE}]")
+
+
+def check_nonneg(obj: Any, *names: str) -> None:
+    """Raise ConfigError unless each named field of ``obj`` is a finite number >= 0 (not NaN, not inf)."""
+    import math
+
+    for n in names:
+        v = getattr(obj, n)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise ConfigError(f"option {n}={v!r} must be a finite number >= 0")
+
+
+def check_elements(what: str, examples: int, dims: int) -> None:
+    """Raise ConfigError when ``examples x dims`` numbers exceed :data:`MAX_ELEMENTS`."""
+    if examples * dims > MAX_ELEMENTS:
+        raise ConfigError(f"{what}: {examples} examples x {dims} dimensions = {examples * dims} numbers, more "
+                          f"than the limit of {MAX_ELEMENTS}; lower the sizes or the dimensions")
+
+
 def check_fraction(obj: Any, *names: str) -> None:
     for n in names:
         v = getattr(obj, n)

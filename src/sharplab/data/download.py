@@ -20,6 +20,7 @@ fetch the file by hand. ``base_url`` replaces every URL's folder (mirrors, tests
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import os
@@ -33,11 +34,13 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from sharplab.data.archives import safe_extract
+from sharplab.data.archives import UnsafeArchiveError, archive_budget, safe_extract
 from sharplab.errors import SharplabError
 from sharplab.registry import Registry
 
 CHUNK = 1 << 16
+#: the longest network timeout accepted, in seconds (a larger one overflows the socket's time_t)
+MAX_TIMEOUT = 86_400.0
 #: written into an unpacked folder after every member is in place: its presence means "complete"
 MARKER = ".sharplab-complete"
 
@@ -55,6 +58,8 @@ class RemoteFile:
     creates: str | None = None
     rename: tuple[str, str] | None = None  # (from, to) under root after extraction
     expect: tuple[str, ...] = ()
+    #: most bytes its archive may unpack to (:func:`sharplab.data.archives.archive_budget`); None: the default
+    max_bytes: int | None = None
 
     @property
     def filename(self) -> str:
@@ -193,13 +198,13 @@ def fetch(url: str, dest: Path, checksum: str | None = None, timeout: float = 30
                                     f"to confirm large files); download {url} in a browser to {dest}, rerun")
             resumed = resp.status == 206
             if resumed and _range_start(resp) != offset:
-                part.unlink()
+                part.unlink(missing_ok=True)
                 raise SharplabError(f"{host} answered with an unexpected byte range for {dest.name}; the partial "
                                     "file was deleted, run the command again")
             if not resumed:
                 offset = 0
-            length = resp.headers.get("Content-Length")
-            total = offset + int(length) if length is not None else None
+            length = _content_length(resp, host, dest.name)
+            total = offset + length if length is not None else None
             _copy(resp, part, "ab" if resumed else "wb", offset, total, dest.name, quiet)
         size = part.stat().st_size
         if total is not None and size < total:
@@ -212,6 +217,18 @@ def fetch(url: str, dest: Path, checksum: str | None = None, timeout: float = 30
                             "the file was deleted, run the command again")
     os.replace(part, dest)
     return dest
+
+
+def _content_length(resp, host: str, name: str) -> int | None:
+    """The announced length of the body, None when not announced; one line for a garbled header."""
+    raw = resp.headers.get("Content-Length")
+    if raw is None:
+        return None
+    text = raw.strip()
+    if not text.isdigit():
+        raise SharplabError(f"{host} sent an invalid Content-Length {raw[:40]!r} for {name}; nothing was "
+                            "saved, try again later or use another mirror (--base-url)")
+    return int(text)
 
 
 def _range_start(resp) -> int | None:
@@ -242,10 +259,15 @@ def check_download_args(root: str | os.PathLike, base_url: str | None, timeout: 
     """Validate ``download``'s arguments before any network access; return the root as a Path."""
     import math
 
-    if not isinstance(timeout, (int, float)) or not math.isfinite(timeout) or timeout <= 0:
-        raise SharplabError(f"--timeout {timeout} must be a positive number of seconds, e.g. 30")
+    if (not isinstance(timeout, (int, float)) or not math.isfinite(timeout) or timeout <= 0
+            or timeout > MAX_TIMEOUT):
+        raise SharplabError(f"--timeout {timeout} must be a number of seconds in (0, {MAX_TIMEOUT:g}], e.g. 30")
     if base_url is not None:
-        parts = urllib.parse.urlsplit(base_url)
+        try:
+            parts = urllib.parse.urlsplit(base_url)
+            parts.port  # noqa: B018  (raises ValueError for a port that is not a number)
+        except ValueError as exc:
+            raise SharplabError(f"--base-url {base_url!r} is not a valid URL ({exc})") from None
         if parts.scheme not in ("http", "https", "file") or (parts.scheme != "file" and not parts.netloc):
             raise SharplabError(f"--base-url {base_url!r} is not an http(s):// or file:// URL of a folder")
     path = Path(root).expanduser()
@@ -255,8 +277,20 @@ def check_download_args(root: str | os.PathLike, base_url: str | None, timeout: 
                 raise SharplabError(f"--root {str(path)!r}: {str(p)!r} is a file, not a folder; choose a folder")
             if not os.access(p, os.W_OK | os.X_OK):
                 raise SharplabError(f"--root {str(path)!r}: no permission to write in {str(p)!r}")
+            if p != path and _is_pseudo_fs(p):
+                raise SharplabError(f"--root {str(path)!r}: {str(p)!r} is a system folder where no data "
+                                    "can be stored; choose another folder")
             break
     return path
+
+
+def _is_pseudo_fs(path: Path) -> bool:
+    """Whether ``path`` lies on a kernel file system (/proc, /sys) where folders cannot be created."""
+    try:
+        resolved = path.resolve()
+    except OSError:
+        return False
+    return resolved.parts[:2] in (("/", "proc"), ("/", "sys"))
 
 
 def is_complete(rf: RemoteFile, root: Path) -> bool:
@@ -290,7 +324,7 @@ def unpack(rf: RemoteFile, archive: Path, root: Path) -> Path:
     if tmp.exists():
         shutil.rmtree(tmp)
     try:
-        safe_extract(archive, tmp)
+        safe_extract(archive, tmp, max_bytes=archive_budget(archive, rf.max_bytes))
         inner = tmp / _inner(rf)
         if not inner.is_dir():
             found = ", ".join(sorted(p.name for p in tmp.iterdir())[:5]) or "nothing"
@@ -318,27 +352,64 @@ def download(name: str, root: str | os.PathLike, base_url: str | None = None, ti
     Files already present (a file whose checksum matches, a folder with the completion marker) are skipped.
     """
     root = check_download_args(root, base_url, timeout)
+    keys = download_names(name)
+    files = [rf for key in keys for rf in DOWNLOADS.get(key).files]
+    new_dirs = _missing_dirs(root, files)
+    try:
+        return _download_files(files, root, base_url, timeout, quiet)
+    except OSError as exc:  # disk full, permission, a file in the way: one line, and say what is kept
+        raise SharplabError(f"download into {root} stopped: {exc.strerror or exc} "
+                            f"({exc.filename or root}); files already complete were kept") from None
+    finally:  # a failed download leaves no empty folder behind (a resumable .part keeps its folder)
+        _remove_if_empty(new_dirs)
+
+
+def _missing_dirs(root: Path, files: list[RemoteFile]) -> list[Path]:
+    """Folders that do not exist yet and that a download of ``files`` into ``root`` would create."""
+    wanted = {root, *root.parents}
+    for rf in files:
+        wanted.update(p for p in (root / rf.dest).parents if root in (p, *p.parents))
+    return [p for p in wanted if not p.exists()]
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    """Remove each of ``folders`` that is (still, or again) an empty folder, deepest first."""
+    for p in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):  # not empty (a kept .part file, a finished download), or gone
+            p.rmdir()
+
+
+def _download_files(files: list[RemoteFile], root: Path, base_url: str | None, timeout: float,
+                    quiet: bool) -> list[Path]:
     done = []
-    for key in download_names(name):
-        for rf in DOWNLOADS.get(key).files:
-            creates = root / (rf.creates or rf.dest)
-            if is_complete(rf, root):
-                done.append(creates)
-                continue
-            url = with_base(rf.url, base_url, rf.filename)
-            path = fetch(url, root / rf.dest, rf.checksum, timeout, quiet)
-            if rf.extract_to is not None:
-                try:
-                    unpack(rf, path, root)
-                except _CORRUPT:  # truncated or damaged: fetch it once more
-                    path.unlink()
-                    path = fetch(url, root / rf.dest, rf.checksum, timeout, quiet)
-                    try:
-                        unpack(rf, path, root)
-                    except _CORRUPT as exc:
-                        path.unlink()
-                        raise SharplabError(f"{path.name} from {url} cannot be opened ({exc}); it was deleted. "
-                                            "Check the source, or fetch it by hand") from None
-                path.unlink()
+    for rf in files:
+        creates = root / (rf.creates or rf.dest)
+        if is_complete(rf, root):
             done.append(creates)
+            continue
+        url = with_base(rf.url, base_url, rf.filename)
+        path = fetch(url, root / rf.dest, rf.checksum, timeout, quiet)
+        if rf.extract_to is not None:
+            try:
+                _unpack_or_refuse(rf, path, root)
+            except _CORRUPT:  # truncated or damaged: fetch it once more
+                path.unlink()
+                path = fetch(url, root / rf.dest, rf.checksum, timeout, quiet)
+                try:
+                    _unpack_or_refuse(rf, path, root)
+                except _CORRUPT as exc:
+                    path.unlink()
+                    raise SharplabError(f"{path.name} from {url} cannot be opened ({exc}); it was deleted. "
+                                        "Check the source, or fetch it by hand") from None
+            path.unlink()
+        done.append(creates)
     return done
+
+
+def _unpack_or_refuse(rf: RemoteFile, archive: Path, root: Path) -> Path:
+    """:func:`unpack`, with a refused archive's message saying that the archive is still there to delete."""
+    try:
+        return unpack(rf, archive, root)
+    except UnsafeArchiveError as exc:
+        raise UnsafeArchiveError(f"{exc}; the archive was kept for inspection: delete {archive} "
+                                 "before downloading again") from None

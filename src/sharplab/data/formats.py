@@ -13,9 +13,14 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import pickle
+import pickletools
+import struct
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -29,16 +34,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def _read_maybe_gzip(path: Path) -> bytes:
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            return gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
-            raise SharplabError(f"{path} is a damaged gzip file ({exc}); delete it, download again") from None
-    return raw
-
-
 def resolve_gz(folder: Path, name: str) -> Path:
     """``folder/name`` if present, else the same name without (or with) the ``.gz`` suffix."""
     for cand in (name, name[:-3] if name.endswith(".gz") else name + ".gz"):
@@ -47,25 +42,66 @@ def resolve_gz(folder: Path, name: str) -> Path:
     raise SharplabError(f"{folder / name} is missing; download the data set again")
 
 
+#: the most data bytes an idx file may declare (Fashion-MNIST's training images are 47 MB)
+MAX_IDX_BYTES = 256 << 20
+#: the largest CIFAR python file read (a CIFAR-100 ``train`` file is 155 MB)
+MAX_CIFAR_FILE = 512 << 20
+_CHUNK = 1 << 20
+
+
+def _open_maybe_gzip(path: Path) -> BinaryIO:
+    """``path`` opened for reading, through a streaming gzip decoder when it starts with the gzip magic."""
+    f = path.open("rb")
+    if f.read(2) == b"\x1f\x8b":
+        f.seek(0)
+        return gzip.GzipFile(fileobj=f, mode="rb")  # type: ignore[return-value]
+    f.seek(0)
+    return f
+
+
 def read_idx(path: str | Path) -> np.ndarray:
-    """Read an idx file (raw or .gz) into a numpy array of its declared type and shape."""
+    """Read an idx file (raw or .gz) into a numpy array of its declared type and shape.
+
+    The header is checked before any data is held: the declared size (computed without overflow) must be
+    at most :data:`MAX_IDX_BYTES`, and a gzip file is decompressed in chunks, stopping as soon as it holds
+    more than the header declares, so a small "gzip bomb" costs no more memory than its declared size.
+    """
     path = Path(path)
-    data = _read_maybe_gzip(path)
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
-        raise SharplabError(f"{path} is not an idx file (bad magic number); delete it and download again")
-    ndim = data[3]
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise SharplabError(f"{path} is truncated (incomplete idx header); delete it and download again")
-    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-    dtype = np.dtype(_IDX_DTYPES[data[2]])
-    expected = int(np.prod(dims)) * dtype.itemsize
-    if len(data) - header != expected:
-        raise SharplabError(
-            f"{path} holds {len(data) - header} data bytes but its header declares {expected}; "
-            "delete it and download again"
-        )
-    return np.frombuffer(data, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+    delete = "delete it and download again"
+    try:
+        with _open_maybe_gzip(path) as f:
+            head = f.read(4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_DTYPES:
+                raise SharplabError(f"{path} is not an idx file (bad magic number); {delete}")
+            ndim = head[3]
+            raw_dims = f.read(4 * ndim)
+            if len(raw_dims) < 4 * ndim:
+                raise SharplabError(f"{path} is truncated (incomplete idx header); {delete}")
+            dims = struct.unpack(f">{ndim}I", raw_dims)
+            dtype = np.dtype(_IDX_DTYPES[head[2]])
+            expected = math.prod(dims) * dtype.itemsize  # Python ints: no overflow
+            if expected > MAX_IDX_BYTES:
+                raise SharplabError(f"{path}: its header declares {'x'.join(map(str, dims))} values "
+                                    f"({expected} bytes), more than the {MAX_IDX_BYTES} bytes an idx data set "
+                                    f"file may hold; {delete}")
+            data = _read_exactly(f, expected)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise SharplabError(f"{path} is a damaged gzip file ({exc}); {delete}") from None
+    if len(data) != expected:
+        held = f"{len(data)}" if len(data) <= expected else f"more than {expected}"
+        raise SharplabError(f"{path} holds {held} data bytes but its header declares {expected}; {delete}")
+    return np.frombuffer(bytes(data), dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def _read_exactly(f: BinaryIO, n: int) -> bytearray:
+    """Up to ``n + 1`` bytes of ``f``, read in chunks (one byte more than ``n`` means the file is longer)."""
+    buf = bytearray()
+    while len(buf) <= n:
+        chunk = f.read(min(_CHUNK, n + 1 - len(buf)))
+        if not chunk:
+            break
+        buf += chunk
+    return buf
 
 
 IDX_FILES = {
@@ -106,6 +142,45 @@ class _SafeUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+def load_cifar_pickle(path: Path) -> Any:
+    """Unpickle a CIFAR python file with the allow-list, from memory: the file must be at most
+    :data:`MAX_CIFAR_FILE` bytes, and a length declared inside it cannot ask for more than the file holds
+    (ValueError otherwise)."""
+    size = path.stat().st_size
+    if size > MAX_CIFAR_FILE:
+        raise ValueError(f"the file is {size} bytes, more than the {MAX_CIFAR_FILE} of a CIFAR python file")
+    raw = path.read_bytes()
+    # first a pass over the opcodes in pure Python: it reads each declared length from memory and fails on
+    # one longer than the rest of the file, where the C unpickler would allocate the length first
+    for _ in pickletools.genops(io.BytesIO(raw)):
+        pass
+    return _SafeUnpickler(io.BytesIO(raw), encoding="bytes").load()
+
+
+def cifar_arrays(d: Any, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 data [N, 3072], int64 labels [N]) of an unpickled CIFAR dict, every type and shape checked
+    *before* an array is built: ``data`` must already be a uint8 array (a nested list would be turned into
+    an array of any size), ``labels`` an integer array or a list of ``N`` ints. Raises ValueError."""
+    if not isinstance(d, dict):
+        raise ValueError(f"it holds a {type(d).__name__}, not a dict")
+    data, labels = d[b"data"], d[label_key]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
+        what = f"a {data.dtype} array" if isinstance(data, np.ndarray) else f"a {type(data).__name__}"
+        raise ValueError(f"data is {what}, not uint8")
+    if data.ndim != 2 or data.shape[1] != 3072:
+        raise ValueError(f"data has shape {data.shape}, not (N, 3072)")
+    n = data.shape[0]
+    if isinstance(labels, np.ndarray):
+        if labels.dtype.kind not in "iu" or labels.shape != (n,):
+            raise ValueError(f"labels are a {labels.dtype} array of shape {labels.shape}, not {n} integers")
+    elif isinstance(labels, list):
+        if len(labels) != n or not all(type(v) is int for v in labels):
+            raise ValueError(f"labels are not a list of {n} integers")
+    else:
+        raise ValueError(f"labels are a {type(labels).__name__}, not integers")
+    return data, np.asarray(labels).astype(np.int64)
+
+
 def read_cifar_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 images [N, 3, 32, 32], int64 labels [N]) from one CIFAR-10 python batch file."""
     path = Path(path)
@@ -113,18 +188,10 @@ def read_cifar_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         raise SharplabError(f"CIFAR batch file {path} is missing; run `sharplab data download cifar10 --root ROOT` "
                             "(it fetches the archive again and checks every batch file)")
     try:
-        with path.open("rb") as f:
-            d = _SafeUnpickler(f, encoding="bytes").load()
-        raw = np.asarray(d[b"data"])
-        raw_labels = np.asarray(d[b"labels"])
-        if raw.dtype != np.uint8 or raw_labels.dtype.kind not in "iu":
-            raise ValueError(f"data is {raw.dtype} and labels {raw_labels.dtype}, not uint8 and integers")
-        data = raw
-        labels = raw_labels.astype(np.int64)
-    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as exc:
+        data, labels = cifar_arrays(load_cifar_pickle(path), b"labels")
+    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, IndexError,
+            AttributeError, RecursionError) as exc:
         raise SharplabError(f"{path} is not a CIFAR-10 python batch ({exc}); download it again") from None
-    if data.ndim != 2 or data.shape[1] != 3072 or labels.shape != (data.shape[0],):
-        raise SharplabError(f"{path}: data {data.shape} / labels {labels.shape} are not CIFAR-10 shaped")
     return data.reshape(-1, 3, 32, 32), labels
 
 

@@ -26,7 +26,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sharplab.data.core import TwoFeatureData, check_positive, pair_table, register_dataset, rng_for, to_split
+from sharplab.data.core import (
+    TwoFeatureData,
+    check_count,
+    check_elements,
+    check_nonneg,
+    check_positive,
+    pair_table,
+    register_dataset,
+    rng_for,
+    to_split,
+)
 from sharplab.errors import ConfigError
 
 
@@ -49,14 +59,13 @@ class ToyOptions:
     def __post_init__(self) -> None:
         check_positive(self, "n_train", "n_val", "n_test", "n_probe_train", "n_probe_test", "easy_dims",
                        "hard_dims")
-        if self.noise_dims < 0:
-            raise ConfigError(f"option noise_dims={self.noise_dims!r} must be >= 0")
-        for n in ("sigma_easy", "sigma_hard", "sigma_noise", "margin_easy", "margin_hard"):
-            if getattr(self, n) < 0:
-                raise ConfigError(f"option {n}={getattr(self, n)!r} must be >= 0")
+        check_count(self, "noise_dims")
+        check_nonneg(self, "sigma_easy", "sigma_hard", "sigma_noise", "margin_easy", "margin_hard")
         for n in ("n_probe_train", "n_probe_test"):
             if getattr(self, n) % 4:
                 raise ConfigError(f"option {n}={getattr(self, n)} must be a multiple of 4 (2 x 2 sign pairs)")
+        examples = self.n_train + self.n_val + self.n_test + self.n_probe_train + self.n_probe_test
+        check_elements("toy data set", examples, self.dim)
 
     @property
     def dim(self) -> int:

@@ -226,4 +226,5 @@ def report(runs: list[Any], builder: Any) -> None:
 
 
 register_lab(Lab("digits", DigitsConfig, run, report,
-                 "MLP on scikit-learn's 8x8 digits with SGD or SAM (quick, offline, DDP-capable)"))
+                 "MLP on scikit-learn's 8x8 digits with SGD or SAM (quick, offline, DDP-capable)",
+                 metrics=("train_loss", "test_loss", "test_error")))

@@ -10,6 +10,10 @@ A study file names a lab, a base configuration and a grid whose cartesian produc
     rho = [0.0, 0.05]
     seed = [0, 1]
 
+Size: the grid's combinations (times the seeds) are counted before the grid is expanded, and a study of more
+than :data:`MAX_RUNS` runs is refused at once (each run is a row of the store and a folder); a study file
+that really means more raises its own limit with a top-level ``max_runs = N``.
+
 Every value is checked against the lab's config dataclass before anything runs: unknown keys, wrong types
 and values outside a field's ``metadata`` (``min``, ``max``, ``choices``) raise a one-line
 :class:`~sharplab.errors.ConfigError` naming the key, the value and what is allowed.
@@ -33,7 +37,9 @@ from typing import Any
 
 from sharplab.errors import ConfigError, SharplabError
 
-TOP_LEVEL_KEYS = ("lab", "name", "description", "config", "grid", "sweep")
+TOP_LEVEL_KEYS = ("lab", "name", "description", "config", "grid", "sweep", "max_runs")
+#: the most runs a study file may define unless it says ``max_runs = N`` (docs/runner.md, docs/limits.md)
+MAX_RUNS = 10_000
 
 
 @dataclass(frozen=True)
@@ -148,6 +154,9 @@ def parse_study(doc: dict[str, Any], default_name: str = "study") -> Study:
         seeds = grid_raw.pop("seed")
         if not isinstance(seeds, list) or not seeds:
             raise ConfigError(f"[grid] seed = {seeds!r} must be a non-empty list of integers, e.g. [0, 1, 2]")
+    # counted before any value is checked or combined: a 10^7-run grid stops here at once
+    check_grid_size({k: v for k, v in grid_raw.items() if isinstance(v, list)}, len(seeds),
+                    doc.get("max_runs", MAX_RUNS))
     for s in seeds:
         check_seed(s, "seed")
     if len(set(seeds)) != len(seeds):
@@ -184,6 +193,20 @@ def check_study_name(name: Any) -> str:
         raise ConfigError(f"name = {name!r} is not allowed; use 1-100 letters, digits, '.', '_' or '-', "
                           "not starting with '.' (the name is used as a file name)")
     return name
+
+
+def check_grid_size(grid: dict[str, list[Any]], n_seeds: int, limit: Any = MAX_RUNS) -> int:
+    """The number of runs of ``grid`` x ``n_seeds``, counted without expanding it; ConfigError past ``limit``."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ConfigError(f"max_runs = {limit!r} must be a positive integer (the most runs the study may define)")
+    n = n_seeds
+    for values in grid.values():
+        n *= len(values)
+    if n > limit:
+        sizes = " x ".join(f"{len(v)} {k}" for k, v in grid.items())
+        raise ConfigError(f"the study defines {n} runs ({sizes} x {n_seeds} seeds), more than the limit of "
+                          f"{limit}; shrink the grid, or raise the limit with a top-level max_runs = {n}")
+    return n
 
 
 def check_seed(seed: Any, where: str = "seed") -> int:

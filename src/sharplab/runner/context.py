@@ -23,20 +23,67 @@ CHECKPOINT_NAME = "checkpoint.pt"
 HISTORY_NAME = "history.jsonl"
 
 
+#: the most bytes of a history file read back (a run logging every step for 10^6 steps writes ~100 MB)
+MAX_HISTORY_BYTES = 256 << 20
+#: a longer line is not a metrics line (skipped without being held in memory)
+MAX_HISTORY_LINE = 1 << 20
+_MAX_STEP = 2**63 - 1
+
+
 def read_history(run_dir: Path) -> list[tuple[int, dict[str, float]]]:
-    """The ``(step, metrics)`` lines of a run folder's history file (a torn last line is skipped)."""
+    """The ``(step, metrics)`` lines of a run folder's history file (a torn last line is skipped).
+
+    Read with bounds: only a regular file is read (a symlink to ``/dev/zero`` or a FIFO is ignored), at
+    most :data:`MAX_HISTORY_BYTES` of it (a warning names what was left unread), lines longer than
+    :data:`MAX_HISTORY_LINE` and steps that are not integers in [0, 2^63 - 1] (``"step": 1e20``) are
+    skipped.
+    """
+    path = Path(run_dir) / HISTORY_NAME
+    try:
+        if not path.is_file():
+            return []
+        with path.open("rb") as f:
+            return _parse_history(f, path)
+    except OSError as exc:
+        logging.getLogger("sharplab.run").warning("history %s not read: %s", path, exc.strerror or exc)
+        return []
+
+
+def _parse_history(f: Any, path: Path) -> list[tuple[int, dict[str, float]]]:
     import json
 
-    path = Path(run_dir) / HISTORY_NAME
-    rows = []
-    if path.exists():
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                row = json.loads(line)
-                rows.append((int(row["step"]), {k: float(v) for k, v in row["metrics"].items()}))
-            except (ValueError, KeyError, TypeError, AttributeError):
-                continue
+    rows: list[tuple[int, dict[str, float]]] = []
+    read = 0
+    while read < MAX_HISTORY_BYTES:
+        line = f.readline(min(MAX_HISTORY_LINE + 1, MAX_HISTORY_BYTES - read))
+        if not line:
+            return rows
+        read += len(line)
+        if len(line) > MAX_HISTORY_LINE:  # skip the rest of an over-long line, counting what it costs
+            while line and not line.endswith(b"\n") and read < MAX_HISTORY_BYTES:
+                line = f.readline(min(MAX_HISTORY_LINE, MAX_HISTORY_BYTES - read))
+                read += len(line)
+            continue
+        row = _history_row(line, json)
+        if row is not None:
+            rows.append(row)
+    if f.read(1):
+        logging.getLogger("sharplab.run").warning("history %s is longer than %d bytes; the rest was not read",
+                                                  path, MAX_HISTORY_BYTES)
     return rows
+
+
+def _history_row(line: bytes, json: Any) -> tuple[int, dict[str, float]] | None:
+    try:
+        row = json.loads(line.decode("utf-8", errors="replace"))
+        step = row["step"]
+        if isinstance(step, float) and step.is_integer():
+            step = int(step)
+        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= _MAX_STEP:
+            return None
+        return step, {str(k): float(v) for k, v in row["metrics"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError, OverflowError):
+        return None
 
 
 @dataclass

@@ -52,6 +52,9 @@ class Lab:
         report: optional ``report(runs, builder)`` adding the lab's tables/figures to a report.
         description: one line for ``sharplab labs``.
         module: the module whose import registers the lab (filled in by :func:`register_lab`).
+        metrics: names of the final metrics ``run`` returns (a name ending in ``*`` stands for every
+            name with that prefix); ``sharplab sweep`` refuses any other ``metric`` before training.
+            Empty: not declared, not checked.
     """
 
     name: str
@@ -60,6 +63,13 @@ class Lab:
     report: Callable[[list[Any], Any], None] | None = None
     description: str = ""
     module: str = ""
+    metrics: tuple[str, ...] = ()
+
+    def has_metric(self, name: str) -> bool:
+        """Whether ``name`` is among the declared final metrics (always True when none are declared)."""
+        if not self.metrics:
+            return True
+        return any(name == m or (m.endswith("*") and name.startswith(m[:-1])) for m in self.metrics)
 
 
 LABS: Registry[Lab] = Registry("lab")

@@ -98,6 +98,10 @@ def parse_sweep(study: Study) -> SweepSpec:
     metric = table.get("metric")
     if not isinstance(metric, str):
         raise ConfigError('[sweep] metric = "<final metric name>" is required, e.g. metric = "test_error"')
+    lab = get_lab(study.lab)
+    if not lab.has_metric(metric):
+        raise ConfigError(f"[sweep] metric = {metric!r} is not a final metric of lab {lab.name!r}; "
+                          f"choose one of: {', '.join(lab.metrics)}")
     direction = table.get("direction", "minimize")
     if direction not in ("minimize", "maximize"):
         raise ConfigError(f"[sweep] direction = {direction!r} is not allowed; use 'minimize' or 'maximize'")

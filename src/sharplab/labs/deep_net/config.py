@@ -10,6 +10,8 @@ from sharplab.data.cifar import IMAGE_SETS
 METHODS = ("erm", "random", "nsam", "msam", "usam")
 SCHEDULES = ("piecewise", "constant", "cosine")
 MODELS = ("preact-resnet18", "preact-resnet34")
+#: the widest first stage accepted: 16x the paper's 64 channels (a ResNet-18 of width 1024 has ~2.8e9 weights)
+MAX_WIDTH = 1024
 
 
 def _f(default: Any, help: str, **meta: Any) -> Any:
@@ -30,14 +32,14 @@ class DeepNetConfig:
 
     dataset: str = _f("digits", "image set", choices=list(IMAGE_SETS))
     root: str = _f("", "data root ('' = $SHARPLAB_DATA and the offline folders)")
-    n_train: int = _f(0, "keep a seeded subset of this many training examples (0 = all)", min=0)
-    n_test: int = _f(0, "keep a seeded subset of this many test examples (0 = all)", min=0)
+    n_train: int = _f(0, "keep a seeded subset of this many training examples (0 = all)", min=0, max=10**7)
+    n_test: int = _f(0, "keep a seeded subset of this many test examples (0 = all)", min=0, max=10**7)
     model: str = _f("preact-resnet18", "network", choices=list(MODELS))
-    width: int = _f(64, "channels of the first stage (official --model_width)", min=1)
+    width: int = _f(64, "channels of the first stage (official --model_width)", min=1, max=MAX_WIDTH)
     norm: str = _f("gn", "gn (GroupNorm) or bn (BatchNorm)", choices=["gn", "bn"])
-    epochs: int = _f(10, "passes over the training set", min=1)
-    batch_size: int = _f(128, "batch size", min=1)
-    lr: float = _f(0.1, "peak learning rate", min=0.0)
+    epochs: int = _f(10, "passes over the training set", min=1, max=100_000)
+    batch_size: int = _f(128, "batch size", min=1, max=100_000)
+    lr: float = _f(0.1, "peak learning rate", min=0.0, max=1e6)
     lr_schedule: str = _f("piecewise", "piecewise (1, 0.1, 0.01 at 50 % / 75 %), constant, cosine",
                           choices=list(SCHEDULES))
     momentum: float = _f(0.9, "SGD momentum", min=0.0, max=1.0)
@@ -52,10 +54,10 @@ class DeepNetConfig:
     label_noise: float = _f(0.0, "fraction of training labels changed (symmetric noise)", min=0.0, max=1.0)
     grad_norm: bool = _f(False, "log the full-batch training loss and gradient norm each epoch")
     sharpness: bool = _f(False, "measure m-sharpness, top Hessian eigenvalue and trace at the end")
-    sharpness_n: int = _f(256, "training examples used by the sharpness measures", min=1)
+    sharpness_n: int = _f(256, "training examples used by the sharpness measures", min=1, max=10**6)
     sharpness_rho: float = _f(0.1, "radius of the m-sharpness measure", min=0.0)
-    sharpness_m: int = _f(128, "micro-batch of the m-sharpness measure (divides sharpness_n)", min=1)
-    eval_n: int = _f(0, "examples of each part used for per-epoch evaluation (0 = all)", min=0)
+    sharpness_m: int = _f(128, "micro-batch of the m-sharpness measure (divides sharpness_n)", min=1, max=10**6)
+    eval_n: int = _f(0, "examples of each part used for per-epoch evaluation (0 = all)", min=0, max=10**7)
     train_eval_every: int = _f(1, "evaluate on the training set every k epochs and at the last (test and "
                                "validation: every epoch)", min=1)
     device: str = _f("cpu", "cpu, cuda, or auto", choices=["cpu", "cuda", "auto"])

@@ -197,6 +197,7 @@ register_lab(
         run,
         report=report,
         description="SGD vs SAM/LSAM/IW-only/LR-only: linear-probe error of the easy and the hard feature",
+        metrics=(*RUN_METRICS, *(f"{p}*" for p in READOUT_PREFIXES)),
     )
 )
 
