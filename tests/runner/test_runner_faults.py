@@ -261,6 +261,29 @@ def test_sweep_restart_with_a_fixed_seed_does_not_repeat_and_fails_dead_trials(t
     assert fail_dead_trials(ostudy) == []
 
 
+def test_a_dead_trial_failed_by_another_worker_between_read_and_write_is_skipped(tmp_path):
+    """Two live workers both see the killed worker's RUNNING trial; the slower one's FAIL write then finds
+    it finished (Optuna raises UpdateFinishedTrialError) and must carry on, not crash."""
+    import optuna
+    from optuna.trial import TrialState
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    ostudy = optuna.create_study(study_name="race", storage=storage)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    trial = ostudy.ask()
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{dead.pid}")
+    real_write = ostudy._storage.set_trial_state_values
+
+    def other_worker_first(trial_id, state, values=None):
+        real_write(trial_id, state, values)  # the other worker wins the race ...
+        return real_write(trial_id, state, values)  # ... so this write finds the trial finished and raises
+
+    ostudy._storage.set_trial_state_values = other_worker_first
+    assert fail_dead_trials(ostudy) == []
+    assert ostudy.trials[trial.number].state == TrialState.FAIL
+
+
 def test_bad_storage_urls(tmp_path, capsys):
     study = write_study(tmp_path / "s.toml", 'lab = "runner-toy"\n[sweep]\nmetric = "loss"\n[sweep.space]\n'
                         'x = [0.1]\n')

@@ -317,6 +317,7 @@ def restart_seed(sampler_seed: int | None, ostudy: Any) -> int | None:
 def fail_dead_trials(ostudy: Any) -> list[int]:
     """Mark FAIL the RUNNING trials whose worker ran on this host and is gone (killed); return their numbers.
     Trials of workers on other hosts are failed by Optuna once their heartbeat is ``GRACE_S`` old."""
+    from optuna.exceptions import UpdateFinishedTrialError
     from optuna.storages import fail_stale_trials
     from optuna.trial import TrialState
 
@@ -327,8 +328,11 @@ def fail_dead_trials(ostudy: Any) -> list[int]:
     for t in ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker_host, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
         dead = worker_host == host and pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid))
-        if dead and ostudy._storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
-            failed.append(t.number)
+        try:
+            if dead and ostudy._storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+                failed.append(t.number)
+        except UpdateFinishedTrialError:  # another live worker failed it between our read and our write
+            continue
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fail_stale_trials(ostudy)
