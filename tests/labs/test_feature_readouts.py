@@ -137,3 +137,43 @@ def test_lr_pilot_choice_uses_validation_loss_only():
     assert rows["sam rho=0.1"]["chosen lr"] == "0.1"  # the lowest loss did not learn: never chosen
     assert rows["sam rho=0.1"]["val loss at lr=0.05"] == "not usable"
     assert "lsam rho=1.0" not in rows  # one lr only: nothing to choose
+
+
+def test_per_arm_curve_figure_has_one_panel_per_arm_with_floor_ceiling_and_sgd():
+    from sharplab.labs.feature_quality.curves_report import plot_curves_per_arm
+
+    refs = {"untrained": (0.60, 0.40, 0.20), "hard-only": (0.40, 0.30, 0.18), "sgd": (0.50, 0.33, 0.19)}
+    sam = {0: (0.45, 0.31, 0.19), 1: (0.47, 0.30, 0.17)}
+    recs = [_rec(a, s, c) for s in range(2) for a, c in refs.items()]
+    recs += [_rec("sam rho=0.1", s, sam[s]) for s in range(2)]
+    recs += [_rec("lsam rho=1.0", s, (0.7, 0.5, 0.3)) for s in range(2)]
+    fig = plot_curves_per_arm(recs, 320)
+    panels = [ax for ax in fig.axes if ax.axison]
+    assert [ax.get_title() for ax in panels] == ["sam rho=0.1 (2 seeds)", "lsam rho=1.0 (2 seeds)"]
+    ax = panels[0]
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    assert {"untrained", "hard-only", "sgd", "sam rho=0.1"} <= set(lines)
+    # the panel's curve is the mean over seeds in %, computed by hand
+    assert list(lines["sam rho=0.1"].get_xdata()) == [32, 320, 3200]
+    assert [round(v, 9) for v in lines["sam rho=0.1"].get_ydata()] == [46.0, 30.5, 18.0]
+    assert [round(v, 9) for v in lines["untrained"].get_ydata()] == [60.0, 40.0, 20.0]
+    assert any(list(ln.get_xdata()) == [320, 320] for ln in ax.get_lines())  # n* marked
+
+
+def test_selection_keeps_whole_batch_sam_apart_from_m_sharpness_and_uses_n_val():
+    from sharplab.labs.feature_quality.protocol import selected_rows
+
+    def rec(arm, seed, val, n_val=None):
+        r = {"arm": arm, "seed": seed, "val_error": val, "probe_error_hard": 0.2, "near_chance": 0.0}
+        return r if n_val is None else {**r, "n_val": n_val}
+
+    vals = {"sgd": 0.0070, "sam rho=0.05": 0.0060, "sam rho=0.1": 0.0066, "sam rho=0.2": 0.0090,
+            "sam m=8 rho=0.1": 0.0050}
+    recs = [rec(a, s, v) for s in range(2) for a, v in vals.items()]
+    rows = {r["optimizer"]: r for r in selected_rows(recs)}
+    assert set(rows) == {"sgd", "sam", "sam m=8"}  # m-sharpness never competes with whole-batch SAM
+    assert rows["sam"]["selected"] == "sam rho=0.05"  # no n_val recorded: exact ties, the best wins
+    # with 2,000 validation examples one s.e. at 0.60 % is sqrt(0.006 * 0.994 / 2000) = 0.173 points, so
+    # rho 0.1 (0.66 %) ties with the best and, being larger, is chosen; rho 0.2 (0.90 %) is outside
+    recs = [rec(a, s, v, 2000.0) for s in range(2) for a, v in vals.items()]
+    assert {r["optimizer"]: r for r in selected_rows(recs)}["sam"]["selected"] == "sam rho=0.1"

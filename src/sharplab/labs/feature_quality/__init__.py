@@ -31,7 +31,7 @@ HARD_ONLY = "hard-only"  # the ceiling: SGD on data whose easy feature is shuffl
 READOUT_PREFIXES = ("probe_error_", "curve_error_", "region_error_")
 RUN_METRICS = ("test_error", "worst_group_error", "val_error", "val_loss", "train_loss", "v_hard_over_v_easy",
                "gini_w", "gini_phantom", "v_hard_over_v_easy_phantom", "near_chance", "jtt_error_set",
-               "digit_reuse_train")
+               "digit_reuse_train", "n_val")
 
 
 @dataclass(frozen=True)

@@ -107,12 +107,76 @@ def plot_curves(records: Sequence[dict[str, Any]], n_star: int | None, title: st
     return fig
 
 
+def _curve(rs: Sequence[dict[str, Any]], feature: str, sizes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    per_seed = np.array([[float(r.get(curve_key(feature, n), math.nan)) for n in sizes] for r in rs])
+    with np.errstate(all="ignore"):
+        return 100 * np.nanmean(per_seed, 0), 100 * np.nanstd(per_seed, 0)
+
+
+def plot_curves_per_arm(records: Sequence[dict[str, Any]], n_star: int | None, title: str = "",
+                        feature: str = "hard") -> Any:
+    """One panel per trained configuration other than SGD: its ``feature`` probe learning curve (mean over
+    seeds, band = ± sd) beside SGD's, with the floor (untrained) and ceiling (hard-only) dashed and the
+    primary size dotted, so each arm is read against the instrument's own range."""
+    plt = protocol._pyplot()
+    arms = protocol.by_arm(records)
+    sizes = curve_sizes(records, feature)
+    refs = (protocol.FLOOR, protocol.CEILING, "sgd")
+    shown = [a for a in arms if a not in refs]
+    if not sizes or not shown:
+        fig, ax = plt.subplots(figsize=(5, 2))
+        ax.text(0.5, 0.5, f"no {feature}-feature curve of a configuration other than the references",
+                ha="center", transform=ax.transAxes, fontsize=8)
+        ax.set_axis_off()
+        return fig
+    cols = min(4, len(shown))
+    rows = math.ceil(len(shown) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.9 * rows), sharex=True, squeeze=False)
+    styles = {protocol.FLOOR: dict(ls="--", color="black"), protocol.CEILING: dict(ls="--", color="grey"),
+              "sgd": dict(color="tab:blue")}
+    for ax, arm in zip(axes.flat, shown, strict=False):
+        for ref in refs:
+            if ref in arms:
+                mean, _ = _curve(list(arms[ref].values()), feature, sizes)
+                ax.plot(sizes, mean, lw=1.2, label=ref, **styles[ref])
+        rs = list(arms[arm].values())
+        mean, sd = _curve(rs, feature, sizes)
+        ax.plot(sizes, mean, color="tab:red", marker="o", ms=3, lw=1.5, label=arm)
+        ax.fill_between(sizes, mean - sd, mean + sd, color="tab:red", alpha=0.15)
+        if n_star is not None:
+            ax.axvline(n_star, color="red", lw=0.8, ls=":")
+        ax.set_title(f"{arm} ({len(rs)} seeds)", fontsize=9)
+        ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+    for ax in axes.flat[len(shown):]:
+        ax.set_axis_off()
+    for ax in axes[:, 0]:
+        ax.set_ylabel(f"{feature} probe error (%)", fontsize=8)
+    for ax in axes[-1, :]:
+        ax.set_xlabel("probe-train examples", fontsize=8)
+    handles = [plt.Line2D([], [], lw=1.2, **styles[r]) for r in refs if r in arms]
+    handles.append(plt.Line2D([], [], color="tab:red", marker="o", ms=3))
+    labels = [r for r in refs if r in arms] + ["the panel's configuration"]
+    if n_star is not None:
+        handles.append(plt.Line2D([], [], color="red", lw=0.8, ls=":"))
+        labels.append(f"primary size n*={n_star}")
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    fig.suptitle(title or f"{feature}-feature probe learning curve per configuration", fontsize=10)
+    fig.tight_layout(rect=(0, 0.06, 1, 0.95))
+    return fig
+
+
 def add_curve_sections(records: list[dict[str, Any]], builder: Any, title: str) -> None:
     """Learning-curve figure, the primary-size rule's table and the paired table at ``n*``."""
     n_star, rule_rows = primary_size(records)
     builder.add_figure(f"{title}: probe learning curves per configuration (floor = untrained, ceiling = "
                        "hard-only, band = ± sd over seeds)",
                        plot_curves(records, n_star, f"{title}: probe error vs probe-train size"))
+    builder.add_figure(f"{title}: hard-feature probe learning curve of each configuration against SGD, floor "
+                       "(untrained) and ceiling (hard-only) (band = ± sd over seeds)",
+                       plot_curves_per_arm(records, n_star, f"{title}: hard-feature probe error vs probe-train "
+                                                            "size, per configuration"))
     builder.add_table(f"{title}: primary probe size rule (largest n with floor − ceiling ≥ "
                       f"{100 * MIN_RANGE:g} pts and SGD − ceiling ≥ {100 * MIN_HEADROOM:g} pts; "
                       "hard feature, means over seeds, %)", rule_rows)

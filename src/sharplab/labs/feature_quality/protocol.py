@@ -345,13 +345,16 @@ def check_table(runs: Sequence[Any]) -> list[dict[str, Any]]:
 
 
 def selected_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Secondary view: per optimizer (first word of the configuration), the configuration that
-    :func:`select_one_se` picks on mean validation error (the probe splits never enter); a configuration
-    with a diverged run counts as one that did not learn."""
+    """Secondary view: per optimizer (first word of the configuration, with its ``m=`` token when it has one:
+    whole-batch SAM and m-sharpness are selected apart, as the follow-up protocol's primary comparison is
+    among whole-batch arms), the configuration that :func:`select_one_se` picks on mean validation error
+    (the probe splits never enter); a configuration with a diverged run counts as one that did not learn.
+    The standard error uses the runs' ``n_val`` (validation examples) when every record has the same one;
+    records without it (runs made before it was recorded) get exact ties."""
     arms = by_arm(records)
     per_opt: dict[str, list[dict[str, Any]]] = {}
     for arm, seeds in arms.items():
-        opt = arm.split()[0]
+        opt = " ".join([arm.split()[0], *(t for t in arm.split()[1:] if t.startswith("m="))])
         if opt in (FLOOR, CEILING):
             continue
         rs = list(seeds.values())
@@ -363,9 +366,11 @@ def selected_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "near_chance": any(_get(r, "near_chance") == 1.0 or is_diverged(r) for r in rs),
             "hard": _nanmean([_get(r, "probe_error_hard") for r in rs]),
         })
+    sizes = {_get(r, "n_val") for r in records}
+    n_val = int(sizes.pop()) if len(sizes) == 1 and math.isfinite(next(iter(sizes), math.nan)) else None
     out = []
     for opt, rows in per_opt.items():
-        best = select_one_se(rows)
+        best = select_one_se(rows, n_val)
         if best is not None:
             out.append({"optimizer": opt, "selected": best["configuration"],
                         "val err %": f"{100 * best['val_error']:.2f}", "hard probe err %": f"{100 * best['hard']:.2f}",

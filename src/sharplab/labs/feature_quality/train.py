@@ -264,6 +264,7 @@ def train(
         "val_loss": val_loss,
         "val_error": val_error,
         "test_error": test_error,
+        "n_val": float(len(data.splits["val"].y)),
         "epochs": float(cfg.epochs),
         "steps": float(step),
     }
