@@ -129,6 +129,22 @@ def threads(text: str) -> int:
     return int_in(1, 4 * (os.cpu_count() or 1), "the thread count")(text)
 
 
+THREADS_HELP = ("torch threads per process (default: this machine's cores divided by the processes run at once, "
+                "i.e. by --jobs; pass 1 on a machine other jobs load: docs/runner.md#threads)")
+
+
+def add_threads(parser: argparse.ArgumentParser) -> None:
+    """The one ``--threads`` option of every command that trains (default None: :func:`resolve_threads`)."""
+    parser.add_argument("--threads", type=threads, default=None, metavar="N", help=THREADS_HELP)
+
+
+def resolve_threads(requested: int | None, processes: int = 1) -> int:
+    """``--threads`` as given, else ``cores // processes`` (at least 1): the one default of every command."""
+    import os
+
+    return requested or max(1, (os.cpu_count() or 1) // max(1, processes))
+
+
 def seeds(text: str) -> list[int]:
     """A comma list of distinct seeds in [0, 2^63 - 1]."""
     values = [seed(v) for v in text.split(",") if v.strip()]
@@ -186,8 +202,62 @@ def existing_dir(text: str) -> str:
     return text
 
 
+def format_default(value: Any) -> str:
+    """How ``--help`` writes a default: a list as the comma list the option takes, a number as typed."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(format_default(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def shown_default(action: argparse.Action, undocumented: bool = False) -> str | None:
+    """The default ``--help`` appends to an option, or None when there is none to show (no value, a flag,
+    a positional, or a help text that already says how its default is chosen); ``undocumented`` also
+    gives it for an option with no help text."""
+    default = action.default
+    if action.help is None and undocumented:
+        action = copy_with_help(action, "")
+    if (not action.option_strings or action.help in (None, argparse.SUPPRESS) or default is None
+            or default is argparse.SUPPRESS or isinstance(default, bool) or default == []
+            or "default" in action.help):
+        return None
+    return format_default(default)
+
+
+def copy_with_help(action: argparse.Action, help_text: str) -> argparse.Action:
+    import copy
+
+    action = copy.copy(action)
+    action.help = help_text
+    return action
+
+
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Appends ``(default: X)`` to every option from the parser's real default, so help cannot drift from
+    the code; options whose help explains a computed default say so themselves (tested)."""
+
+    def _format_action(self, action: argparse.Action) -> str:
+        shown = None if action.help else shown_default(action, undocumented=True)
+        if shown is not None:
+            action = copy_with_help(action, f"(default: {shown})")
+        return super()._format_action(action)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.help and action.help.startswith("(default: "):
+            return action.help.replace("%", "%%")
+        text = action.help or ""
+        shown = shown_default(action)
+        return text if shown is None else f"{text} (default: {shown.replace('%', '%%')})".lstrip()
+
+
 class OneLineParser(argparse.ArgumentParser):
-    """argparse with a one-line error (``error: sharplab CMD: ...; see --help``), exit code 2."""
+    """argparse with a one-line error (``error: sharplab CMD: ...; see --help``), exit code 2, and every
+    option's default in ``--help`` (:class:`DefaultsFormatter`); subcommand parsers inherit both."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", DefaultsFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         import sys

@@ -17,6 +17,7 @@ from typing import Any
 
 from sharplab.cli._args import (
     MAX_EPOCHS,
+    add_threads,
     epochs,
     existing_dir,
     int_in,
@@ -27,7 +28,6 @@ from sharplab.cli._args import (
     positive_int,
     seeds,
     text,
-    threads,
     typed,
 )
 from sharplab.errors import ConfigError
@@ -55,12 +55,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config field")
     p.add_argument("--jobs", type=int, default=1,
                    help="runs at once, one process each (default 1; --jobs 2 on 2 cores: see docs/deep_net.md)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads per process (default: torch's with --jobs 1, else cpus/jobs)")
+    add_threads(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=handle, needs_labs=True)
     typed(p, out=out_dir, seed=seeds, rho=nonneg_numbers, epochs=epochs, epochs_after=int_in(1, MAX_EPOCHS),
-          dataset=text, root=existing_dir, set=text, jobs=positive_int, threads=threads)
+          dataset=text, root=existing_dir, set=text, jobs=positive_int)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from sharplab.cli._args import int_in, out_dir, typed
+from sharplab.cli._args import add_threads, int_in, out_dir, resolve_threads, typed
 
 DEMO_STUDIES = ("demo_toy.toml", "demo_mechanisms.toml", "demo_fmnist.toml")
 PARALLEL = {"demo_fmnist.toml"}  # the toy studies' runs take a second: a process each would cost more
@@ -27,13 +27,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__.split("\n\n")[1])
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--skip-fmnist", action="store_true", help="run the toy studies only")
-    p.add_argument("--jobs", type=int, default=0,
+    p.add_argument("--jobs", type=int, default=None,
                    help="runs at once, one process each (default: 2 on a machine with 2+ cores, else 1)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads per run (default: cores / jobs)")
+    add_threads(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=handle, needs_labs=True)
-    typed(p, out=out_dir, threads=int_in(0, 4 * (os.cpu_count() or 1), "--threads (0 = cores / jobs)"),
-          jobs=int_in(0, 64, "--jobs (0 = automatic)"))
+    typed(p, out=out_dir, jobs=int_in(0, 64, "--jobs (0 = automatic)"))
 
 
 def fmnist_available() -> str | None:
@@ -62,8 +61,8 @@ def handle(args: argparse.Namespace) -> int:
     elif (reason := fmnist_available()) is not None:
         print(f"note: skipping the FMNIST-MNIST study: {reason}")
         studies.remove("demo_fmnist.toml")
-    options = RunOptions(quiet=args.quiet, threads=args.threads or None)
     jobs = args.jobs or (2 if (os.cpu_count() or 1) >= 2 else 1)
+    options = RunOptions(quiet=args.quiet, threads=resolve_threads(args.threads, jobs))
     for name in studies:
         with resources.as_file(resources.files("sharplab.studies") / name) as path:
             study = load_study(path)

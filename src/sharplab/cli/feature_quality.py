@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from sharplab.cli._args import (
+    add_threads,
     epochs,
     existing_dir,
     float_in,
@@ -19,10 +20,10 @@ from sharplab.cli._args import (
     nonneg_numbers,
     numbers,
     out_dir,
+    resolve_threads,
     seed_count,
     size,
     text,
-    threads,
     typed,
 )
 from sharplab.cli._args import (
@@ -74,14 +75,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--data-option", type=_option, action="append", default=[], metavar="KEY=VALUE",
         help="data-set loader option, repeatable (e.g. --data-option hard_dims=16)",
     )  # fmt: skip
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1; see docs/feature_quality.md)")
+    add_threads(p)
     p.add_argument("--json", action="store_true", help="one JSON object per (dataset, optimizer, seed)")
     p.add_argument("--out", default=None, help="folder for results.json, table.txt and PNG figures")
     p.add_argument("--quiet", action="store_true", help="no progress bar (also when CI is set)")
     p.set_defaults(func=handle)
     typed(p, rho=nonneg_numbers, lr=lrs, m=nonneg_ints, sam_start_epoch=epochs, epochs=epochs,
           batch_size=size, momentum=float_in(0.0, 0.999), weight_decay=nonneg, model=text,
-          seeds=seed_count, data_seed=seed_type, root=existing_dir, threads=threads, out=out_dir)
+          seeds=seed_count, data_seed=seed_type, root=existing_dir, out=out_dir)
 
 
 def handle(args: argparse.Namespace) -> int:
@@ -97,9 +98,7 @@ def handle(args: argparse.Namespace) -> int:
         raise ConfigError(f"--m {args.m} must be between 0 and --batch-size {args.batch_size}")
     if args.sam_start_epoch < 0:
         raise ConfigError(f"--sam-start-epoch {args.sam_start_epoch} must be >= 0")
-    if args.threads < 1:
-        raise ConfigError(f"--threads {args.threads} must be at least 1")
-    torch.set_num_threads(args.threads)  # default 1: measured, extra intra-op threads cost more than they gain
+    torch.set_num_threads(resolve_threads(args.threads))
     base = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, momentum=args.momentum,
         weight_decay=args.weight_decay, model=args.model, sam_start_epoch=args.sam_start_epoch,

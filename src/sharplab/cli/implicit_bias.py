@@ -37,7 +37,7 @@ from sharplab.errors import ConfigError, Diverged
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--seed", type=ints, default=[0], help="comma list of seeds (default 0)")
+    p.add_argument("--seed", type=ints, default=[0], help="comma list of seeds")
     p.add_argument("--json", action="store_true", help="one JSON object per configuration on stdout")
     p.add_argument("--out", default=None, help="folder for results.json and PNG figures")
     p.add_argument("--quiet", action="store_true", help="no progress bar (also when CI is set)")
@@ -78,7 +78,10 @@ def register(sub: argparse._SubParsersAction) -> None:
           record_every=points, log_curves=points, seed=seeds, out=out_dir)
 
     p = sub.add_parser("relu-1d", help="1-D ReLU network on 12 points: GD vs SAM, kinks of the fit",
-                       description="Full-batch GD vs SAM on a 1-100-1 ReLU network; reports the number of kinks.")
+                       description="Full-batch GD vs SAM on a 1-100-1 ReLU network; reports the number of kinks. The "
+                       "official protocol trains each run for up to 10^6 steps: the default (GD and SAM, seeds "
+                       "0-4) takes about 5 min CPU, longer on a loaded machine (docs/implicit_bias.md); pass "
+                       "--steps 20000 --seed 0 for a look in seconds.")
     p.add_argument("--protocol", type=choices(["official", "legacy"]), default=["official"],
                    help="defaults of the options below: official = the study's notebook (lr 5e-5, rho 0.3, "
                    "10^6 steps, tol 1e-5, Blanc init, 1/2-sum loss, no output bias, SAM lr decay); legacy = "

@@ -24,6 +24,7 @@ from typing import Any
 
 from sharplab.cli._args import (
     MAX_SIZE,
+    add_threads,
     epochs,
     existing_dir,
     float_in,
@@ -31,11 +32,11 @@ from sharplab.cli._args import (
     lr,
     nonneg,
     out_dir,
+    resolve_threads,
     seed_count,
     size,
     steps,
     text,
-    threads,
     typed,
 )
 from sharplab.cli._args import (
@@ -83,17 +84,17 @@ def register(subparsers: Any) -> None:
     p.add_argument("--data-seed", type=int, dest="data_seed")
     p.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
                    help="data set option, repeatable (e.g. --data-option hard_dims=16)")
-    p.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1), default 3")
-    p.add_argument("--out", type=Path, help="folder for PNG figures and results.json")
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1)")
+    p.add_argument("--out", type=Path,
+                   help="folder for PNG figures and mechanisms_<dataset>.json (three-feature: three_feature.json)")
     p.add_argument("--json", action="store_true", help="print one JSON object per (optimizer, seed)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default 1; more helps CNNs only on an otherwise idle machine)")
+    add_threads(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=handler)
     typed(p, dataset=text, ablation=text, rho=nonneg, lr=lr, momentum=float_in(0.0, 0.999),
           weight_decay=nonneg, epochs=epochs, batch_size=size, m=size, record_every=steps,
           weight_batch=int_in(2, MAX_SIZE, what="--weight-batch"), root=existing_dir, data_seed=seed_type,
-          data_option=text, seeds=seed_count, out=lambda t: Path(out_dir(t)), threads=threads)
+          data_option=text, seeds=seed_count, out=lambda t: Path(out_dir(t)))
 
 
 def data_options(items: list[str]) -> dict[str, Any]:
@@ -143,9 +144,7 @@ def handler(args: argparse.Namespace) -> int:
     _check(args)
     if args.quiet:
         os.environ["CI"] = os.environ.get("CI") or "1"  # quiets the training loop's progress bars
-    # One thread by default: measured on the shared 2-core machine, the small CNN's training step took 45 ms
-    # on one thread and 400 ms on two while other jobs ran (oversubscription); tiny models gain nothing.
-    torch.set_num_threads(max(1, args.threads))
+    torch.set_num_threads(resolve_threads(args.threads))
     if args.study == "three-feature":
         return _three_feature(args)
     return _mechanisms(args)

@@ -9,7 +9,7 @@ import math
 import sys
 from pathlib import Path
 
-from sharplab.cli._args import out_dir, positive_int, seed, text, threads, typed
+from sharplab.cli._args import add_threads, out_dir, positive_int, seed, text, typed
 from sharplab.errors import SharplabError
 
 
@@ -19,14 +19,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="output folder (default: runs/<study name>)")
     p.add_argument("--jobs", type=int, default=1, help="configurations run at once, one process each")
     p.add_argument("--nproc", type=int, default=1, help="processes per run under torchrun (DDP; gloo on CPU)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads per process (default: cpus/jobs)")
+    add_threads(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars (also when CI is set)")
     p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars per run")
     p.add_argument("--plan", action="store_true",
                    help="only record the runs in the store and print the ids of those not finished (start nothing)")
     _store_option(p)
     p.set_defaults(func=cmd_run, needs_labs=True)
-    typed(p, study=text, out=out_dir, jobs=positive_int, nproc=positive_int, threads=threads)
+    typed(p, study=text, out=out_dir, jobs=positive_int, nproc=positive_int)
 
     p = sub.add_parser("status", help="table of the runs in an output folder (--check: verify their files)")
     p.add_argument("out", type=text, help="output folder of `sharplab run`")
@@ -74,6 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="output folder for the runs (default: runs/sweep-<name>)")
     p.add_argument("--study-name", default=None, help="Optuna study name (default: the study file's name)")
     p.add_argument("--sampler-seed", type=int, default=None, help="TPE sampler seed (default: random)")
+    add_threads(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_sweep, needs_labs=True)
     typed(p, study=text, trials=positive_int, storage=storage_url, out=out_dir, study_name=text,
@@ -241,7 +242,7 @@ def export_rows(out: str | Path, store_url: str | None = None) -> tuple[list[str
     """Columns and rows of ``sharplab export``: identity, config keys, status, timing, final metrics."""
     with _read_store(out, store_url) as store:
         runs = store.runs(history=False)
-    fixed = ["run_id", "lab", "study", "seed", "nproc", "status", "seconds", "diverged_step", "error"]
+    fixed = ["run_id", "lab", "study", "seed", "nproc", "threads", "status", "seconds", "diverged_step", "error"]
     config_keys = list(dict.fromkeys(k for r in runs for k in r.config if k not in fixed))
     taken = set(fixed) | set(config_keys)
     metric_keys = list(dict.fromkeys(k for r in runs for k in r.metrics))
@@ -249,12 +250,12 @@ def export_rows(out: str | Path, store_url: str | None = None) -> tuple[list[str
     rows = []
     for r in runs:
         row: dict[str, object] = {"run_id": r.run_id, "lab": r.lab, "study": r.study, "seed": r.seed,
-                                  "nproc": r.nproc, "status": r.status, "seconds": round(r.seconds, 3),
-                                  "diverged_step": r.diverged_step, "error": r.error}
+                                  "nproc": r.nproc, "threads": r.threads, "status": r.status,
+                                  "seconds": round(r.seconds, 3), "diverged_step": r.diverged_step, "error": r.error}
         row.update({k: json.dumps(v) if isinstance(v, list) else v for k, v in r.config.items()})
         row.update({metric_cols[m]: v for m, v in r.metrics.items()})
         rows.append(row)
-    return [*fixed[:6], *config_keys, *metric_cols.values(), *fixed[6:]], rows
+    return [*fixed[:7], *config_keys, *metric_cols.values(), *fixed[7:]], rows
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -295,7 +296,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     out = Path(args.out or Path("runs") / f"sweep-{study.name}")
     storage = args.storage or f"sqlite:///{out / 'optuna.db'}"
     ostudy = run_sweep(study, out, args.trials, storage, args.study_name, args.sampler_seed,
-                       RunOptions(quiet=_quiet(args)))
+                       RunOptions(quiet=_quiet(args), threads=args.threads))
     from optuna.trial import TrialState
 
     complete = ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
