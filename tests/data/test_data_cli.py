@@ -66,3 +66,21 @@ def test_data_list_and_info_show_lab_registered_sets_in_a_fresh_process():
                           text=True, timeout=120)
     assert info.returncode == 0, info.stderr
     assert {json.loads(line)["split"] for line in info.stdout.splitlines()} >= {"train", "probe_train"}
+
+
+def test_data_info_names_the_options_a_lab_trains_the_toy_with(capsys):
+    from sharplab.cli import main
+    from sharplab.labs.feature_quality import FeatureQualityConfig
+    from sharplab.labs.feature_quality.experiment import DATA_DEFAULTS, load_data
+
+    assert main(["data", "info", "toy"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("toy: input 10,")  # the loader's own defaults
+    assert "lab feature-quality loads toy with hard_dims=16, margin_hard=0.05" in out
+    # what the note points to is what the lab loads: same input width as the lab's data
+    assert main(["data", "info", "toy", "--set", "hard_dims=16", "--set", "margin_hard=0.05"]) == 0
+    shown = capsys.readouterr().out
+    lab_data = load_data("toy", options=dict(DATA_DEFAULTS["toy"]))
+    assert shown.startswith(f"toy: input {lab_data.input_shape[0]},") and lab_data.input_shape[0] == 25
+    assert "see it with" not in shown
+    assert FeatureQualityConfig().dataset == "toy"

@@ -116,6 +116,14 @@ def cmd_info(args: argparse.Namespace) -> int:
     for r in records:
         pairs = " ".join(f"({k}):{v}" for k, v in r["pair_counts"].items())
         print(f"{r['split']:12s} n={r['n']:<7d} easy,hard pairs {pairs}")
+    from sharplab.data.core import PRESETS
+
+    for owner, preset in PRESETS.get(args.name, {}).items():
+        sets = " ".join(f"--set {k}={v}" for k, v in preset.items())
+        same = all(options.get(k) == v for k, v in preset.items())
+        print(f"note: lab {owner} loads {args.name} with {', '.join(f'{k}={v}' for k, v in preset.items())} "
+              f"unless its config says otherwise" + ("" if same else f"; see it with `sharplab data info "
+                                                                   f"{args.name} {sets}`"))
     return 0
 
 

@@ -102,6 +102,18 @@ def register_dataset(name: str, options: type, summary: str, folders: Sequence[s
     return deco
 
 
+#: options a lab loads a data set with when its user sets none: ``{dataset: {lab: {option: value}}}``
+#: (filled by the labs at import through :func:`register_preset`; ``sharplab data info`` shows them)
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {}
+
+
+def register_preset(dataset: str, owner: str, options: Mapping[str, Any]) -> None:
+    """Record that ``owner`` (a lab) loads ``dataset`` with ``options`` by default, so that what a user
+    inspects with ``sharplab data info`` can be what the lab trains on."""
+    make_options(dataset, options)  # a preset with an unknown or bad option fails at import, not at run time
+    PRESETS.setdefault(dataset, {})[owner] = dict(options)
+
+
 def make_options(name: str, options: Mapping[str, Any]) -> Any:
     """Build the options dataclass of data set ``name``; unknown keys raise a one-line ConfigError."""
     entry = DATASETS.get(name)

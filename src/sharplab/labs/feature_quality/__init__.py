@@ -15,9 +15,17 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from sharplab.data.core import register_preset
 from sharplab.errors import ConfigError
 from sharplab.labs.feature_quality import hetero_toy  # noqa: F401  (registers the "toy-hetero" data set)
-from sharplab.labs.feature_quality.experiment import DATASETS, UNTRAINED, load_data, parse_options, run_one
+from sharplab.labs.feature_quality.experiment import (
+    DATA_DEFAULTS,
+    DATASETS,
+    UNTRAINED,
+    load_data,
+    parse_options,
+    run_one,
+)
 from sharplab.labs.feature_quality.report import report
 from sharplab.labs.feature_quality.train import OPTIMIZERS, TrainConfig, make_model, train
 from sharplab.labs.registry import Lab, register_lab
@@ -189,6 +197,9 @@ def run(cfg: FeatureQualityConfig, ctx: RunContext) -> dict[str, float]:
         atomic_write_json(ctx.artifact("arm.json"), {**dataclasses.asdict(cfg), "arm": arm})
     return final
 
+
+for _name, _options in DATA_DEFAULTS.items():  # `sharplab data info` shows what the lab trains on
+    register_preset(_name, "feature-quality", _options)
 
 register_lab(
     Lab(
