@@ -149,3 +149,42 @@ def test_digits_report_has_the_metric_table_in_percent(tmp_path):
     assert main(["report", str(tmp_path / "o")]) == 0
     md = (tmp_path / "o" / "report.md").read_text()
     assert "digits: final metrics over seeds (mean ± std, 95% CI)" in md and "test_error (%)" in md
+
+
+def test_digits_report_plots_against_what_the_study_varies():
+    from types import SimpleNamespace
+
+    from sharplab.labs.digits import report
+    from sharplab.runner.report import ReportBuilder as _Builder
+
+    class ReportBuilder(_Builder):  # keeps each figure's axes before it is rendered and closed
+        axes: dict = {}
+
+        def add_figure(self, title, figure, dpi=110):
+            ReportBuilder.axes[title] = (figure.axes[0].get_xscale(), figure.axes[0].get_xlabel())
+            super().add_figure(title, figure, dpi)
+
+    def run(seed, **config):
+        cfg = {"optimizer": "sgd", "rho": 0.05, "lr": 0.1, **config}
+        return SimpleNamespace(run_id=f"r{seed}{sorted(config.items())}", lab="digits", study="s", seed=seed,
+                               nproc=1, status="done", config=cfg, history={1: {"test_error": 0.1}},
+                               metrics={"test_error": 0.1 + 0.01 * seed, "train_loss": 0.2, "test_loss": 0.3})
+
+    # the divergence example: lr varies over 0.1 .. 100, rho never does
+    runs = [run(s, optimizer=o, lr=lr) for s in range(2) for o in ("sgd", "sam") for lr in (0.1, 1.0, 100.0)]
+    builder = ReportBuilder("t")
+    report(runs, builder)
+    figs = {b.title: b for b in builder.blocks if b.kind == "figure"}
+    title = next(t for t in figs if "test error vs" in t)
+    assert "vs lr" in title
+    assert ReportBuilder.axes[title] == ("log", "lr")
+    assert any(b.kind == "table" for b in builder.blocks)
+    # a rho grid is plotted against rho on a linear axis
+    builder = ReportBuilder("t")
+    report([run(s, rho=r) for s in range(2) for r in (0.0, 0.05, 0.1)], builder)
+    title = next(b.title for b in builder.blocks if b.kind == "figure" and "test error vs" in b.title)
+    assert "vs rho" in title and ReportBuilder.axes[title] == ("linear", "rho")
+    # nothing numeric varies: no such figure
+    builder = ReportBuilder("t")
+    report([run(s) for s in range(2)], builder)
+    assert not any("test error vs" in b.title for b in builder.blocks if b.kind == "figure")

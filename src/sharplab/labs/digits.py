@@ -211,17 +211,28 @@ def _train_step(cfg: DigitsConfig, net: torch.nn.Module, opt: torch.optim.Optimi
     return loss.detach().clone()
 
 
+SWEPT = ("rho", "lr", "weight_decay", "momentum", "batch_size", "epochs")  # x-axis candidates, in this order
+
+
 def report(runs: list[Any], builder: Any) -> None:
-    """Every final metric over seeds (mean ± std, 95% CI), test error vs rho (one line per optimizer) and
-    learning curves."""
-    from sharplab.runner.aggregate import plot_history, plot_metric_vs
+    """Every final metric over seeds (mean ± std, 95% CI), test error against the first numeric setting the
+    study varies (rho, else lr, ...; one line per value of the other varying keys; log axis when it spans
+    more than a factor 20; no such figure when nothing numeric varies) and learning curves."""
+    from sharplab.runner.aggregate import plot_history, plot_metric_vs, varying_keys
     from sharplab.runner.report import add_metric_table
 
     done = [r for r in runs if r.status == "done"]
     if not done:
         return
     add_metric_table(builder, "digits", done)
-    builder.add_figure("Digits: test error vs rho", plot_metric_vs(done, "test_error", x="rho"))
+    varying = varying_keys(done)
+    x = next((k for k in SWEPT if k in varying), None)
+    if x is not None:
+        fig = plot_metric_vs(done, "test_error", x=x)
+        values = [float(r.config[x]) for r in done if x in r.config]
+        if min(values) > 0 and max(values) / min(values) > 20:
+            fig.axes[0].set_xscale("log")
+        builder.add_figure(f"Digits: test error vs {x} (runs that finished; mean and 95 % CI over seeds)", fig)
     builder.add_figure("Digits: test error per epoch", plot_history(done, "test_error"))
 
 
