@@ -3,7 +3,9 @@
 When stderr is not a terminal (a log file, CI, ``nohup``), a bar's carriage-return updates would become one
 line per update; :func:`progress` then returns a :class:`LineProgress`, which prints one line
 ``desc: 40% (40/100), 12 s`` each time another ``every`` percent is done (default 10), plus the last one.
-Without a known total it prints every ``min_interval`` seconds. Both have the same small interface:
+Without a known total it prints every ``min_interval`` seconds. Nothing is printed during the first
+``quiet_for`` seconds (default :data:`QUIET_FOR`, 10 s), so a short job leaves no lines at all; a longer one
+starts printing at its next step after that. Both have the same small interface:
 iteration, ``update(n)``, ``set_postfix(dict)``, ``close()``, and use as a context manager.
 """
 
@@ -14,17 +16,19 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any, TextIO
 
+QUIET_FOR = 10.0  # seconds of work before a non-terminal progress report prints its first line
+
 
 class LineProgress:
     """tqdm's interface, writing a plain line every ``every`` percent (or ``min_interval`` s if no total)."""
 
     def __init__(self, iterable: Iterable | None = None, total: int | float | None = None, desc: str = "",
                  initial: int = 0, every: float = 10.0, min_interval: float = 30.0, file: TextIO | None = None,
-                 unit: str = "it", **_: Any) -> None:
+                 unit: str = "it", quiet_for: float = QUIET_FOR, **_: Any) -> None:
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)  # type: ignore[arg-type]
         self.iterable, self.total, self.desc, self.n = iterable, total, desc, initial
-        self.every, self.min_interval, self.unit = every, min_interval, unit
+        self.every, self.min_interval, self.unit, self.quiet_for = every, min_interval, unit, quiet_for
         self.file = file or sys.stderr
         self.start = self._last_time = time.monotonic()
         self._last_pct = -1.0 if not total else 100.0 * initial / total
@@ -61,6 +65,8 @@ class LineProgress:
 
     def _write(self, now: float) -> None:
         self._last_time = now
+        if now - self.start < self.quiet_for:  # a short job prints nothing
+            return
         done = f"{self.n:g}/{self.total:g} {self.unit}" if self.total else f"{self.n:g} {self.unit}"
         pct = f"{100.0 * self.n / self.total:3.0f}% " if self.total else ""
         extra = f" [{self.postfix}]" if self.postfix else ""
@@ -129,5 +135,5 @@ def progress(iterable: Iterable | None = None, *, total: int | float | None = No
         from tqdm.auto import tqdm
 
         return tqdm(iterable, total=total, desc=desc, leave=leave, file=stream, dynamic_ncols=True, **kwargs)
-    keep = {k: v for k, v in kwargs.items() if k in ("unit", "initial", "every", "min_interval")}
+    keep = {k: v for k, v in kwargs.items() if k in ("unit", "initial", "every", "min_interval", "quiet_for")}
     return LineProgress(iterable, total=total, desc=desc, file=stream, **keep)
