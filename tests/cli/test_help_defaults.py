@@ -79,3 +79,20 @@ def test_one_threads_option_everywhere():
     cores = os.cpu_count() or 1
     assert resolve_threads(None, 1) == cores and resolve_threads(None, 2 * cores) == 1
     assert resolve_threads(3, 2) == 3
+
+
+def test_one_seed_convention_everywhere():
+    from sharplab.cli._args import SEEDS_COUNT_HELP, SEEDS_HELP
+
+    training = ("feature-probe", "mechanisms", "diag-net", "relu-1d", "convergence", "deep-net")
+    for name in training:
+        parser = PARSERS[f"sharplab {name}"]
+        by_flag = {s: a for a in parser._actions for s in a.option_strings}
+        assert by_flag["--seed"].help.startswith(SEEDS_HELP) and by_flag["--seeds"].help == SEEDS_COUNT_HELP
+        assert by_flag["--seed"].dest == by_flag["--seeds"].dest == "seed"
+        # --seeds N is --seed 0,...,N-1; both give a list
+        pos = ["m-sharpness"] if name == "deep-net" else []
+        assert (parser.parse_args([*pos, "--seeds", "3"]).seed == [0, 1, 2]
+                == parser.parse_args([*pos, "--seed", "0,1,2"]).seed)
+    assert PARSERS["sharplab relu-1d"].parse_args([]).seed == [0, 1, 2, 3, 4]
+    assert PARSERS["sharplab feature-probe"].parse_args([]).seed == [0, 1, 2]

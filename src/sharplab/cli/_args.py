@@ -145,6 +145,30 @@ def resolve_threads(requested: int | None, processes: int = 1) -> int:
     return requested or max(1, (os.cpu_count() or 1) // max(1, processes))
 
 
+SEEDS_HELP = "the seeds to run, a comma list (e.g. 0,1,4)"
+SEEDS_COUNT_HELP = "shorthand for --seed 0,1,...,N-1"
+
+
+class _SeedCount(argparse.Action):
+    """``--seeds N`` stores ``[0, ..., N-1]`` where ``--seed`` stores its list: one destination, one meaning."""
+
+    shows_default = False  # the default belongs to --seed, which shares the destination
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, list(range(values)))
+
+
+def add_seeds(parser: argparse.ArgumentParser, default: list[int] | None, default_help: str | None = None) -> None:
+    """The one seed convention of every command that trains over seeds: ``--seed 0,1,4`` (the list) or
+    ``--seeds N`` (the first N seeds); both set ``args.seed``, a list (``default`` when neither is given)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--seed", type=seeds, default=default, metavar="LIST",
+                       help=SEEDS_HELP + (f" (default: {default_help})" if default_help else ""))
+    group.add_argument("--seeds", dest="seed", type=seed_count, action=_SeedCount, metavar="N",
+                       help=SEEDS_COUNT_HELP, default=argparse.SUPPRESS)
+
+
 def seeds(text: str) -> list[int]:
     """A comma list of distinct seeds in [0, 2^63 - 1]."""
     values = [seed(v) for v in text.split(",") if v.strip()]
@@ -216,6 +240,8 @@ def shown_default(action: argparse.Action, undocumented: bool = False) -> str | 
     a positional, or a help text that already says how its default is chosen); ``undocumented`` also
     gives it for an option with no help text."""
     default = action.default
+    if not getattr(action, "shows_default", True):
+        return None
     if action.help is None and undocumented:
         action = copy_with_help(action, "")
     if (not action.option_strings or action.help in (None, argparse.SUPPRESS) or default is None

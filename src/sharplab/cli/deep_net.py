@@ -17,6 +17,7 @@ from typing import Any
 
 from sharplab.cli._args import (
     MAX_EPOCHS,
+    add_seeds,
     add_threads,
     epochs,
     existing_dir,
@@ -26,7 +27,6 @@ from sharplab.cli._args import (
     numbers,
     out_dir,
     positive_int,
-    seeds,
     text,
     typed,
 )
@@ -43,8 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("study", choices=STUDIES, help="which study")
     p.add_argument("--out", default=None, help="output folder (default runs/deep-net-STUDY)")
     p.add_argument("--json", action="store_true", help="one JSON object per run on stdout")
-    p.add_argument("--seed", type=ints, default=None,
-                   help="comma list of seeds (default: the quick study's, 0,1 or 0,1,2; see docs/deep_net.md)")
+    add_seeds(p, None, "the quick study's, 0,1 or 0,1,2; see docs/deep_net.md")
     p.add_argument("--rho", type=numbers, default=None, help="comma list of radii (study default if omitted)")
     p.add_argument("--m", type=ints, default=None, help="comma list of micro-batch sizes (m-sharpness)")
     p.add_argument("--epochs", type=int, default=None, help="epochs (finetune: E, the ERM / SAM phase)")
@@ -58,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_threads(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=handle, needs_labs=True)
-    typed(p, out=out_dir, seed=seeds, rho=nonneg_numbers, epochs=epochs, epochs_after=int_in(1, MAX_EPOCHS),
+    typed(p, out=out_dir, rho=nonneg_numbers, epochs=epochs, epochs_after=int_in(1, MAX_EPOCHS),
           dataset=text, root=existing_dir, set=text, jobs=positive_int)
 
 

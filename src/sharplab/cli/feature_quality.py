@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from sharplab.cli._args import (
+    add_seeds,
     add_threads,
     epochs,
     existing_dir,
@@ -21,7 +22,6 @@ from sharplab.cli._args import (
     numbers,
     out_dir,
     resolve_threads,
-    seed_count,
     size,
     text,
     typed,
@@ -68,7 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--model", default="auto", help="auto | pathway | small-cnn | small-cnn-gap | mlp | preact-resnet18")
-    p.add_argument("--seeds", type=int, default=3, help="number of training seeds (0..N-1)")
+    add_seeds(p, [0, 1, 2])
     p.add_argument("--data-seed", type=int, default=0, help="seed of the data split (fixed over seeds)")
     p.add_argument("--root", default=None, help="data root (default: $SHARPLAB_DATA, then offline sources)")
     p.add_argument(
@@ -82,7 +82,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=handle)
     typed(p, rho=nonneg_numbers, lr=lrs, m=nonneg_ints, sam_start_epoch=epochs, epochs=epochs,
           batch_size=size, momentum=float_in(0.0, 0.999), weight_decay=nonneg, model=text,
-          seeds=seed_count, data_seed=seed_type, root=existing_dir, out=out_dir)
+          data_seed=seed_type, root=existing_dir, out=out_dir)
 
 
 def handle(args: argparse.Namespace) -> int:
@@ -92,8 +92,6 @@ def handle(args: argparse.Namespace) -> int:
     from sharplab.labs.feature_quality.report import format_table, write_figures
     from sharplab.labs.feature_quality.train import TrainConfig
 
-    if args.seeds < 1:
-        raise ConfigError(f"--seeds {args.seeds} must be at least 1")
     if any(m < 0 or m > args.batch_size for m in args.m):
         raise ConfigError(f"--m {args.m} must be between 0 and --batch-size {args.batch_size}")
     if args.sam_start_epoch < 0:
@@ -105,7 +103,7 @@ def handle(args: argparse.Namespace) -> int:
     )  # fmt: skip
     quiet = args.quiet or bool(os.environ.get("CI"))
     result = run_feature_probe(
-        args.dataset, args.optimizer, seeds=list(range(args.seeds)), lrs=args.lr, rhos=args.rho, base=base,
+        args.dataset, args.optimizer, seeds=list(args.seed), lrs=args.lr, rhos=args.rho, base=base,
         root=args.root, data_seed=args.data_seed, data_options=dict(args.data_option), quiet=quiet,
         ms=args.m,
     )  # fmt: skip
@@ -114,7 +112,7 @@ def handle(args: argparse.Namespace) -> int:
     chosen = [{**r.record(), "selected": r.selected} for r in result.rows
               if r.selected or r.optimizer in result.unlearned]
     title = (
-        f"feature-probe on {result.dataset}: {args.seeds} seed(s), {args.epochs} epochs, errors in % "
+        f"feature-probe on {result.dataset}: {len(args.seed)} seed(s), {args.epochs} epochs, errors in % "
         f"(mean ± std over seeds); lr/rho chosen on validation error; {result.seconds:.1f} s"
     )
     table = format_table(chosen, title)

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from sharplab.cli._args import (
+    add_seeds,
     choices,
-    ints,
     lrs,
     nonneg_numbers,
     nonneg_steps,
@@ -27,7 +27,6 @@ from sharplab.cli._args import (
     points,
     positive,
     positive_numbers,
-    seeds,
     size,
     steps,
     test_size,
@@ -37,7 +36,7 @@ from sharplab.errors import ConfigError, Diverged
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--seed", type=ints, default=[0], help="comma list of seeds")
+    add_seeds(p, [0])
     p.add_argument("--json", action="store_true", help="one JSON object per configuration on stdout")
     p.add_argument("--out", default=None, help="folder for results.json and PNG figures")
     p.add_argument("--quiet", action="store_true", help="no progress bar (also when CI is set)")
@@ -75,7 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=handle_diag_net)
     typed(p, rho=nonneg_numbers, lr=lrs, alpha=positive_numbers, m=size, iters=steps,
           switch_at=nonneg_steps, n=size, d=size, r=size, n_test=test_size,
-          record_every=points, log_curves=points, seed=seeds, out=out_dir)
+          record_every=points, log_curves=points, out=out_dir)
 
     p = sub.add_parser("relu-1d", help="1-D ReLU network on 12 points: GD vs SAM, kinks of the fit",
                        description="Full-batch GD vs SAM on a 1-100-1 ReLU network; reports the number of kinks. The "
@@ -105,7 +104,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(p)
     p.set_defaults(func=handle_relu_1d, seed=[0, 1, 2, 3, 4])
     typed(p, rho=nonneg_numbers, lr=lrs, steps=steps, width=size, tol=positive,
-          slope_tol=positive, seed=seeds, out=out_dir)
+          slope_tol=positive, out=out_dir)
 
     p = sub.add_parser("convergence", help="SGD/SAM/USAM with stochastic gradients: does ||grad f|| -> 0?",
                        description="Without --method/--lr-schedule/--rho-schedule: the default comparison "
@@ -122,7 +121,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(p)
     p.set_defaults(func=handle_convergence)
     typed(p, rho=nonneg_numbers, lr=lrs, decay_steps=positive, steps=steps,
-          batch_size=size, seed=seeds, out=out_dir)
+          batch_size=size, out=out_dir)
 
 
 def _quiet(args: argparse.Namespace) -> bool:

@@ -24,6 +24,7 @@ from typing import Any
 
 from sharplab.cli._args import (
     MAX_SIZE,
+    add_seeds,
     add_threads,
     epochs,
     existing_dir,
@@ -33,7 +34,6 @@ from sharplab.cli._args import (
     nonneg,
     out_dir,
     resolve_threads,
-    seed_count,
     size,
     steps,
     text,
@@ -84,7 +84,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--data-seed", type=int, dest="data_seed")
     p.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
                    help="data set option, repeatable (e.g. --data-option hard_dims=16)")
-    p.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1)")
+    add_seeds(p, [0, 1, 2])
     p.add_argument("--out", type=Path,
                    help="folder for PNG figures and mechanisms_<dataset>.json (three-feature: three_feature.json)")
     p.add_argument("--json", action="store_true", help="print one JSON object per (optimizer, seed)")
@@ -94,7 +94,7 @@ def register(subparsers: Any) -> None:
     typed(p, dataset=text, ablation=text, rho=nonneg, lr=lr, momentum=float_in(0.0, 0.999),
           weight_decay=nonneg, epochs=epochs, batch_size=size, m=size, record_every=steps,
           weight_batch=int_in(2, MAX_SIZE, what="--weight-batch"), root=existing_dir, data_seed=seed_type,
-          data_option=text, seeds=seed_count, out=lambda t: Path(out_dir(t)))
+          data_option=text, out=lambda t: Path(out_dir(t)))
 
 
 def data_options(items: list[str]) -> dict[str, Any]:
@@ -120,8 +120,6 @@ def build_config(args: argparse.Namespace):
 
 
 def _check(args: argparse.Namespace) -> None:
-    if args.seeds < 1:
-        raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
     for name in ("rho", "lr", "weight_decay"):
         v = getattr(args, name)
         if v is not None and (not math.isfinite(v) or v < 0):
@@ -158,7 +156,7 @@ def _mechanisms(args: argparse.Namespace) -> int:
     data = load_data(cfg)
     t0 = time.perf_counter()
     results = []
-    for seed in range(args.seeds):
+    for seed in args.seed:
         res = run_mechanisms(cfg, seed, data=data)
         results.append(res)
         if args.json:
@@ -177,7 +175,7 @@ def _mechanisms(args: argparse.Namespace) -> int:
     stream = sys.stderr if args.json else sys.stdout
     print(f"mechanisms on {cfg.dataset}: {cfg.variant}, rho={cfg.rho}, "
           + (f"m={cfg.m} (each micro-batch's phantom), " if cfg.m else f"{cfg.phantom} phantom, ") +
-          f"{args.seeds} seed(s), {seconds:.1f} s", file=stream)
+          f"{len(args.seed)} seed(s), {seconds:.1f} s", file=stream)
     print(table, file=stream)
     if args.out is not None:
         from sharplab.io import atomic_write_json, atomic_write_text
@@ -201,7 +199,7 @@ def _three_feature(args: argparse.Namespace) -> int:
     if cfg.m and cfg.batch_size % cfg.m:
         raise ConfigError(f"--m {cfg.m} must be a divisor of the batch size {cfg.batch_size} (--batch-size)")
     t0 = time.perf_counter()
-    rows = run_three_feature(range(args.seeds), ("sgd", "sam"), cfg, **data_options(args.data_option))
+    rows = run_three_feature(list(args.seed), ("sgd", "sam"), cfg, **data_options(args.data_option))
     seconds = time.perf_counter() - t0
     if args.json:
         for row in rows:
@@ -217,7 +215,7 @@ def _three_feature(args: argparse.Namespace) -> int:
         line["v_h/v_e"] = "{:.3f}".format(mean_std([r["v_ratio"] for r in rs])[0])
         table.append(line)
     stream = sys.stderr if args.json else sys.stdout
-    print(f"three-feature toy: SGD vs SAM, {args.seeds} seed(s), {seconds:.1f} s", file=stream)
+    print(f"three-feature toy: SGD vs SAM, {len(args.seed)} seed(s), {seconds:.1f} s", file=stream)
     print(format_table(table), file=stream)
     if args.out is not None:
         from sharplab.io import atomic_write_json, atomic_write_text
