@@ -37,6 +37,8 @@ class DeepNetConfig:
     model: str = _f("preact-resnet18", "network", choices=list(MODELS))
     width: int = _f(64, "channels of the first stage (official --model_width)", min=1, max=MAX_WIDTH)
     norm: str = _f("gn", "gn (GroupNorm) or bn (BatchNorm)", choices=["gn", "bn"])
+    init: str = _f("official", "official (Kaiming-normal fan-out convs, zero linear bias, as the study) or "
+                   "torch (PyTorch's defaults)", choices=["official", "torch"])
     epochs: int = _f(10, "passes over the training set", min=1, max=100_000)
     batch_size: int = _f(128, "batch size", min=1, max=100_000)
     lr: float = _f(0.1, "peak learning rate", min=0.0, max=1e6)

@@ -51,7 +51,7 @@ def build_net(cfg: DeepNetConfig, in_channels: int, num_classes: int) -> nn.Modu
     from sharplab.models import build_model
 
     return build_model(cfg.model, num_classes=num_classes, in_channels=in_channels, norm=cfg.norm,
-                       width=cfg.width)
+                       width=cfg.width, init=cfg.init)
 
 
 def load_data(cfg: DeepNetConfig, seed: int) -> tuple[ImageSet, torch.Tensor, torch.Tensor]:
