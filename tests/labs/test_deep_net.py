@@ -94,7 +94,7 @@ def test_cli_finetune_with_interpolation(tmp_path, capsys):
     assert sorted(r["setting"] for r in summary) == ["32-SAM -> ERM", "ERM", "ERM -> 32-SAM"]
     assert all(r["seeds"] == 1 for r in summary)
     (curve,) = analysis.values()
-    assert [p["alpha"] for p in curve][0] == -0.5 and curve[-1]["alpha"] == 1.5 and len(curve) == 9
+    assert curve[0]["alpha"] == -1.0 and curve[-1]["alpha"] == 2.0 and len(curve) == 61  # the official grid
     assert (out / "report.md").exists() and any((out / "figures").iterdir())
     assert main(["deep-net", "finetune", "--out", str(out), "--set", "nonsense=1"]) == 2
     assert "use KEY=VALUE" in capsys.readouterr().err

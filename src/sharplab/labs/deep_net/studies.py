@@ -11,8 +11,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from sharplab.errors import ConfigError
 from sharplab.io import atomic_write_json
 
@@ -24,7 +22,6 @@ QUICK = {"dataset": "digits", "width": 8, "batch_size": 64, "lr": 0.01, "epochs"
 #: seeds of each quick study when ``--seed`` is not given
 QUICK_SEEDS = {"m-sharpness": [0, 1], "sharpness": [0, 1], "finetune": [0, 1, 2], "label-noise": [0, 1, 2],
                "convergence": [0, 1, 2]}
-ALPHAS = np.linspace(-0.5, 1.5, 9)
 SHARPNESS_KEYS = ("m_sharpness", "hessian_top", "hessian_trace")
 
 
@@ -127,7 +124,7 @@ def finetune_pairs(records: list[Any]) -> list[tuple[Any, Any]]:
 def analyse(study: str, out: Path, records: list[Any]) -> dict[str, Any]:
     """Sharpness of every finished run (``sharpness``) or the ERM / ERM->SAM interpolation (``finetune``);
     results cached in ``out/<study>.json`` (only new runs are measured on a re-run)."""
-    from sharplab.labs.deep_net.analysis import interpolate, sharpness_of_run
+    from sharplab.labs.deep_net.analysis import ALPHAS, interpolate, sharpness_of_run
     from sharplab.labs.deep_net.config import DeepNetConfig
     from sharplab.runner.execute import run_dir_of
 
