@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -240,3 +241,57 @@ def test_eval_every_and_eval_n(tmp_path):
     cpu = torch.device("cpu")
     assert final["test_error"] == error_and_loss(model, data.x_test[:10], data.y_test[:10], cpu)[0]
     assert final["train_error"] == error_and_loss(model, data.x_train[:10], noisy[:10], cpu)[0]
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _specs(name: str):
+    from sharplab.labs import load_all
+    from sharplab.runner.config import load_study
+
+    load_all()
+    return load_study(ROOT / "examples" / name).runs()
+
+
+def test_shipped_m_sharpness_file_has_erm_and_the_studys_radii():
+    specs = _specs("deep_net_m_sharpness.toml")
+    rhos = {}
+    for s in specs:
+        rhos.setdefault(s.config["method"], set()).add(s.config["rho"])
+    assert set(rhos) == {"erm", "random", "nsam", "msam"} and len(rhos["erm"]) == 1
+    assert min(rhos["random"]) <= 0.4 and max(rhos["random"]) >= 50
+    assert max(rhos["nsam"]) >= 3 and max(rhos["msam"]) >= 0.4
+    assert all(s.config["init"] == "official" for s in specs)
+
+
+def test_shipped_label_noise_file_is_1000_epochs_with_drops_at_500_and_750():
+    specs = _specs("deep_net_label_noise.toml")
+    cfg = DeepNetConfig(**specs[0].config)
+    assert cfg.epochs == 1000 and cfg.label_noise == 0.6
+    assert [cfg.lr_at(t) for t in (0, 499.99, 500, 749.99, 750)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001])
+
+
+def test_shipped_finetune_file_has_a_plain_erm_baseline_and_no_sam_to_sam(tmp_path):
+    """1,000 + 100 epochs; plain ERM of the same length, ERM -> SAM, SAM -> ERM; the interpolation finds its
+    pairs, checked end to end on a tiny copy of the file's grids (`analyse_folder`, as its comment says)."""
+    from sharplab.labs.deep_net.studies import analyse_folder, finetune_pairs, summarise
+    from sharplab.runner.config import _toml_loads, parse_study
+    from sharplab.runner.execute import run_study
+    from sharplab.runner.store import open_store
+
+    specs = _specs("deep_net_finetune.toml")
+    assert {(s.config["method"], s.config["then_method"]) for s in specs} == {
+        ("erm", ""), ("erm", "msam"), ("msam", "erm")}
+    assert {(s.config["epochs"], s.config["switch_epoch"]) for s in specs} == {(1100, 1000)}
+    doc = _toml_loads((ROOT / "examples" / "deep_net_finetune.toml").read_text())
+    doc["config"] = {**TINY, "epochs": 2, "switch_epoch": 1, "rho": 0.05}
+    for table in doc["grid"]:
+        table["seed"] = [0]
+    assert sum(run_study(parse_study(doc), tmp_path).values()) == 3
+    with open_store(tmp_path, create=False) as store:
+        records = store.runs()
+    assert len(finetune_pairs(records)) == 1
+    assert any(r["setting"] == "ERM" for r in summarise(records))
+    (curve,) = analyse_folder("finetune", tmp_path).values()
+    assert len(curve) == 61 and (tmp_path / "finetune.json").exists()

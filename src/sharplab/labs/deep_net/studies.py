@@ -153,6 +153,19 @@ def analyse(study: str, out: Path, records: list[Any]) -> dict[str, Any]:
     return cache
 
 
+def analyse_folder(study: str, out: str | Path) -> dict[str, Any]:
+    """:func:`analyse` on every run of an output folder (e.g. one made by ``sharplab run
+    examples/deep_net_finetune.toml``): ``analyse_folder("finetune", "runs/ft")``."""
+    from sharplab.runner.store import open_store
+
+    if study not in ("sharpness", "finetune"):
+        raise ConfigError(f"analyse_folder: study must be 'sharpness' or 'finetune', got {study!r}")
+    out = Path(out)
+    with open_store(out, create=False) as store:
+        records = store.runs()
+    return analyse(study, out, records)
+
+
 def add_sections(study: str, analysis: dict[str, Any], builder: Any, summary: list[dict[str, Any]] | None = None
                  ) -> None:
     """The study's own tables / figures on top of the lab's report section (``summary``: :func:`summarise`)."""
