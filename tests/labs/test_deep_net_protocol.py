@@ -295,3 +295,22 @@ def test_shipped_finetune_file_has_a_plain_erm_baseline_and_no_sam_to_sam(tmp_pa
     assert any(r["setting"] == "ERM" for r in summarise(records))
     (curve,) = analyse_folder("finetune", tmp_path).values()
     assert len(curve) == 61 and (tmp_path / "finetune.json").exists()
+
+
+def test_docs_protocol_table_quotes_what_the_code_and_files_hold():
+    from sharplab.labs.deep_net.analysis import BN_BATCH, BN_IMAGES
+
+    text = (ROOT / "docs" / "deep_net.md").read_text()
+    table = text[text.index("### Protocol: the official code against sharplab"):text.index("### Results")]
+    assert f"the same {len(ALPHAS)} points" in table
+    assert f"{BN_IMAGES:,} images (all when fewer), batch {BN_BATCH}" in table
+    rhos: dict[str, list[float]] = {}
+    for s in _specs("deep_net_m_sharpness.toml"):
+        rhos.setdefault(s.config["method"], []).append(s.config["rho"])
+    for method, label in (("random", "random"), ("nsam", "n-SAM"), ("msam", "128-SAM")):
+        assert f"{label} rho {min(rhos[method]):g}-{max(rhos[method]):g}" in table, method
+    (ln,) = {DeepNetConfig(**s.config).epochs for s in _specs("deep_net_label_noise.toml")}
+    assert f"`examples/deep_net_label_noise.toml`: {ln:,} epochs" in table
+    ft = {(s.config["epochs"], s.config["switch_epoch"]) for s in _specs("deep_net_finetune.toml")}
+    assert ft == {(1100, 1000)} and "one run of 1,100 epochs, `switch_epoch = 1000`" in table
+    assert "200 epochs for Figure 1, 1,000 for label noise, 1,000 + 100 for fine-tuning" in text
