@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 
 import pytest
 import torch
@@ -94,7 +96,7 @@ def test_cli_finetune_with_interpolation(tmp_path, capsys):
     assert sorted(r["setting"] for r in summary) == ["32-SAM -> ERM", "ERM", "ERM -> 32-SAM"]
     assert all(r["seeds"] == 1 for r in summary)
     (curve,) = analysis.values()
-    assert [p["alpha"] for p in curve][0] == -0.5 and curve[-1]["alpha"] == 1.5 and len(curve) == 9
+    assert curve[0]["alpha"] == -1.0 and curve[-1]["alpha"] == 2.0 and len(curve) == 61  # the official grid
     assert (out / "report.md").exists() and any((out / "figures").iterdir())
     assert main(["deep-net", "finetune", "--out", str(out), "--set", "nonsense=1"]) == 2
     assert "use KEY=VALUE" in capsys.readouterr().err
@@ -106,11 +108,35 @@ def test_gpu_check_without_cuda_says_so():
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.sh"
-    res = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=120)
+    env = {**os.environ, "PYTHON": sys.executable}
+    res = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=120, env=env)
     assert res.returncode == 3
     assert res.stderr.startswith("error: no CUDA device") and "--device cpu --smoke" in res.stderr
-    bad = subprocess.run(["bash", str(script), "--device", "tpu"], capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(["bash", str(script), "--device", "tpu"], capture_output=True, text=True, timeout=60,
+                         env=env)
     assert bad.returncode == 2 and "use cuda or cpu" in bad.stderr
+    bad = subprocess.run(["bash", str(script), "--steps", "3,5"], capture_output=True, text=True, timeout=60,
+                         env=env)
+    assert bad.returncode == 2 and "steps are 1-4" in bad.stderr
+
+
+def test_gpu_check_cpu_mode_reaches_the_throughput_step_when_a_data_set_is_missing(tmp_path):
+    """No set -e abort: step 3 fails on a data set that is not there, step 4 (throughput) still runs, and the
+    exit status (20 + 4) names step 3 alone."""
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.sh"
+    (tmp_path / "empty").mkdir()
+    env = {**os.environ, "PYTHON": sys.executable, "SHARPLAB_DATA": str(tmp_path / "empty"),
+           "OUT": str(tmp_path / "out"), "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(["bash", str(script), "--device", "cpu", "--smoke", "--dataset", "cifar10", "--steps",
+                          "3,4"], capture_output=True, text=True, timeout=600, env=env)
+    assert "error: step 3/4" in res.stderr and "going on with the next step" in res.stderr
+    assert "4/4 throughput" in res.stdout and "4/4 passed" in res.stdout
+    assert res.returncode == 24 and "failed steps: 3 (exit 24)" in res.stdout
+    figures = json.loads((tmp_path / "out" / "gpu-check" / "throughput.json").read_text())
+    assert figures["device"] == "cpu" and figures["sgd"] > 0 and figures["sam"] > 0
 
 
 @pytest.mark.parametrize("m", [8, 4, 2, 1])  # micro-batches of the batch of 8: <= 2 loop, else auto (vmap)

@@ -107,3 +107,39 @@ def test_load_study_reads_the_file(tmp_path):
     assert study.name == "named" and study.seeds == (7,)
     with pytest.raises(ValueError, match="not found"):
         load_study(tmp_path / "missing.toml")
+
+
+def test_grid_tables_are_the_union_of_their_products_each_with_its_seeds(tmp_path):
+    """``[[grid]]`` blocks: each table's own product and seeds, table after table (issue 20: a plain baseline
+    beside sweeps of different radii)."""
+    doc = _study(config={"steps": 2, "seed": 9}, grid=[{"mode": ["ok"], "seed": [0, 1]},
+                                                        {"x": [0.1, 0.2], "flag": [True]},
+                                                        {"x": [0.5], "seed": [2]}])
+    got = [(r.config["mode"], r.config["x"], r.config["flag"], r.seed) for r in parse_study(doc).runs()]
+    assert got == [("ok", 0.5, False, 0), ("ok", 0.5, False, 1),  # the config's seed 9 is the default
+                   ("ok", 0.1, True, 9), ("ok", 0.2, True, 9), ("ok", 0.5, False, 2)]
+    path = write_study(tmp_path / "arms.toml", "lab = 'runner-toy'\nname = 't'\n[[grid]]\nx = [0.1]\nseed = [0, 1]\n"
+                                 "[[grid]]\nx = [0.3]\n")
+    assert [(r.config["x"], r.seed) for r in load_study(path).runs()] == [(0.1, 0), (0.1, 1), (0.3, 0)]
+    one = parse_study(_study(grid=[{"x": [0.1, 0.2]}])).runs()  # a single [[grid]] is a [grid]
+    assert [r.run_id for r in one] == [r.run_id for r in parse_study(_study(grid={"x": [0.1, 0.2]})).runs()]
+
+
+@pytest.mark.parametrize("grid, words", [
+    ([{"x": [0.1]}, {"x": [0.1, 0.2]}], "two [[grid]] tables define the same run"),
+    ([{"x": [0.1]}, {"x": [-1.0]}], "[grid] x = -1.0 is out of range"),
+    ([{"x": [0.1]}, {"seed": [1, 1]}], "[[grid]] 2 seed = [1, 1] repeats a seed"),
+    ([{"x": [0.1]}, "x"], "list of tables ([[grid]] blocks)"),
+    ([], "list of tables ([[grid]] blocks)"),
+])
+def test_bad_grid_tables(grid, words):
+    with pytest.raises(ConfigError) as err:
+        parse_study(_study(grid=grid))
+    assert words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_grid_tables_count_against_the_run_limit_together():
+    doc = _study(grid=[{"x": [0.1, 0.2], "seed": [0, 1]}, {"x": [0.3, 0.4]}], max_runs=5)
+    with pytest.raises(ConfigError, match=r"the \[\[grid\]\] tables define 6 runs or more, more than the limit of 5"):
+        parse_study(doc)
+    assert len(parse_study({**doc, "max_runs": 6}).runs()) == 6

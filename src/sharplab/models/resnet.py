@@ -7,6 +7,14 @@ penultimate features) and a linear head. ``norm="gn"`` uses GroupNorm with ``w /
 layer (32 at width 64, as the official ``resnet18_gn``) instead of BatchNorm, which has no running
 statistics and works per example under ``vmap`` (1-SAM). Any input side >= 8 works (the pooling is
 adaptive), e.g. 28 x 28 Fashion-MNIST with ``in_channels=1``.
+
+``init="official"`` (the default) is the official ``models.init_weights`` (``init_weights_he``, "from Rice
+et al.", which ``train.py`` applies to every model but the linear one): every convolution Kaiming-normal
+with ``mode="fan_out"`` and ``nonlinearity="relu"``, i.e. N(0, 2 / (out_channels k_h k_w)); the linear
+head keeps PyTorch's weights and gets a zero bias; BatchNorm / GroupNorm weight 1, bias 0.
+``init="torch"`` keeps PyTorch's defaults (Kaiming-uniform with a = sqrt(5): std 1 / sqrt(3 fan_in) for a
+convolution, about 2.45x smaller than the official std when fan_in = fan_out, so the same rho is a larger
+relative perturbation; the linear bias uniform).
 """
 
 from __future__ import annotations
@@ -17,6 +25,21 @@ from torch import nn
 
 from sharplab.models.base import FeatureModel
 from sharplab.models.registry import MODELS
+
+INITS = ("official", "torch")
+
+
+def official_init(model: nn.Module) -> nn.Module:
+    """The official initialisation (``deep_nets/models.py``, ``init_weights_he``), in place; returns ``model``."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)) and m.weight is not None:
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)  # the weight keeps PyTorch's default, as in the official code
+    return model
 
 
 def _norm(kind: str, channels: int, groups: int = 32) -> nn.Module:
@@ -52,10 +75,12 @@ class PreActResNet(FeatureModel):
     """PreAct ResNet with ``blocks`` basic blocks per stage; ``features(x)`` is the pooled 8w-d vector."""
 
     def __init__(self, blocks: tuple[int, int, int, int], num_classes: int = 10, in_channels: int = 3,
-                 norm: str = "bn", width: int = 64):
+                 norm: str = "bn", width: int = 64, init: str = "official"):
         super().__init__()
         if width < 1:
             raise ValueError(f"width must be >= 1, got {width}")
+        if init not in INITS:
+            raise ValueError(f"unknown init {init!r}; use 'official' (the study's Kaiming-normal fan-out) or 'torch'")
         groups = max(1, width // 2)  # official: model_width // 2 groups in every layer (32 at width 64)
         self.stem = nn.Conv2d(in_channels, width, 3, stride=1, padding=1, bias=False)
         layers: list[nn.Module] = []
@@ -68,6 +93,8 @@ class PreActResNet(FeatureModel):
         self.blocks = nn.Sequential(*layers)
         self.final_norm = _norm(norm, in_planes, groups)
         self.head = nn.Linear(in_planes, num_classes)
+        if init == "official":
+            official_init(self)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         out = self.blocks(self.stem(x))
@@ -79,13 +106,15 @@ class PreActResNet(FeatureModel):
 class PreActResNet18(PreActResNet):
     """PreAct ResNet-18 (2, 2, 2, 2 blocks); 11.2 M parameters at width 64 with 10 classes."""
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 3, norm: str = "bn", width: int = 64):
-        super().__init__((2, 2, 2, 2), num_classes, in_channels, norm, width)
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, norm: str = "bn", width: int = 64,
+                 init: str = "official"):
+        super().__init__((2, 2, 2, 2), num_classes, in_channels, norm, width, init)
 
 
 @MODELS.register("preact-resnet34")
 class PreActResNet34(PreActResNet):
     """PreAct ResNet-34 (3, 4, 6, 3 blocks), the CIFAR-100 model of the study; 21.3 M parameters at width 64."""
 
-    def __init__(self, num_classes: int = 100, in_channels: int = 3, norm: str = "bn", width: int = 64):
-        super().__init__((3, 4, 6, 3), num_classes, in_channels, norm, width)
+    def __init__(self, num_classes: int = 100, in_channels: int = 3, norm: str = "bn", width: int = 64,
+                 init: str = "official"):
+        super().__init__((3, 4, 6, 3), num_classes, in_channels, norm, width, init)

@@ -31,9 +31,17 @@ def check_finite(norm: torch.Tensor, step: int | None) -> None:
 def whole_batch(model, core, ddp, loss_fn, x, y, rho, rule, mechanism, named, pert, bn_policy,
                  sync_ascent, step, want_g=False):
     """Plain-autograd SAM step on the whole batch; the phantom point is evaluated with functional_call.
-    Returns (loss at w, descent gradients, gradients of all parameters at w if ``want_g`` else None)."""
+    Returns (loss at w, descent gradients, gradients of all parameters at w if ``want_g`` else None).
+
+    A rule that needs no gradient (``random``) runs one pass, at w + eps, and returns the loss there."""
     params = [p for _, p in named]
     pert_params = [p for _, p in pert]
+    if not rule.needs_grad and mechanism == "full" and not want_g:  # random: its only pass is at w + eps
+        eps = [e.detach() for e in rule.perturbation(None, pert_params, [rho] * len(pert))]
+        check_finite(global_norm(eps), step)
+        at_eps = {n: p + e for (n, p), e in zip(pert, eps)}
+        loss = loss_fn(functional_call(core, at_eps, (x,)), y)  # BatchNorm statistics: updated once, here
+        return loss, torch.autograd.grad(loss, params, allow_unused=True), None
     rng = RNGSnapshot(params)
     with no_sync(ddp):
         out = model(x)

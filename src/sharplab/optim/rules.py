@@ -10,7 +10,7 @@ name       eps                                                          referenc
 ``sam``    rho * g / ||g||                                              Foret et al. 2021, eq. (2)
 ``usam``   rho * g                                                      Andriushchenko & Flammarion 2022
 ``asam``   rho * T^2 g / ||T g||,  T = |w| + eta (elementwise)          Kwon et al. 2021, eq. (9)
-``random`` rho * z / ||z||,  z ~ N(0, I)                                random-perturbation baseline
+``random`` rho * z / ||z||,  z ~ N(0, I) (one pass, at w + eps)         random-perturbation baseline
 =========  ===========================================================  ==============================
 
 :class:`MultiStep` composes any rule into k projected ascent steps
@@ -181,26 +181,49 @@ def weights_only(model: torch.nn.Module) -> list[torch.Tensor]:
 class RandomRule(PerturbationRule):
     """Random direction of norm rho: eps = rho * z / ||z||, z ~ N(0, I). Ignores the gradient.
 
-    Draws from its own generator (seeded at construction, saved in ``state_dict``), so it neither
-    disturbs nor depends on the global RNG that drives data order and dropout.
+    It needs no gradient at w (``needs_grad = False``), so a step is one forward/backward, at w + eps:
+    ``SAM(rule="random").step(closure)`` and :func:`~sharplab.optim.sam_grad` run only that pass and
+    return the loss there (there is no pass at w), and that pass updates BatchNorm statistics as a plain
+    step's would. The noise is drawn on each parameter's device, from a generator on that device (one per
+    device, each seeded with ``seed`` and saved in ``state_dict``): no host-side draw and no copy, and
+    the global RNG that drives data order and dropout is neither used nor disturbed.
     """
 
     name = "random"
+    needs_grad = False
 
     def __init__(self, seed: int | None = None) -> None:
-        self.generator = torch.Generator()
-        self.generator.manual_seed(torch.initial_seed() + 7919 if seed is None else seed)
+        self.seed = int(torch.initial_seed() + 7919 if seed is None else seed)
+        self._generators: dict[str, torch.Generator] = {}
+
+    def generator(self, device: torch.device | str = "cpu") -> torch.Generator:
+        """The generator the noise for tensors on ``device`` is drawn from (created and seeded on first use)."""
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        key = str(device)
+        if key not in self._generators:
+            self._generators[key] = torch.Generator(device=device).manual_seed(self.seed)
+        return self._generators[key]
 
     def perturbation(self, grads, params, rhos):
-        z = [torch.randn(g.shape, generator=self.generator, dtype=torch.float32).to(g) for g in grads]
+        z = [torch.randn(p.shape, generator=self.generator(p.device), device=p.device,
+                         dtype=torch.float32).to(p.dtype) for p in params]
         return _scale(z, rhos, global_norm(z), of_norm=True)
 
     def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
+        return {"seed": self.seed, "generators": {k: g.get_state() for k, g in self._generators.items()}}
 
     def load_state_dict(self, state: dict) -> None:
-        if "generator" in state:
-            self.generator.set_state(state["generator"])
+        self.seed = int(state.get("seed", self.seed))
+        states = dict(state.get("generators", {}))
+        if "generator" in state:  # saved before generators followed the device: the CPU one
+            states["cpu"] = state["generator"]
+        self._generators = {}
+        for key, value in states.items():
+            if torch.device(key).type == "cuda" and not torch.cuda.is_available():
+                continue  # resumed without that GPU: a fresh generator is seeded when it is first needed
+            self.generator(key).set_state(value)
 
 
 class MultiStep(PerturbationRule):
@@ -213,6 +236,10 @@ class MultiStep(PerturbationRule):
 
     def __init__(self, inner: PerturbationRule | str = "sam", steps: int = 2, step_size: float | None = None):
         self.inner = make_rule(inner)
+        if not self.inner.needs_grad:
+            from sharplab.errors import SharplabError
+
+            raise SharplabError(f"ascent_steps > 1 needs a gradient rule; {self.inner.name!r} takes no ascent step")
         self.steps = check_int("multi-step ascent", "ascent_steps", steps, 1)
         self.step_size = 1.0 / steps if step_size is None else check_number(
             "multi-step ascent", "step_size", step_size, 0, lo_open=True)
@@ -279,9 +306,9 @@ register(Variant("asam", "Kwon et al., ICML 2021, eq. 9", "eps = rho T^2 g / ||T
                  _rule_only(lambda kw: ASAMRule(eta=kw["eta"], scaled=kw["scaled"])),
                  {"rho": 0.5, "eta": 0.01, "scaled": None}, aliases=("adaptive-sam",), rule=True))
 register(Variant("random", "random-perturbation baseline (Andriushchenko & Flammarion, ICML 2022)",
-                 "eps = rho z / ||z||, z ~ N(0, I) (own generator)",
+                 "eps = rho z / ||z||, z ~ N(0, I) (own generator on the parameters' device; no ascent pass)",
                  _rule_only(lambda kw: RandomRule(seed=kw["seed"])), {"rho": 0.05, "seed": None},
-                 aliases=("rsam",), rule=True))
+                 aliases=("rsam",), passes="1", rule=True))
 
 
 class _RuleNames:

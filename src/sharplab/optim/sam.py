@@ -208,7 +208,8 @@ class SAM(torch.optim.Optimizer):
 
     def _plain_parts(self) -> bool:
         return (type(self.combiner) is Combiner and _plain_schedule(self.schedule) and self.selection is None
-                and self.rule.needs_grad and type(self.rule).select is PerturbationRule.select)
+                and (self.rule.needs_grad or type(self.rule).bind is PerturbationRule.bind)  # not Momentum-SAM
+                and type(self.rule).select is PerturbationRule.select)
 
     def _candidates(self) -> tuple[list[torch.Tensor], list[float], list[float]]:
         """The tensors this step may perturb, their radius rho_t and lr (groups with rho_t = 0 left out);
@@ -290,12 +291,16 @@ class SAM(torch.optim.Optimizer):
             self._g = [g.clone() for g in grads] if self.combiner.needs_g else None
             eps = self.rule.update(None, Normed(grads, norm), params, rhos)  # ||g|| taken once (Normed)
             self.stats = {"grad_norm": norm}
-        else:  # Momentum-SAM: eps from the base optimizer's state, no gradient at w
+        else:  # Momentum-SAM, random: eps needs no gradient at w; frozen tensors stay at w
+            keep = [i for i, p in enumerate(params) if p.requires_grad]
+            params, rhos, lrs = [params[i] for i in keep], [rhos[i] for i in keep], [lrs[i] for i in keep]
+            if not params:
+                return False
             eps = self.rule.perturbation(None, params, rhos)
             self._g = None
             self.stats = {}
         self._lrs, self._rhos = lrs, rhos
-        if self.bn_policy == "once":
+        if self.bn_policy == "once" and self.rule.needs_grad:  # a one-pass rule's only pass updates them
             self._bn_guard = BNGuard(self.model, self._nesting).start()
         self._saved = _steps.Perturbed(params, eps, reuse=self._old_buffers)
         self._old_buffers = self._saved.old
@@ -466,7 +471,7 @@ class SAM(torch.optim.Optimizer):
         candidates = self._candidates()[0]
         rng = RNGSnapshot(candidates)
         try:
-            if ascend and not self.rule.needs_grad:  # Momentum-SAM: its only pass is at w + eps
+            if ascend and not self.rule.needs_grad:  # Momentum-SAM, random: the only pass is at w + eps
                 if passes.ran is not None:
                     raise SharplabError("msam runs its only pass at w + eps, but the framework already ran the pass "
                                         "at w: use a precision plugin that lets the optimizer run the closure")
@@ -599,4 +604,4 @@ def _check_parts(opt: SAM) -> None:
         raise SharplabError("multi-step ascent (ascent_steps > 1) combines only with the plain combiner, schedule "
                             "and selection")
     if opt.selection is not None and not opt.rule.needs_grad:
-        raise SharplabError("ESAM's data selection needs a gradient rule (not msam)")
+        raise SharplabError("ESAM's data selection needs a gradient rule (not msam or random)")

@@ -10,6 +10,19 @@ A study file names a lab, a base configuration and a grid whose cartesian produc
     rho = [0.0, 0.05]
     seed = [0, 1]
 
+A study whose arms sweep different things (a plain baseline next to a rho sweep, each method with its own
+radii) writes several ``[[grid]]`` tables instead of one ``[grid]``: the runs are the union of their
+products, each table with its own ``seed`` list (default: the config's ``seed``, else 0), and two tables
+that define the same run are refused::
+
+    [[grid]]
+    method = ["erm"]
+    seed = [0, 1]
+    [[grid]]
+    method = ["random"]
+    rho = [0.5, 5.0]
+    seed = [0, 1]
+
 Size: the grid's combinations (times the seeds) are counted before the grid is expanded, and a study of more
 than :data:`MAX_RUNS` runs is refused at once (each run is a row of the store and a folder); a study file
 that really means more raises its own limit with a top-level ``max_runs = N``.
@@ -74,19 +87,22 @@ class Study:
     seeds: tuple[int, ...]
     sweep: dict[str, Any]
     description: str = ""
+    #: the grids of ``[[grid]]`` tables after the first (``grid`` / ``seeds``), each with its seeds
+    more: tuple[tuple[dict[str, list[Any]], tuple[int, ...]], ...] = ()
 
     def runs(self, nproc: int = 1) -> list[RunSpec]:
-        """Every combination of the grid (seed varying fastest), validated."""
+        """Every combination of each grid (seed varying fastest), grid after grid, validated."""
         from sharplab.runner.labs import get_lab
 
         cls = get_lab(self.lab).config_cls
-        keys = list(self.grid)
         specs = []
-        for combo in itertools.product(*(self.grid[k] for k in keys)):
-            raw = {**self.base, **dict(zip(keys, combo))}
-            cfg = validate_config(cls, raw, where="grid")
-            for seed in self.seeds:
-                specs.append(RunSpec(self.lab, config_to_dict(cfg), seed, nproc, self.name))
+        for grid, seeds in ((self.grid, self.seeds), *self.more):
+            keys = list(grid)
+            for combo in itertools.product(*(grid[k] for k in keys)):
+                raw = {**self.base, **dict(zip(keys, combo))}
+                cfg = validate_config(cls, raw, where="grid")
+                for seed in seeds:
+                    specs.append(RunSpec(self.lab, config_to_dict(cfg), seed, nproc, self.name))
         return specs
 
 
@@ -146,39 +162,64 @@ def parse_study(doc: dict[str, Any], default_name: str = "study") -> Study:
     lab = get_lab(doc["lab"])
     name = check_study_name(doc.get("name", default_name))
     base = dict(_table(doc, "config"))
-    grid_raw = dict(_table(doc, "grid"))
-    seeds: list[Any] = [0]
-    if "seed" in base:
-        seeds = [base.pop("seed")]
-    if "seed" in grid_raw:
-        seeds = grid_raw.pop("seed")
-        if not isinstance(seeds, list) or not seeds:
-            raise ConfigError(f"[grid] seed = {seeds!r} must be a non-empty list of integers, e.g. [0, 1, 2]")
-    # counted before any value is checked or combined: a 10^7-run grid stops here at once
-    check_grid_size({k: v for k, v in grid_raw.items() if isinstance(v, list)}, len(seeds),
-                    doc.get("max_runs", MAX_RUNS))
+    default_seeds: list[Any] = [base.pop("seed")] if "seed" in base else [0]
+    tables = _grid_tables(doc)
+    limit = doc.get("max_runs", MAX_RUNS)
+    check_grid_size({}, 0, limit)  # the limit itself, even for a study of no runs
+    total = 0
+    for _, table in tables:  # counted before any value is checked or combined: a 10^7-run grid stops here
+        seeds = table.get("seed", default_seeds)
+        total += check_grid_size({k: v for k, v in table.items() if isinstance(v, list) and k != "seed"},
+                                 len(seeds) if isinstance(seeds, list) else 1, limit)
+        if total > limit:
+            raise ConfigError(f"the [[grid]] tables define {total} runs or more, more than the limit of {limit}; "
+                              f"shrink them, or raise the limit with a top-level max_runs = {total}")
+    cls = lab.config_cls
+    validate_config(cls, base, where="config")
+    grids = [_one_grid(cls, base, where, table, default_seeds) for where, table in tables]
+    study = Study(lab.name, name, base, grids[0][0], grids[0][1], dict(_table(doc, "sweep")),
+                  str(doc.get("description", "")), tuple(grids[1:]))
+    specs = study.runs()  # combinations can still fail the config class's own cross-field checks
+    if len(tables) > 1 and len({s.run_id for s in specs}) != len(specs):
+        raise ConfigError("two [[grid]] tables define the same run (same config and seed); list each run once")
+    return study
+
+
+def _grid_tables(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """``[("[grid]", table)]``, or one entry per ``[[grid]]`` table (named ``[[grid]] 1``, ``2``, ...)."""
+    value = doc.get("grid", {})
+    if isinstance(value, list):
+        if not value or not all(isinstance(t, dict) for t in value):
+            raise ConfigError("grid must be a table ([grid]) or a list of tables ([[grid]] blocks), each "
+                              "with key = [values] lines")
+        return [(f"[[grid]] {i}", dict(t)) for i, t in enumerate(value, 1)] if len(value) > 1 \
+            else [("[grid]", dict(value[0]))]
+    return [("[grid]", dict(_table(doc, "grid")))]
+
+
+def _one_grid(cls: type, base: dict[str, Any], where: str, grid_raw: dict[str, Any],
+              default_seeds: list[Any]) -> tuple[dict[str, list[Any]], tuple[int, ...]]:
+    """One grid table checked: its seeds and its value lists (each value validated alone)."""
+    seeds = grid_raw.pop("seed", default_seeds)
+    if not isinstance(seeds, list) or not seeds:
+        raise ConfigError(f"{where} seed = {seeds!r} must be a non-empty list of integers, e.g. [0, 1, 2]")
     for s in seeds:
         check_seed(s, "seed")
     if len(set(seeds)) != len(seeds):
-        raise ConfigError(f"[grid] seed = {seeds!r} repeats a seed; list each seed once")
+        raise ConfigError(f"{where} seed = {seeds!r} repeats a seed; list each seed once")
     grid: dict[str, list[Any]] = {}
     for key, values in grid_raw.items():
         if not isinstance(values, list) or not values:
-            raise ConfigError(f"[grid] {key} = {values!r} must be a non-empty list of values, "
+            raise ConfigError(f"{where} {key} = {values!r} must be a non-empty list of values, "
                               f"e.g. {key} = [...]")
         canon = [json.dumps(v, sort_keys=True) for v in values]
         if len(set(canon)) != len(canon):
-            raise ConfigError(f"[grid] {key} = {values!r} repeats a value; list each value once")
+            raise ConfigError(f"{where} {key} = {values!r} repeats a value; list each value once")
         grid[key] = values
-    cls = lab.config_cls
-    validate_config(cls, base, where="config")
     for key, values in grid.items():  # check each grid value alone first: the message names it exactly
         for v in values:
             validate_config(cls, {**base, key: v}, where="grid")
-    study = Study(lab.name, name, base, grid, tuple(seeds), dict(_table(doc, "sweep")),
-                  str(doc.get("description", "")))
-    study.runs()  # combinations can still fail the config class's own cross-field checks
-    return study
+    return grid, tuple(seeds)
 
 
 #: a study name becomes a file name (``DIR/studies/<name>.json``, ``runs/<name>``): no paths

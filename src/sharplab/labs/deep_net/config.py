@@ -10,6 +10,8 @@ from sharplab.data.cifar import IMAGE_SETS
 METHODS = ("erm", "random", "nsam", "msam", "usam")
 SCHEDULES = ("piecewise", "constant", "cosine")
 MODELS = ("preact-resnet18", "preact-resnet34")
+#: the most ascent steps per step (each is one more forward/backward)
+MAX_ASCENT_STEPS = 100
 #: the widest first stage accepted: 16x the paper's 64 channels (a ResNet-18 of width 1024 has ~2.8e9 weights)
 MAX_WIDTH = 1024
 
@@ -25,7 +27,9 @@ class DeepNetConfig:
     ``method``: ``erm`` (plain SGD), ``random`` (gradient at w + a random direction of norm rho),
     ``nsam`` (ascent direction from the *previous* batch, the official approximation of n-SAM),
     ``msam`` (m-SAM: own normalised ascent per micro-batch of ``m``; ``m = 0`` or the batch size is
-    standard SAM), ``usam`` (unnormalised ascent eps = rho g, whole batch).
+    standard SAM), ``usam`` (unnormalised ascent eps = rho g, whole batch). ``ascent_steps`` k > 1 makes the
+    msam / usam ascent k projected steps of radius rho each onto the rho-ball (the official ``--sam_iters``
+    with its default ``--sam_step_size_mult 1``).
     ``then_method`` / ``switch_epoch``: from epoch ``switch_epoch`` on, train with ``then_method``
     (fine-tuning ERM -> SAM and SAM -> ERM); the learning-rate schedule spans all ``epochs``.
     """
@@ -37,6 +41,8 @@ class DeepNetConfig:
     model: str = _f("preact-resnet18", "network", choices=list(MODELS))
     width: int = _f(64, "channels of the first stage (official --model_width)", min=1, max=MAX_WIDTH)
     norm: str = _f("gn", "gn (GroupNorm) or bn (BatchNorm)", choices=["gn", "bn"])
+    init: str = _f("official", "official (Kaiming-normal fan-out convs, zero linear bias, as the study) or "
+                   "torch (PyTorch's defaults)", choices=["official", "torch"])
     epochs: int = _f(10, "passes over the training set", min=1, max=100_000)
     batch_size: int = _f(128, "batch size", min=1, max=100_000)
     lr: float = _f(0.1, "peak learning rate", min=0.0, max=1e6)
@@ -47,6 +53,8 @@ class DeepNetConfig:
     method: str = _f("erm", "erm, random, nsam, msam, usam", choices=list(METHODS))
     rho: float = _f(0.1, "perturbation radius", min=0.0)
     m: int = _f(0, "msam micro-batch size (0 = the whole batch); must divide batch_size", min=0)
+    ascent_steps: int = _f(1, "projected ascent steps of msam / usam, each of radius rho (official --sam_iters, "
+                           "--sam_step_size_mult 1)", min=1, max=MAX_ASCENT_STEPS)
     then_method: str = _f("", "method from switch_epoch on ('' = no switch)", choices=["", *METHODS])
     then_rho: float = _f(-1.0, "rho after the switch (-1 = rho)")
     switch_epoch: int = _f(0, "epoch at which then_method starts", min=0)
@@ -57,9 +65,12 @@ class DeepNetConfig:
     sharpness_n: int = _f(256, "training examples used by the sharpness measures", min=1, max=10**6)
     sharpness_rho: float = _f(0.1, "radius of the m-sharpness measure", min=0.0)
     sharpness_m: int = _f(128, "micro-batch of the m-sharpness measure (divides sharpness_n)", min=1, max=10**6)
-    eval_n: int = _f(0, "examples of each part used for per-epoch evaluation (0 = all)", min=0, max=10**7)
-    train_eval_every: int = _f(1, "evaluate on the training set every k epochs and at the last (test and "
-                               "validation: every epoch)", min=1)
+    eval_n: int = _f(0, "evaluate on the first n examples of each part (test, validation, training; 0 = all), "
+                     "the last epoch's too", min=0, max=10**7)
+    eval_every: int = _f(1, "evaluate on the test and validation parts every k epochs and at the last (official: "
+                         "every 5)", min=1, max=100_000)
+    train_eval_every: int = _f(1, "evaluate on the training set every k epochs and at the last", min=1,
+                               max=100_000)
     device: str = _f("cpu", "cpu, cuda, or auto", choices=["cpu", "cuda", "auto"])
 
     def __post_init__(self) -> None:
@@ -67,6 +78,9 @@ class DeepNetConfig:
             raise ValueError(f"m = {self.m} must divide batch_size = {self.batch_size}")
         if self.sharpness_n % self.sharpness_m:
             raise ValueError(f"sharpness_m = {self.sharpness_m} must divide sharpness_n = {self.sharpness_n}")
+        if self.ascent_steps > 1 and not {self.method, self.then_method} & {"msam", "usam"}:
+            raise ValueError(f"ascent_steps = {self.ascent_steps} needs method or then_method msam or usam "
+                             "(erm and random take no ascent step, nsam one on the previous batch)")
         if self.then_method and not 0 < self.switch_epoch < self.epochs:
             raise ValueError(f"switch_epoch = {self.switch_epoch} must lie strictly between 0 and "
                              f"epochs = {self.epochs} when then_method is set")

@@ -16,9 +16,11 @@ different batch than the descent step (``deep_nets/train.py``, option ``--sam_us
 the examples it is applied to, which is what separates n-SAM from m-SAM. ``nsam`` here does the same (the
 first step of a run uses its own batch). Then ``w <- SGD-momentum(g)`` with coupled weight decay.
 
-Evaluation each epoch (eval mode, no augmentation): test and validation error/loss; with label noise the
-training error on the noisy examples (w.r.t. their noisy labels) and on the clean ones; with
-``grad_norm`` the full-batch training loss and ||grad L(w)||. A checkpoint after each epoch makes runs
+Evaluation (eval mode, no augmentation) every ``eval_every`` epochs and at the last: test and validation
+error/loss; every ``train_eval_every`` epochs and at the last, the training error, with label noise on the
+noisy examples (w.r.t. their noisy labels) and on the clean ones apart, and with ``grad_norm`` the full-batch
+training loss and ||grad L(w)||; ``eval_n`` cuts each part to its first n examples. The sharpness measures at
+the end use the clean training labels, as the official ``eval_sharpness.py``. A checkpoint after each epoch makes runs
 resumable; the final weights go to ``final.pt`` (read by the sharpness and interpolation studies).
 """
 
@@ -51,7 +53,7 @@ def build_net(cfg: DeepNetConfig, in_channels: int, num_classes: int) -> nn.Modu
     from sharplab.models import build_model
 
     return build_model(cfg.model, num_classes=num_classes, in_channels=in_channels, norm=cfg.norm,
-                       width=cfg.width)
+                       width=cfg.width, init=cfg.init)
 
 
 def load_data(cfg: DeepNetConfig, seed: int) -> tuple[ImageSet, torch.Tensor, torch.Tensor]:
@@ -106,11 +108,14 @@ def full_grad_norm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: t
 class Stepper:
     """Fills ``.grad`` for one batch with the configured method; keeps the previous batch for nsam."""
 
-    def __init__(self, model: nn.Module, seed: int) -> None:
-        from sharplab.optim import RandomRule
+    def __init__(self, model: nn.Module, seed: int, ascent_steps: int = 1) -> None:
+        from sharplab.optim import MultiStep, RandomRule
 
         self.model = model
         self.random_rule = RandomRule(seed=seed + 7919)
+        # official perturb_weights_sam: --sam_iters steps of size rho * --sam_step_size_mult (1), projected
+        self.rules = {name: name if ascent_steps == 1 else MultiStep(name, ascent_steps, step_size=1.0)
+                      for name in ("sam", "usam")}
         self.prev: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __call__(self, method: str, rho: float, m: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -124,11 +129,11 @@ class Stepper:
             k = len(y) // m if m and m < len(y) else 1  # micro-batches per batch
             # few micro-batches: k plain SAM steps beat the vmap'd per-micro-batch gradients on CPU
             # (width-8 ResNet-18, batch 64: m = 32 loop 56 vs vmap 96 ms; m = 8 loop 179 vs vmap 91 ms)
-            loss = sam_grad(model, F.cross_entropy, x, y, rho=rho, m=m if k > 1 else None,
+            loss = sam_grad(model, F.cross_entropy, x, y, rho=rho, m=m if k > 1 else None, rule=self.rules["sam"],
                             strategy="loop" if k <= LOOP_MAX_MICRO_BATCHES else "auto")
         elif method == "usam":
-            loss = sam_grad(model, F.cross_entropy, x, y, rho=rho, rule="usam")
-        elif method == "random":
+            loss = sam_grad(model, F.cross_entropy, x, y, rho=rho, rule=self.rules["usam"])
+        elif method == "random":  # one pass, at w + eps: the loss reported is the loss there
             loss = sam_grad(model, F.cross_entropy, x, y, rho=rho, rule=self.random_rule)
         else:  # nsam
             loss = self._nsam(rho, x, y)
@@ -162,16 +167,18 @@ class Stepper:
 
 
 def epoch_metrics(cfg: DeepNetConfig, model: nn.Module, data: ImageSet, noisy: torch.Tensor,
-                  mask: torch.Tensor, device: torch.device, train_loss: float, train_set: bool = True
-                  ) -> dict[str, float]:
-    """Test / validation error (and loss) of the model; with ``train_set`` also the training-set errors
-    (noisy / clean parts with label noise) and, with ``cfg.grad_norm``, the full-batch loss and gradient norm."""
+                  mask: torch.Tensor, device: torch.device, train_loss: float, train_set: bool = True,
+                  test_set: bool = True) -> dict[str, float]:
+    """With ``test_set`` the test / validation error (and loss) of the model; with ``train_set`` the
+    training-set errors (noisy / clean parts with label noise) and, with ``cfg.grad_norm``, the full-batch loss
+    and gradient norm. Each part is cut to its first ``cfg.eval_n`` examples when that is set."""
     def cap(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return (x[: cfg.eval_n], y[: cfg.eval_n]) if cfg.eval_n else (x, y)
 
     out = {"train_loss": train_loss}
-    out["test_error"], out["test_loss"] = error_and_loss(model, *cap(data.x_test, data.y_test), device)
-    out["val_error"], _ = error_and_loss(model, *cap(data.x_val, data.y_val), device)
+    if test_set:
+        out["test_error"], out["test_loss"] = error_and_loss(model, *cap(data.x_test, data.y_test), device)
+        out["val_error"], _ = error_and_loss(model, *cap(data.x_val, data.y_val), device)
     if not train_set:
         return out
     xt, yt = cap(data.x_train, noisy)
@@ -188,7 +195,9 @@ def epoch_metrics(cfg: DeepNetConfig, model: nn.Module, data: ImageSet, noisy: t
 
 def sharpness_metrics(cfg: DeepNetConfig, model: nn.Module, x: torch.Tensor, y: torch.Tensor
                       ) -> dict[str, float]:
-    """m-sharpness (rho = sharpness_rho, m = sharpness_m, 20 steps), top Hessian eigenvalue, trace."""
+    """m-sharpness (rho = sharpness_rho, m = sharpness_m, 20 steps), top Hessian eigenvalue, trace, on the
+    first ``sharpness_n`` of (x, y); the callers pass the *clean* training labels, as the official
+    ``eval_sharpness.py`` (its loaders are built without ``p_label_noise``), also after label-noise training."""
     from sharplab.sharpness import hessian_eigenvalues, hessian_trace, m_sharpness
 
     x, y = x[: cfg.sharpness_n], y[: cfg.sharpness_n]
@@ -219,7 +228,7 @@ def run(cfg: DeepNetConfig, ctx: Any) -> dict[str, float]:
         raise ConfigError(f"batch_size = {bs} exceeds the {n} training examples; lower it or raise n_train")
     model = build_net(cfg, data.input_shape[0], data.num_classes).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    step_fn = Stepper(model, ctx.seed)
+    step_fn = Stepper(model, ctx.seed, cfg.ascent_steps)
     order = torch.Generator().manual_seed(ctx.seed)
     aug = torch.Generator().manual_seed(ctx.seed + 1)
     steps_per_epoch = n // bs  # drop_last, as the official training loader
@@ -261,11 +270,14 @@ def run(cfg: DeepNetConfig, ctx: Any) -> dict[str, float]:
             opt.step()
             loss_sum += value
         epoch += 1
-        train_set = epoch % cfg.train_eval_every == 0 or epoch == cfg.epochs
-        metrics = epoch_metrics(cfg, model, data, noisy, mask, device, loss_sum / steps_per_epoch, train_set)
+        last = epoch == cfg.epochs
+        metrics = epoch_metrics(cfg, model, data, noisy, mask, device, loss_sum / steps_per_epoch,
+                                train_set=last or epoch % cfg.train_eval_every == 0,
+                                test_set=last or epoch % cfg.eval_every == 0)
         metrics["lr"] = cfg.lr_at(epoch - 1)
         ctx.log_metrics(epoch, metrics)
-        hist.append([float(epoch), metrics.get("val_error", math.nan), metrics.get("test_error", math.nan)])
+        if "val_error" in metrics:  # early stopping sees the evaluated epochs only
+            hist.append([float(epoch), metrics["val_error"], metrics["test_error"]])
         ctx.save_checkpoint({
             "model": model.state_dict(), "optimizer": opt.state_dict(), "order": order.get_state(),
             "aug": aug.get_state(), "random_rule": step_fn.random_rule.state_dict(), "rng": capture_rng(),
@@ -279,7 +291,7 @@ def run(cfg: DeepNetConfig, ctx: Any) -> dict[str, float]:
         best = min(hist, key=lambda h: h[1] if math.isfinite(h[1]) else math.inf)
         final["best_val_epoch"], final["early_stopped_test_error"] = best[0], best[2]
     if cfg.sharpness:
-        final.update(sharpness_metrics(cfg, model, data.x_train.to(device), y_train))
+        final.update(sharpness_metrics(cfg, model, data.x_train.to(device), data.y_train.to(device)))
     if getattr(ctx, "is_main", True):
         atomic_torch_save(ctx.artifact("final.pt"), model.state_dict())
     return final

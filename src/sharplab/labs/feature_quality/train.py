@@ -123,7 +123,8 @@ def make_model(data: Any, model_name: str = "auto", seed: int = 0) -> nn.Module:
         if name == "mlp":
             return build_model(name, in_features=math.prod(shape), num_classes=k)
         if name == "preact-resnet18":
-            return build_model(name, num_classes=k, in_channels=shape[0])
+            # PyTorch's default initialisation, as this lab's recorded studies used (not the deep-net study's)
+            return build_model(name, num_classes=k, in_channels=shape[0], init="torch")
     raise ConfigError(f"unknown model {model_name!r}; use auto, pathway, small-cnn, small-cnn-gap, mlp or "
                       "preact-resnet18")
 
