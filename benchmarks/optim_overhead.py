@@ -240,7 +240,7 @@ VARIANTS: dict[str, Callable] = {
     "Friendly-SAM (sharplab)": family_step("fsam"),
     "Friendly-SAM (pytorch_optimizer)": peer_family("FriendlySAM"),
     "ESAM b=0.6 g=0.5 (sharplab)": family_step("esam", gamma=0.5),
-    "Momentum-SAM (sharplab)": family_step("msam"),
+    "Momentum-SAM (sharplab)": family_step("momentum-sam"),
     "1-SAM vmap (sharplab)": one_sam("vmap"),
     "1-SAM auto (sharplab)": one_sam("auto"),
     "1-SAM torch.func (sharplab)": one_sam("func"),
@@ -251,7 +251,8 @@ ONE_SAM = [name for name in VARIANTS if name.startswith("1-SAM")]
 #: registry names (sharplab.optim.available()) -> the row that measures them; "<name>-peer" is pytorch_optimizer's
 SHORT = {"sgd": "SGD", "sam": "SAM (sharplab)", "asam": "ASAM (sharplab)", "gsam": "GSAM (sharplab)",
          "wsam": "WSAM (sharplab)", "looksam": "LookSAM k=5 (sharplab)", "fsam": "Friendly-SAM (sharplab)",
-         "esam": "ESAM b=0.6 g=0.5 (sharplab)", "msam": "Momentum-SAM (sharplab)", "1-sam": "1-SAM auto (sharplab)"}
+         "esam": "ESAM b=0.6 g=0.5 (sharplab)", "momentum-sam": "Momentum-SAM (sharplab)",
+         "1-sam": "1-SAM auto (sharplab)"}
 SHORT.update({f"{k}-peer": v.replace("(sharplab)", "(pytorch_optimizer)") for k, v in SHORT.items()
               if "(sharplab)" in v and v.replace("(sharplab)", "(pytorch_optimizer)") in VARIANTS})
 

@@ -32,7 +32,7 @@ from sharplab.optim import create
 
 ROOT = Path(__file__).resolve().parents[1]
 MEMBERS = {"sam": {}, "asam": {}, "usam": {}, "gsam": {}, "wsam": {}, "looksam": {"k": 5}, "fsam": {},
-           "esam": {"gamma": 0.5}, "msam": {}}
+           "esam": {"gamma": 0.5}, "momentum-sam": {}}
 
 
 def import_revision(rev: str, into: Path) -> object:

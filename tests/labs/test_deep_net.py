@@ -28,7 +28,7 @@ def test_runner_study_with_label_noise_and_resume(tmp_path):
 
     study = parse_study({"lab": "deep-net", "name": "t", "config": {**TINY, "label_noise": 0.5,
                                                                     "sharpness_n": 64, "sharpness_m": 32},
-                         "grid": {"method": ["erm", "nsam", "msam"], "m": [0], "rho": [0.05]}})
+                         "grid": {"method": ["erm", "nsam", "m-sam"], "m": [0], "rho": [0.05]}})
     assert sum(run_study(study, tmp_path).values()) == 3
     with ResultsStore(tmp_path, create=False) as store:
         runs = store.runs()
@@ -79,9 +79,9 @@ def test_config_checks():
     with pytest.raises(ValueError, match="divide"):
         DeepNetConfig(batch_size=64, m=5)
     with pytest.raises(ValueError, match="switch_epoch"):
-        DeepNetConfig(epochs=5, then_method="msam", switch_epoch=5)
-    cfg = DeepNetConfig(epochs=10, method="erm", then_method="msam", switch_epoch=6, rho=0.2)
-    assert cfg.method_at(5) == ("erm", 0.2) and cfg.method_at(6) == ("msam", 0.2)
+        DeepNetConfig(epochs=5, then_method="m-sam", switch_epoch=5)
+    cfg = DeepNetConfig(epochs=10, method="erm", then_method="m-sam", switch_epoch=6, rho=0.2)
+    assert cfg.method_at(5) == ("erm", 0.2) and cfg.method_at(6) == ("m-sam", 0.2)
     assert [cfg.lr_at(t) for t in (0, 5, 7.5)] == [0.1, pytest.approx(0.01), pytest.approx(0.001)]
 
 
@@ -145,7 +145,7 @@ def test_msam_step_is_the_mean_of_per_micro_batch_sam_gradients(m):
     torch.manual_seed(1)
     model = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3)).double()
     x, y = torch.randn(8, 4, dtype=torch.float64), torch.randint(0, 3, (8,))
-    Stepper(model, seed=0)("msam", 0.1, 8 // m, x, y)
+    Stepper(model, seed=0)("m-sam", 0.1, 8 // m, x, y)
     got = [p.grad.clone() for p in model.parameters()]
     params = list(model.parameters())
     want = [torch.zeros_like(p) for p in params]
@@ -175,7 +175,7 @@ def test_summary_means_sds_and_paired_differences_to_erm():
                                metrics={"test_error": err})
 
     rows = summarise([rec(0, "erm", 0.10), rec(1, "erm", 0.14), rec(2, "erm", 0.12),
-                      rec(0, "msam", 0.08, 8), rec(1, "msam", 0.13, 8), rec(2, "msam", 0.09, 8)])
+                      rec(0, "m-sam", 0.08, 8), rec(1, "m-sam", 0.13, 8), rec(2, "m-sam", 0.09, 8)])
     assert [r["setting"] for r in rows] == ["ERM", "8-SAM"]
     erm, sam = rows
     assert erm["test_error"] == pytest.approx(0.12) and erm["test_error_sd"] == pytest.approx(0.02)
@@ -207,7 +207,7 @@ def test_sharpness_study_reuses_measures_taken_at_the_end_of_a_run(tmp_path):
 
     metrics = {"test_error": 0.1, "m_sharpness": 0.3, "hessian_top": 5.0, "hessian_trace": 40.0}
     r = SimpleNamespace(run_id="abc", status="done", seed=0, metrics=metrics,
-                        config={**TINY, "method": "msam", "rho": 0.05, "m": 0, "then_method": "",
+                        config={**TINY, "method": "m-sam", "rho": 0.05, "m": 0, "then_method": "",
                                 "label_noise": 0.0})
     sharp = analyse("sharpness", tmp_path, [r])
     assert sharp["abc"]["m_sharpness"] == 0.3 and sharp["abc"]["hessian_top"] == 5.0

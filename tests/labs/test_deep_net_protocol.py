@@ -186,7 +186,7 @@ def test_sharpness_after_label_noise_is_measured_on_the_clean_labels(tmp_path):
     assert sharpness_of_run(cfg, tmp_path, seed=0)["m_sharpness"] == pytest.approx(clean, rel=1e-6)
 
 
-@pytest.mark.parametrize("method,rule_normalised", [("msam", True), ("usam", False)])
+@pytest.mark.parametrize("method,rule_normalised", [("m-sam", True), ("usam", False)])
 def test_multi_step_ascent_is_the_official_projected_loop(method, rule_normalised):
     """``sam.weight_ascent_step`` k times: delta += rho g/||g|| (usam: rho g), projected onto ||delta|| <= rho."""
     torch.manual_seed(1)
@@ -219,11 +219,11 @@ def test_new_options_are_bounded_at_load_with_one_line_errors():
     for key, value in (("ascent_steps", 0), ("ascent_steps", 101), ("eval_every", 0), ("eval_n", -1),
                        ("train_eval_every", 0)):
         with pytest.raises(ConfigError) as err:
-            validate_config(DeepNetConfig, {key: value, "method": "msam"})
+            validate_config(DeepNetConfig, {key: value, "method": "m-sam"})
         assert key in str(err.value) and "\n" not in str(err.value)
-    with pytest.raises(ConfigError, match="ascent_steps = 2 needs method or then_method msam or usam"):
+    with pytest.raises(ConfigError, match="ascent_steps = 2 needs method or then_method m-sam or usam"):
         validate_config(DeepNetConfig, {"ascent_steps": 2, "method": "random"})
-    validate_config(DeepNetConfig, {"ascent_steps": 2, "method": "erm", "then_method": "msam", "switch_epoch": 5})
+    validate_config(DeepNetConfig, {"ascent_steps": 2, "method": "erm", "then_method": "m-sam", "switch_epoch": 5})
 
 
 def test_eval_every_and_eval_n(tmp_path):
@@ -259,9 +259,9 @@ def test_shipped_m_sharpness_file_has_erm_and_the_studys_radii():
     rhos = {}
     for s in specs:
         rhos.setdefault(s.config["method"], set()).add(s.config["rho"])
-    assert set(rhos) == {"erm", "random", "nsam", "msam"} and len(rhos["erm"]) == 1
+    assert set(rhos) == {"erm", "random", "nsam", "m-sam"} and len(rhos["erm"]) == 1
     assert min(rhos["random"]) <= 0.4 and max(rhos["random"]) >= 50
-    assert max(rhos["nsam"]) >= 3 and max(rhos["msam"]) >= 0.4
+    assert max(rhos["nsam"]) >= 3 and max(rhos["m-sam"]) >= 0.4
     assert all(s.config["init"] == "official" for s in specs)
 
 
@@ -282,7 +282,7 @@ def test_shipped_finetune_file_has_a_plain_erm_baseline_and_no_sam_to_sam(tmp_pa
 
     specs = _specs("deep_net_finetune.toml")
     assert {(s.config["method"], s.config["then_method"]) for s in specs} == {
-        ("erm", ""), ("erm", "msam"), ("msam", "erm")}
+        ("erm", ""), ("erm", "m-sam"), ("m-sam", "erm")}
     assert {(s.config["epochs"], s.config["switch_epoch"]) for s in specs} == {(1100, 1000)}
     doc = _toml_loads((ROOT / "examples" / "deep_net_finetune.toml").read_text())
     doc["config"] = {**TINY, "epochs": 2, "switch_epoch": 1, "rho": 0.05}
@@ -307,7 +307,7 @@ def test_docs_protocol_table_quotes_what_the_code_and_files_hold():
     rhos: dict[str, list[float]] = {}
     for s in _specs("deep_net_m_sharpness.toml"):
         rhos.setdefault(s.config["method"], []).append(s.config["rho"])
-    for method, label in (("random", "random"), ("nsam", "n-SAM"), ("msam", "128-SAM")):
+    for method, label in (("random", "random"), ("nsam", "n-SAM"), ("m-sam", "128-SAM")):
         assert f"{label} rho {min(rhos[method]):g}-{max(rhos[method]):g}" in table, method
     (ln,) = {DeepNetConfig(**s.config).epochs for s in _specs("deep_net_label_noise.toml")}
     assert f"`examples/deep_net_label_noise.toml`: {ln:,} epochs" in table

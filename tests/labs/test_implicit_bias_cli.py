@@ -60,7 +60,7 @@ def test_diag_net_switching_figure_and_errors(tmp_path, capsys) -> None:
     assert test[t == 1][0] == pytest.approx(row["first_phase"]["test_error"], rel=1e-12)
     assert main(["diag-net", "--interpolate", "--quiet"]) == 2  # needs --then and --out
     capsys.readouterr()
-    assert main(["diag-net", "--method", "msam", "--m", "3", "--quiet"]) == 2
+    assert main(["diag-net", "--method", "m-sam", "--m", "3", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "divide" in err
     assert main(["diag-net", "--method", "adam"]) == 2  # argparse errors: one line, exit status 2

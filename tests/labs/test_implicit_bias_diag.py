@@ -39,7 +39,7 @@ def reference_run(method: str, rho: float, lr: float, alpha: float, iters: int, 
             ut, vt = u + rho * (X.T @ res * v) / n, v + rho * (X.T @ res * u) / n
             rt = X @ (ut * vt) - y
             gu, gv = X.T @ rt * vt / n, X.T @ rt * ut / n
-        else:  # per micro-batch: 1sam (m=1), msam, iw1sam
+        else:  # per micro-batch: 1sam (m=1), m-sam, iw1sam
             size = 1 if meth in ("1sam", "iw1sam") else m
             for start in range(0, n, size):
                 idx = slice(start, start + size)
@@ -78,8 +78,8 @@ CASES = [
     dict(method="sgd", rho=0.0, lr=2 / 30, alpha=0.3),
     dict(method="nsam", rho=0.4, lr=5 / 30, alpha=0.3),
     dict(method="1sam", rho=0.1, lr=5 / 30, alpha=0.3),
-    dict(method="msam", rho=0.1, lr=5 / 30, alpha=0.3, m=4),
-    dict(method="msam", rho=0.2, lr=10 / 30, alpha=0.1, m=5),
+    dict(method="m-sam", rho=0.1, lr=5 / 30, alpha=0.3, m=4),
+    dict(method="m-sam", rho=0.2, lr=10 / 30, alpha=0.1, m=5),
     dict(method="iw1sam", rho=0.1, lr=5 / 30, alpha=0.3),
     dict(method="gd", rho=0.1, lr=5 / 30, alpha=0.3, switch_at=120, then="1sam"),
     dict(method="1sam", rho=0.1, lr=5 / 30, alpha=0.3, switch_at=80, then="sgd"),
@@ -170,10 +170,10 @@ def test_closed_forms_rho_zero_and_two_x_convention() -> None:
     iters = 400
     methods = ("gd", "nsam", "1sam", "iw1sam")
     cfgs = [DiagNetConfig(method=m, rho=0.0, alpha=0.2, iters=iters) for m in methods]
-    cfgs += [DiagNetConfig(method="msam", rho=0.0, m=5, alpha=0.2, iters=iters)]
-    cfgs += [DiagNetConfig(method="msam", m=20, rho=0.15, alpha=0.2, iters=iters),
+    cfgs += [DiagNetConfig(method="m-sam", rho=0.0, m=5, alpha=0.2, iters=iters)]
+    cfgs += [DiagNetConfig(method="m-sam", m=20, rho=0.15, alpha=0.2, iters=iters),
              DiagNetConfig(method="nsam", rho=0.30, alpha=0.2, iters=iters),
-             DiagNetConfig(method="msam", m=1, rho=0.15, alpha=0.2, iters=iters),
+             DiagNetConfig(method="m-sam", m=1, rho=0.15, alpha=0.2, iters=iters),
              DiagNetConfig(method="1sam", rho=0.15, alpha=0.2, iters=iters)]
     res = run_grid(cfgs)
     gd = res[0].beta
@@ -184,8 +184,8 @@ def test_closed_forms_rho_zero_and_two_x_convention() -> None:
     # 400 iterations of such rounding while staying 1e-9 below any rho > 0 effect (asserted below).
     for r in res[1:5]:
         np.testing.assert_allclose(r.beta, gd, rtol=1e-13, atol=1e-15)  # rho = 0 reproduces GD
-    np.testing.assert_allclose(res[5].beta, res[6].beta, rtol=1e-11, atol=1e-14)  # msam(m=n, rho)=nsam(2rho)
-    np.testing.assert_allclose(res[7].beta, res[8].beta, rtol=1e-13, atol=1e-15)  # msam(m=1) is 1-SAM
+    np.testing.assert_allclose(res[5].beta, res[6].beta, rtol=1e-11, atol=1e-14)  # m-sam(m=n, rho)=nsam(2rho)
+    np.testing.assert_allclose(res[7].beta, res[8].beta, rtol=1e-13, atol=1e-15)  # m-sam(m=1) is 1-SAM
     assert not np.allclose(res[5].beta, gd, rtol=1e-6)
 
 
@@ -223,7 +223,7 @@ def test_divergence_is_reported_not_raised() -> None:
     assert res.diverged
 
 
-@pytest.mark.parametrize("kwargs", [dict(method="adam"), dict(method="msam", m=3), dict(rho=-1.0),
+@pytest.mark.parametrize("kwargs", [dict(method="adam"), dict(method="m-sam", m=3), dict(rho=-1.0),
                                     dict(r=40), dict(switch_at=5)])
 def test_bad_configs_raise_one_line_errors(kwargs) -> None:
     with pytest.raises((ConfigError, SharplabError)) as info:

@@ -22,7 +22,7 @@ LR, MU, WD = 0.2, 0.9, 5e-4
 #: the nine members and the settings that make each one act within a few steps
 MEMBERS = {
     "sam": {}, "usam": {}, "asam": {}, "gsam": {"alpha": 0.3}, "fsam": {"sigma": 1.0}, "looksam": {"k": 2},
-    "esam": {"beta": 0.5, "seed": 3}, "wsam": {"gamma": 0.8}, "msam": {"rho": 0.3},
+    "esam": {"beta": 0.5, "seed": 3}, "wsam": {"gamma": 0.8}, "momentum-sam": {"rho": 0.3},
 }
 
 
@@ -124,7 +124,7 @@ def test_a_nan_at_w_plus_eps_restores_w_and_raises_before_the_base_step(name):
         closure_step(opt, model, x, y)  # momentum, EMA, g_v built up; step 2 ascends (LookSAM k = 2 too)
     before, state = weights(model), {k: v.clone() for k, v in opt.base.state[next(model.parameters())].items()}
     x, y = data(steps=1, seed=9)[0]
-    last_pass = 1 if name == "msam" else 2  # Momentum-SAM's only pass is at w + eps
+    last_pass = 1 if name == "momentum-sam" else 2  # Momentum-SAM's only pass is at w + eps
     with pytest.raises(Diverged, match="at w \\+ eps"):
         opt.step(_poison_closure(model, x, y, last_pass))
     for p, q in zip(model.parameters(), before):
@@ -231,9 +231,9 @@ def test_bad_hyperparameters_name_the_variant_and_the_field(name, field, value):
 
 
 def test_momentum_sam_refuses_a_base_without_momentum():
-    with pytest.raises(SharplabError, match="msam: .*momentum=0"):
-        create("msam", mlp().parameters(), torch.optim.SGD, lr=LR)
-    create("msam", mlp().parameters(), torch.optim.AdamW, lr=1e-3)  # exp_avg is its momentum
+    with pytest.raises(SharplabError, match="momentum-sam: .*momentum=0"):
+        create("momentum-sam", mlp().parameters(), torch.optim.SGD, lr=LR)
+    create("momentum-sam", mlp().parameters(), torch.optim.AdamW, lr=1e-3)  # exp_avg is its momentum
 
 
 def test_unknown_keywords_name_the_variant_and_its_keywords():
@@ -249,7 +249,7 @@ def test_defaults_and_names_agree_on_every_path():
     model = mlp()
     for v in available():
         if v["rule"]:
-            base = torch.optim.SGD if v["name"] != "msam" else torch.optim.AdamW
+            base = torch.optim.SGD if v["name"] != "momentum-sam" else torch.optim.AdamW
             opt = SAM(model.parameters(), base, rule=v["name"], lr=LR)
             assert opt.defaults["rho"] == v["defaults"]["rho"], v["name"]
         built = create(v["name"], model.parameters(), torch.optim.AdamW, lr=1e-3)
@@ -398,7 +398,7 @@ def test_esam_data_selection_refuses_the_two_phase_path_naming_why():
 
 def test_momentum_sam_two_phase_needs_no_gradient_before_first_step():
     a, b = mlp(), mlp()
-    opt_a, opt_b = build("msam", a), build("msam", b)
+    opt_a, opt_b = build("momentum-sam", a), build("momentum-sam", b)
     for x, y in data(steps=4):
         closure_step(opt_a, a, x, y)
         opt_b.first_step()  # eps from the momentum buffer: no pass at w

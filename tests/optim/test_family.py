@@ -88,7 +88,7 @@ def test_create_sam_is_bitwise_plain_sam():
         assert torch.equal(p, q)
 
 
-@pytest.mark.parametrize("name", ["sam", "asam", "usam", "gsam", "fsam", "looksam", "esam", "wsam", "msam"])
+@pytest.mark.parametrize("name", ["sam", "asam", "usam", "gsam", "fsam", "looksam", "esam", "wsam", "momentum-sam"])
 def test_rho_zero_is_bitwise_the_base_optimizer(name):
     a, b = mlp(), mlp()
     pa = run(create(name, a.parameters(), torch.optim.SGD, rho=0.0, lr=LR, momentum=MU), a, batches(steps=4))
@@ -229,7 +229,7 @@ def test_momentum_sam_matches_the_authors_kept_perturbed_formulation():
     w <- w - lr v; w~ <- w - rho v/|v|. One gradient per step."""
     rho = 0.5
     model = mlp()
-    opt = create("msam", model.parameters(), torch.optim.SGD, rho=rho, lr=LR, momentum=MU)
+    opt = create("momentum-sam", model.parameters(), torch.optim.SGD, rho=rho, lr=LR, momentum=MU)
     w = [p.detach().clone() for p in mlp().parameters()]
     v = [torch.zeros_like(t) for t in w]
     inv = 0.0

@@ -19,7 +19,7 @@ from sharplab.optim import create
 
 VARIANTS = {
     "sam": {}, "asam": {}, "usam": {}, "gsam": {"alpha": 0.3}, "fsam": {"sigma": 0.8, "lmbda": 0.7},
-    "looksam": {"k": 2}, "esam": {"beta": 0.5, "seed": 3}, "wsam": {"gamma": 0.8}, "msam": {},
+    "looksam": {"k": 2}, "esam": {"beta": 0.5, "seed": 3}, "wsam": {"gamma": 0.8}, "momentum-sam": {},
 }
 TOL = {"rtol": 1e-12, "atol": 1e-14}
 
@@ -108,7 +108,7 @@ def test_scaled_run_matches_the_unscaled_run(name):
 
 def _passes(name):
     """Which passes a step of this variant can poison: 1 = at w, 2 = at w + eps."""
-    return [1] if name == "msam" else [1, 2]
+    return [1] if name == "momentum-sam" else [1, 2]
 
 
 @pytest.mark.parametrize("name,poisoned", [(n, k) for n in sorted(VARIANTS) for k in _passes(n)])

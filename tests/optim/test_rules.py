@@ -13,7 +13,7 @@ def test_every_rule_converges_on_a_quadratic(rule):
     c = torch.tensor([1.0, -1.0, 0.5])
     w = torch.nn.Parameter(torch.zeros(3))
     rule_obj = MultiStep("sam", steps=3) if rule == "sam-x3" else make_rule(rule)
-    momentum = 0.9 if rule == "msam" else 0.0  # Momentum-SAM needs a momentum buffer (refused without)
+    momentum = 0.9 if rule == "momentum-sam" else 0.0  # Momentum-SAM needs a momentum buffer (refused without)
     opt = SAM([w], torch.optim.SGD, rho=0.01, rule=rule_obj, lr=0.05, momentum=momentum)
 
     def closure():

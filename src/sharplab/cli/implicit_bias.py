@@ -56,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rho", type=numbers, default=[0.0, 0.025, 0.05, 0.1, 0.15, 0.2], help="comma list")
     p.add_argument("--lr", type=numbers, default=[5 / 30], help="comma list of step sizes (5/30 allowed)")
     p.add_argument("--alpha", type=numbers, default=[0.01, 0.05, 0.1], help="comma list of init scales")
-    p.add_argument("--m", type=int, default=1, help="micro-batch size of msam (divides n)")
+    p.add_argument("--m", type=int, default=1, help="micro-batch size of m-sam (divides n)")
     p.add_argument("--iters", type=int, default=10_001, help="number of updates (default 10001)")
     p.add_argument("--switch-at", type=int, default=0, help="switch method after this many updates")
     p.add_argument("--then", type=choices(methods), default=None, help="method after --switch-at")
@@ -166,7 +166,7 @@ def handle_diag_net(args: argparse.Namespace) -> int:
         raise ConfigError("--then takes one method; run the command once per target method")
     common = dict(m=args.m, iters=args.iters, switch_at=args.switch_at, then=then, n=args.n, d=args.d,
                   r=args.r, n_test=args.n_test)
-    if "msam" not in args.method:
+    if "m-sam" not in args.method:
         common["m"] = 1
     cfgs = expand_grid(args.method, args.rho, args.lr, args.alpha, **common)
     switching = then != "none"

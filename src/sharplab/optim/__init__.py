@@ -3,7 +3,7 @@
 * :class:`SAM` -- the drop-in optimizer around any base optimizer: ``step(closure)``,
   ``first_step()`` / ``second_step()``, ``step(inputs=, targets=)``; every member is SAM with its parts.
 * Parts: perturbation rules (:mod:`~sharplab.optim.rules`: ``sam``, ``usam``, ``asam``, ``random``,
-  :class:`MultiStep`; :mod:`~sharplab.optim.variants`: ``fsam``, ``esam``, ``msam``), combiners (GSAM,
+  :class:`MultiStep`; :mod:`~sharplab.optim.variants`: ``fsam``, ``esam``, ``momentum-sam``), combiners (GSAM,
   WSAM, LookSAM), schedules (every k, from step k, rho schedules), ESAM's data selection.
 * :func:`create` builds a member by name; :func:`available` lists the registry (names, aliases, defaults).
 * :func:`sam_grad` -- functional form: fills ``.grad`` with a SAM gradient; m-sharpness (vectorised

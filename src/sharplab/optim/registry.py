@@ -82,9 +82,17 @@ def register(variant: Variant) -> Variant:
     return variant
 
 
+#: names that mean different methods in the SAM literature, refused with what to write instead
+AMBIGUOUS = {"msam": "'msam' is ambiguous: Momentum-SAM (Becker et al. 2024) is 'momentum-sam'; m-sharpness SAM "
+                     "(each micro-batch of m its own ascent) is SAM(..., m=M) here and method 'm-sam' in the labs"}
+
+
 def get(name: str) -> Variant:
-    """The variant called ``name`` (or an alias); an unknown name lists the known ones."""
+    """The variant called ``name`` (or an alias); an unknown name lists the known ones, an ambiguous one
+    (:data:`AMBIGUOUS`) says which names to use."""
     key = normalise(name) if isinstance(name, str) else ""
+    if key in AMBIGUOUS:
+        raise SharplabError(AMBIGUOUS[key])
     if key not in _KEYS:
         raise SharplabError(f"unknown SAM variant {name!r}; choose one of: {', '.join(names())} "
                             "(see sharplab.optim.available() or `sharplab optim list`)")

@@ -272,7 +272,7 @@ def _project(eps: list[torch.Tensor], rhos: Sequence[float]) -> list[torch.Tenso
 
 def make_rule(rule: PerturbationRule | str, ascent_steps: int = 1) -> PerturbationRule:
     """A rule object from a variant name that is a rule alone (``"sam"``, ``"usam"``, ``"asam"``, ``"random"``,
-    ``"fsam"``, ``"esam"``, ``"msam"``; aliases accepted), with the paper's defaults, or an instance.
+    ``"fsam"``, ``"esam"``, ``"momentum-sam"``; aliases accepted), with the paper's defaults, or an instance.
 
     ``ascent_steps > 1`` wraps it in :class:`MultiStep`.
     """

@@ -78,8 +78,8 @@ class SAM(torch.optim.Optimizer):
             already built optimizer instance (then ``params`` may be ``None``). ``opt.base`` (alias
             ``opt.base_optimizer``) is it; ``opt.state`` is its state.
         rho: perturbation radius, finite and >= 0 (default: the paper default of the rule's variant, e.g.
-            0.05 for ``sam``, 0.5 for ``asam``, 0.3 for ``msam``).
-        rule: a rule-variant name (``sam``, ``usam``, ``asam``, ``random``, ``fsam``, ``esam``, ``msam``; see
+            0.05 for ``sam``, 0.5 for ``asam``, 0.3 for ``momentum-sam``).
+        rule: a rule-variant name (``sam``, ``usam``, ``asam``, ``random``, ``fsam``, ``esam``, ``momentum-sam``; see
             :func:`~sharplab.optim.available`) or a rule object; ``ascent_steps > 1`` makes it a projected
             multi-step ascent (plain combiner and schedule only).
         combiner: a :class:`~sharplab.optim.combiners.Combiner` (default: descend on g_s).
@@ -473,8 +473,8 @@ class SAM(torch.optim.Optimizer):
         try:
             if ascend and not self.rule.needs_grad:  # Momentum-SAM, random: the only pass is at w + eps
                 if passes.ran is not None:
-                    raise SharplabError("msam runs its only pass at w + eps, but the framework already ran the pass "
-                                        "at w: use a precision plugin that lets the optimizer run the closure")
+                    raise SharplabError("Momentum-SAM runs its only pass at w + eps, but the framework already ran "
+                                        "the pass at w: use a precision plugin that lets the optimizer run the closure")
                 self.first_step()
                 loss = passes.at_eps(ddp=None)
                 self.second_step(scaler=scaler)
@@ -604,4 +604,4 @@ def _check_parts(opt: SAM) -> None:
         raise SharplabError("multi-step ascent (ascent_steps > 1) combines only with the plain combiner, schedule "
                             "and selection")
     if opt.selection is not None and not opt.rule.needs_grad:
-        raise SharplabError("ESAM's data selection needs a gradient rule (not msam or random)")
+        raise SharplabError("ESAM's data selection needs a gradient rule (not momentum-sam or random)")

@@ -5,7 +5,7 @@ name       eps                                                                  
 =========  =====================================================================  =================================
 ``fsam``   rho * d / ||d||,  d = g - sigma m,  m <- lmbda m + (1 - lmbda) g       Li et al., CVPR 2024, eq. (9)
 ``esam``   rho / beta * (M g) / ||M g||,  M: each tensor kept with prob. beta    Du et al., ICLR 2022, sec. 3.1
-``msam``   -rho * v / ||v||,  v the base optimizer's momentum (no extra pass)    Becker et al., 2024, eq. (4)
+``momentum-sam``   -rho * v / ||v||,  v the base optimizer's momentum (no extra pass)    Becker et al., 2024, eq. (4)
 =========  =====================================================================  =================================
 
 They plug into :class:`~sharplab.optim.SAM` like the rules of :mod:`sharplab.optim.rules`
@@ -158,7 +158,7 @@ class MomentumRule(PerturbationRule):
             whichever the optimizer keeps).
     """
 
-    name = "msam"
+    name = "momentum-sam"
     needs_grad = False
 
     def __init__(self, buffer: str | None = None) -> None:
@@ -170,22 +170,23 @@ class MomentumRule(PerturbationRule):
         for i, group in enumerate(optimizer.param_groups):
             if self.buffer is None and "momentum" in group and "betas" not in group and not group["momentum"]:
                 raise SharplabError(
-                    f"msam: param group {i} of {type(optimizer).__name__} has momentum=0, so there is no momentum "
-                    "buffer to perturb along and Momentum-SAM would be plain SGD; give momentum > 0 (the paper "
-                    "uses 0.9) or use Adam/AdamW")
+                    f"momentum-sam: param group {i} of {type(optimizer).__name__} has momentum=0, so there is no "
+                    "momentum buffer to perturb along and Momentum-SAM would be plain SGD; give momentum > 0 "
+                    "(the paper uses 0.9) or use Adam/AdamW")
         self.optimizer = optimizer
 
     def momentum(self, params: Tensors) -> list[torch.Tensor | None]:
         """The base optimizer's momentum for each of ``params`` (``None`` where it has none yet)."""
         if self.optimizer is None:
-            raise SharplabError("Momentum-SAM needs the base optimizer: use it through SAM(...) or create('msam', ...)")
+            raise SharplabError("Momentum-SAM needs the base optimizer: use it through SAM(...) or "
+                                "create('momentum-sam', ...)")
         keys = [self.buffer] if self.buffer else ["momentum_buffer", "exp_avg"]
         out: list[torch.Tensor | None] = []
         for p in params:
             state = self.optimizer.state.get(p, {})
             v = next((state[k] for k in keys if state.get(k) is not None), None)
             if v is None and state:
-                raise SharplabError(f"msam: the base optimizer keeps no momentum ({', '.join(keys)}); use SGD "
+                raise SharplabError(f"momentum-sam: the base optimizer keeps no momentum ({', '.join(keys)}); use SGD "
                                     "with momentum > 0 or Adam/AdamW")
             out.append(v)
         return out
@@ -218,7 +219,7 @@ register(Variant("esam", "Du et al., ICLR 2022, sec. 3", "eps = rho/beta (M g)/|
                  "gamma < 1: descend on the sharpest fraction gamma of the batch",
                  _esam, {"rho": 0.05, "beta": 0.6, "gamma": 1.0, "seed": None}, passes="< 2",
                  notes="gamma < 1 (data selection) runs only in batch mode: step(inputs=, targets=)", rule=True))
-register(Variant("msam", "Becker et al., arXiv:2401.12033, 2024, eq. 4",
+register(Variant("momentum-sam", "Becker et al., arXiv:2401.12033, 2024, eq. 4",
                  "eps = -rho v / ||v||, v the base optimizer's momentum (no ascent pass)",
                  _rule_only(lambda kw: MomentumRule(kw["buffer"])), {"rho": 0.3, "buffer": None},
-                 aliases=("momentum-sam",), passes="1", rule=True))
+                 passes="1", rule=True))

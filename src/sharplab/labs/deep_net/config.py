@@ -7,7 +7,7 @@ from typing import Any
 
 from sharplab.data.cifar import IMAGE_SETS
 
-METHODS = ("erm", "random", "nsam", "msam", "usam")
+METHODS = ("erm", "random", "nsam", "m-sam", "usam")
 SCHEDULES = ("piecewise", "constant", "cosine")
 MODELS = ("preact-resnet18", "preact-resnet34")
 #: the most ascent steps per step (each is one more forward/backward)
@@ -26,9 +26,9 @@ class DeepNetConfig:
 
     ``method``: ``erm`` (plain SGD), ``random`` (gradient at w + a random direction of norm rho),
     ``nsam`` (ascent direction from the *previous* batch, the official approximation of n-SAM),
-    ``msam`` (m-SAM: own normalised ascent per micro-batch of ``m``; ``m = 0`` or the batch size is
+    ``m-sam`` (m-SAM: own normalised ascent per micro-batch of ``m``; ``m = 0`` or the batch size is
     standard SAM), ``usam`` (unnormalised ascent eps = rho g, whole batch). ``ascent_steps`` k > 1 makes the
-    msam / usam ascent k projected steps of radius rho each onto the rho-ball (the official ``--sam_iters``
+    m-sam / usam ascent k projected steps of radius rho each onto the rho-ball (the official ``--sam_iters``
     with its default ``--sam_step_size_mult 1``).
     ``then_method`` / ``switch_epoch``: from epoch ``switch_epoch`` on, train with ``then_method``
     (fine-tuning ERM -> SAM and SAM -> ERM); the learning-rate schedule spans all ``epochs``.
@@ -50,10 +50,10 @@ class DeepNetConfig:
                           choices=list(SCHEDULES))
     momentum: float = _f(0.9, "SGD momentum", min=0.0, max=1.0)
     weight_decay: float = _f(5e-4, "coupled L2 weight decay of SGD (official --l2_reg 5e-4)", min=0.0)
-    method: str = _f("erm", "erm, random, nsam, msam, usam", choices=list(METHODS))
+    method: str = _f("erm", "erm, random, nsam, m-sam, usam", choices=list(METHODS))
     rho: float = _f(0.1, "perturbation radius", min=0.0)
-    m: int = _f(0, "msam micro-batch size (0 = the whole batch); must divide batch_size", min=0)
-    ascent_steps: int = _f(1, "projected ascent steps of msam / usam, each of radius rho (official --sam_iters, "
+    m: int = _f(0, "m-sam micro-batch size (0 = the whole batch); must divide batch_size", min=0)
+    ascent_steps: int = _f(1, "projected ascent steps of m-sam / usam, each of radius rho (official --sam_iters, "
                            "--sam_step_size_mult 1)", min=1, max=MAX_ASCENT_STEPS)
     then_method: str = _f("", "method from switch_epoch on ('' = no switch)", choices=["", *METHODS])
     then_rho: float = _f(-1.0, "rho after the switch (-1 = rho)")
@@ -78,8 +78,8 @@ class DeepNetConfig:
             raise ValueError(f"m = {self.m} must divide batch_size = {self.batch_size}")
         if self.sharpness_n % self.sharpness_m:
             raise ValueError(f"sharpness_m = {self.sharpness_m} must divide sharpness_n = {self.sharpness_n}")
-        if self.ascent_steps > 1 and not {self.method, self.then_method} & {"msam", "usam"}:
-            raise ValueError(f"ascent_steps = {self.ascent_steps} needs method or then_method msam or usam "
+        if self.ascent_steps > 1 and not {self.method, self.then_method} & {"m-sam", "usam"}:
+            raise ValueError(f"ascent_steps = {self.ascent_steps} needs method or then_method m-sam or usam "
                              "(erm and random take no ascent step, nsam one on the previous batch)")
         if self.then_method and not 0 < self.switch_epoch < self.epochs:
             raise ValueError(f"switch_epoch = {self.switch_epoch} must lie strictly between 0 and "

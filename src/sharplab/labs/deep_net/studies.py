@@ -36,23 +36,23 @@ def grids(study: str, base: dict[str, Any], rhos: list[float] | None, ms: list[i
         # the m sweep at the smallest rho: small m perturbs each example on its own, and 1-SAM at rho 0.01
         # did not fit the training set (40 % training error) in the earlier quick runs
         return [("m-sharpness-erm", {**b, "method": "erm", "rho": 0.0}, {}),
-                ("m-sharpness-rho", b, {"method": ["random", "nsam", "msam"], "rho": rhos}),
-                ("m-sharpness-m", {**b, "method": "msam"}, {"m": ms, "rho": [min(rhos)]})]
+                ("m-sharpness-rho", b, {"method": ["random", "nsam", "m-sam"], "rho": rhos}),
+                ("m-sharpness-m", {**b, "method": "m-sam"}, {"m": ms, "rho": [min(rhos)]})]
     rho = (rhos or [0.01])[0]
     if study == "finetune":
         e = int(b["epochs"])
         total = e + epochs_after
         ft = {**b, "epochs": total, "rho": rho}
         return [("finetune", ft, {}),  # ERM for E + E'
-                ("finetune-erm-sam", {**ft, "then_method": "msam", "switch_epoch": e}, {}),
-                ("finetune-sam-erm", {**ft, "method": "msam", "then_method": "erm", "switch_epoch": e}, {})]
+                ("finetune-erm-sam", {**ft, "then_method": "m-sam", "switch_epoch": e}, {}),
+                ("finetune-sam-erm", {**ft, "method": "m-sam", "then_method": "erm", "switch_epoch": e}, {})]
     if study == "label-noise":
         ln = {"label_noise": 0.6, "epochs": 40, "train_eval_every": 1, **base, "rho": rho}
-        return [("label-noise", {**QUICK, **ln}, {"method": ["erm", "msam"]})]
+        return [("label-noise", {**QUICK, **ln}, {"method": ["erm", "m-sam"]})]
     if study == "convergence":
         cv = {"n_train": 256, "augment": False, "lr": 0.05, "lr_schedule": "constant", "weight_decay": 0.0,
               "epochs": 60, "grad_norm": True, "train_eval_every": 1, **base, "rho": rho}
-        return [("convergence", {**QUICK, **cv}, {"method": ["erm", "msam", "usam"]})]
+        return [("convergence", {**QUICK, **cv}, {"method": ["erm", "m-sam", "usam"]})]
     raise ConfigError(f"unknown study {study!r}; choose one of: {', '.join(STUDIES)}")
 
 
@@ -65,7 +65,7 @@ def label(config: dict[str, Any]) -> str:
     """Short name of a run's method: ``ERM``, ``random``, ``n-SAM``, ``64-SAM`` (m-SAM with its m), ``USAM``,
     with ``A -> B`` for a switch."""
     def one(method: str) -> str:
-        if method == "msam":
+        if method == "m-sam":
             return f"{config.get('m') or config['batch_size']}-SAM"
         return {"erm": "ERM", "nsam": "n-SAM", "usam": "USAM"}.get(method, method)
 
@@ -105,7 +105,7 @@ def summarise(records: list[Any], sharpness: dict[str, Any] | None = None) -> li
             if diffs.n > 1:
                 row["d_test_error_ci95"] = [diffs.mean - diffs.ci95, diffs.mean + diffs.ci95]
         rows.append(row)
-    order = {"erm": 0, "random": 1, "nsam": 2, "msam": 3, "usam": 4}
+    order = {"erm": 0, "random": 1, "nsam": 2, "m-sam": 3, "usam": 4}
     rows.sort(key=lambda r: (order.get(r["method"], 9), r["setting"].count("->"), -(r["m"] or 10**9), r["rho"],
                              r["setting"]))
     return rows
@@ -119,7 +119,7 @@ def finetune_pairs(records: list[Any]) -> list[tuple[Any, Any]]:
 
     erm = {key(r): r for r in records if r.config["method"] == "erm" and not r.config["then_method"]}
     return [(erm[key(r)], r) for r in records
-            if r.config["method"] == "erm" and r.config["then_method"] == "msam" and key(r) in erm]
+            if r.config["method"] == "erm" and r.config["then_method"] == "m-sam" and key(r) in erm]
 
 
 def analyse(study: str, out: Path, records: list[Any]) -> dict[str, Any]:

@@ -4,7 +4,7 @@ Per step on a batch B (Andriushchenko & Flammarion, ICML 2022, sec. 2; Foret et 
 
 * ``erm``:    g = grad L_B(w)
 * ``random``: g = grad L_B(w + eps),  eps = rho z / ||z||,  z ~ N(0, I)   (``sharplab.optim`` rule random)
-* ``msam``:   g = (1/k) sum_j grad L_{S_j}(w + rho g_j / ||g_j||),  g_j = grad L_{S_j}(w), |S_j| = m
+* ``m-sam``:   g = (1/k) sum_j grad L_{S_j}(w + rho g_j / ||g_j||),  g_j = grad L_{S_j}(w), |S_j| = m
               (``sharplab.optim.sam_grad(m=)``; m = batch is standard SAM, "128-SAM" at batch 128)
 * ``usam``:   g = grad L_B(w + rho grad L_B(w))
 * ``nsam``:   g = grad L_B(w + rho g'/||g'||),  g' = grad L_{B_prev}(w) on the *previous* batch.
@@ -125,7 +125,7 @@ class Stepper:
         if method == "erm" or rho == 0:
             loss = F.cross_entropy(model(x), y)
             loss.backward()
-        elif method == "msam":
+        elif method == "m-sam":
             k = len(y) // m if m and m < len(y) else 1  # micro-batches per batch
             # few micro-batches: k plain SAM steps beat the vmap'd per-micro-batch gradients on CPU
             # (width-8 ResNet-18, batch 64: m = 32 loop 56 vs vmap 96 ms; m = 8 loop 179 vs vmap 91 ms)

@@ -8,7 +8,7 @@ loss ``L = ||X beta - y||^2 / (2n)``; metrics after exactly ``iters`` updates.
 
 All configurations of a grid (method, rho, alpha, step size, seed, switch point) advance together as one
 float64 batch through the kernel described in :mod:`.methods` (see there for the 2x factor convention
-between ``msam`` with ``m = n`` and ``nsam``). The kernel uses the expansion
+between ``m-sam`` with ``m = n`` and ``nsam``). The kernel uses the expansion
 ``u~ v~ = uv + s a (u^2 + v^2) + s^2 a^2 uv``, so a step costs a few ``(C, n, d)`` array operations.
 """
 
@@ -31,14 +31,14 @@ class DiagNetConfig:
     """One diagonal-network run (the seed is separate: ``RunContext.seed`` or the grid's ``seeds``).
 
     ``switch_at``/``then``: train with ``method`` for ``switch_at`` updates, then with ``then``
-    (``"none"``: no switch). ``m`` is the micro-batch size of ``msam`` (must divide ``n``).
+    (``"none"``: no switch). ``m`` is the micro-batch size of ``m-sam`` (must divide ``n``).
     """
 
     method: str = field(default="1sam", metadata={"choices": sorted(METHODS), "help": "training rule"})
     rho: float = field(default=0.0, metadata={"min": 0.0, "help": "SAM radius"})
     lr: float = field(default=5.0 / 30, metadata={"min": 0.0, "help": "step size gamma"})
     alpha: float = field(default=0.1, metadata={"min": 0.0, "help": "init scale u = alpha 1"})
-    m: int = field(default=1, metadata={"min": 1, "help": "micro-batch size of msam"})
+    m: int = field(default=1, metadata={"min": 1, "help": "micro-batch size of m-sam"})
     iters: int = field(default=10_001, metadata={"min": 0, "help": "number of updates"})
     switch_at: int = field(default=0, metadata={"min": 0, "help": "updates before switching"})
     then: str = field(default=NO_SWITCH, metadata={"choices": [NO_SWITCH, *sorted(METHODS)],

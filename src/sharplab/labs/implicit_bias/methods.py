@@ -17,7 +17,7 @@ Jacobian factors ``J_u(k) = v~_k`` (full SAM) or ``v`` (importance-weighting onl
 **The 2x factor convention.** n-SAM ascends along ``rho * grad L`` with ``L = sum r^2/(2n)``, i.e.
 ``s = rho/n`` over the whole batch. m-SAM (and 1-SAM, as in the study) ascends along ``rho * grad l_B``
 with the micro-batch loss ``l_B = (1/m) sum_{k in B} r_k^2`` (squared error *without* the 1/2), i.e.
-``s = 2 rho/m``. Hence ``msam`` with ``m = n`` and radius ``rho`` equals ``nsam`` with radius ``2 rho``.
+``s = 2 rho/m``. Hence ``m-sam`` with ``m = n`` and radius ``rho`` equals ``nsam`` with radius ``2 rho``.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class MethodSpec:
     """One training rule of the kernel.
 
     Attributes:
-        name: registry name (``gd``, ``sgd``, ``nsam``, ``1sam``, ``msam``, ``iw1sam``).
+        name: registry name (``gd``, ``sgd``, ``nsam``, ``1sam``, ``m-sam``, ``iw1sam``).
         scale: ``scale(rho, n, m) -> s``, the ascent coefficient of ``a_k`` above.
         group: ``group(n, m) -> size`` of the micro-batches ``B(k)`` (consecutive examples).
         full_jacobian: the descent gradient is taken at the perturbed point (False: only the residual
@@ -67,7 +67,7 @@ _add(MethodSpec("nsam", lambda rho, n, m: rho / n, lambda n, m: n,
                 description="n-SAM: unnormalised full-batch ascent w + rho grad L"))
 _add(MethodSpec("1sam", lambda rho, n, m: 2.0 * rho, lambda n, m: 1,
                 description="1-SAM: per-example ascent w + 2 rho r_k x_k * (v, u)"))
-_add(MethodSpec("msam", lambda rho, n, m: 2.0 * rho / m, lambda n, m: m,
+_add(MethodSpec("m-sam", lambda rho, n, m: 2.0 * rho / m, lambda n, m: m,
                 description="m-SAM: per-micro-batch ascent w + rho grad (1/m) sum_B r_k^2"))
 _add(MethodSpec("iw1sam", lambda rho, n, m: 2.0 * rho, lambda n, m: 1, full_jacobian=False,
                 description="1-SAM, importance weighting only: residual at w~_k, Jacobian at w"))

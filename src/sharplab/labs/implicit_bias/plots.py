@@ -18,7 +18,7 @@ def _plt():
     return plt
 
 
-METHOD_LABELS = {"gd": "GD", "sgd": "SGD", "nsam": "n-SAM", "1sam": "1-SAM", "msam": "m-SAM",
+METHOD_LABELS = {"gd": "GD", "sgd": "SGD", "nsam": "n-SAM", "1sam": "1-SAM", "m-sam": "m-SAM",
                  "iw1sam": "1-SAM (IW only)"}
 
 
@@ -31,7 +31,7 @@ def test_error_vs_rho(rows: Iterable[Mapping[str, Any]], metric: str = "test_err
     data: dict[float, dict[str, dict[float, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for r in rows:
         label = METHOD_LABELS.get(r["method"], r["method"])
-        if r.get("method") == "msam":
+        if r.get("method") == "m-sam":
             label = f"{r.get('m')}-SAM"
         if r.get("then", "none") not in ("none", None):
             label += f" -> {METHOD_LABELS.get(r['then'], r['then'])} @ {r.get('switch_at')}"
