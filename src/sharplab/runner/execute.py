@@ -278,12 +278,38 @@ def _metrics_sink(store: Store | None, run_id: str, writer: Any,
 
 
 # --- studies -----------------------------------------------------------------------------------------
+#: the files the runner itself writes in a run's folder (the lab's own artifacts are not known in advance)
+RUN_FILE_NAMES = ("run.json", "run.log", "worker.log", "history.jsonl", CHECKPOINT_NAME, f"{CHECKPOINT_NAME}.sha256")
+
+
+def check_output_paths(study: Study, out_dir: str | os.PathLike, specs: list[RunSpec]) -> None:
+    """One line before anything is printed or started when a folder stands where the study writes a file
+    (``studies/<name>.json``, a run's ``run.json``, ...) or a file where a run's folder belongs."""
+    out_dir = Path(out_dir)
+    slots = [out_dir / "studies" / f"{study.name}.json"]
+    runs = out_dir / "runs"
+    if runs.is_dir():
+        ids = {s.run_id for s in specs}
+        with os.scandir(runs) as entries:
+            for entry in entries:
+                if entry.name not in ids:
+                    continue
+                if not entry.is_dir():
+                    raise SharplabError(f"{entry.path} is a file where the folder of run {entry.name} belongs; "
+                                        "move it away and run the command again")
+                slots += [Path(entry.path) / name for name in RUN_FILE_NAMES]
+    for path in slots:
+        if path.is_dir():
+            raise SharplabError(f"{path} is a folder where a file belongs; move it away and run the command again")
+
+
 def plan_study(study: Study, out_dir: str | os.PathLike, nproc: int = 1, store_url: str | None = None) -> list[str]:
     """``sharplab run --plan``: record the study's runs (pending) in the store and its file under
     ``DIR/studies``, start nothing; return the ids of the runs not finished yet, in study order (for
     launchers that start each run themselves, e.g. ``torchrun`` across nodes)."""
     out_dir = Path(out_dir)
     specs = study.runs(nproc)
+    check_output_paths(study, out_dir, specs)
     with open_store(out_dir, store_url) as store:
         store.add_runs(specs)
         status = {r.run_id: r.status for r in store.runs(history=False)}
@@ -302,6 +328,7 @@ def run_study(study: Study, out_dir: str | os.PathLike, jobs: int = 1, nproc: in
         require_tensorboard()
     out_dir = Path(out_dir)
     specs = study.runs(nproc)
+    check_output_paths(study, out_dir, specs)
     threads = options.threads or max(1, (os.cpu_count() or 1) // (jobs * nproc))
     used = threads if (jobs > 1 or nproc > 1) else (options.threads or torch.get_num_threads())
     with open_store(out_dir, options.store) as store:
