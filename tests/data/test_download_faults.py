@@ -136,3 +136,105 @@ def test_root_that_is_a_file(server, tmp_path, birds, capsys):
         with pytest.raises(SharplabError, match="is a file"):
             dl.download("birds", root, base_url=server.url)
     assert server.requests == []
+
+
+# --- hostile HTTP replies (issue 23, item 8) and a failed download's folders (item 9) --------------------
+class Hostile:
+    """A local HTTP server whose every GET is answered by ``respond(handler)`` (raw status and headers)."""
+
+    def __init__(self, respond) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests: list[tuple[str, str | None]] = []
+        srv = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802
+                srv.requests.append((self.path, self.headers.get("Range")))
+                respond(self)
+                self.close_connection = True
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _reply(status: int, body: bytes, **headers: str):
+    def respond(handler) -> None:
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/octet-stream")
+        for k, v in headers.items():
+            handler.send_header(k.replace("_", "-"), v)
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    return respond
+
+
+def _download_birds(url, root):
+    return main(["data", "download", "birds", "--root", str(root), "--base-url", url, "--quiet"])
+
+
+def test_garbled_content_length_is_one_line_and_saves_nothing(tmp_path, birds, capsys):
+    srv = Hostile(_reply(200, _tar(MEMBERS), Content_Length="abc"))
+    try:
+        assert _download_birds(srv.url, tmp_path) == 2
+    finally:
+        srv.close()
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "invalid Content-Length 'abc'" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("partial, content_range", [
+    (0, "bytes 5-{end}/{total}"),  # a 206 to a request without Range
+    (100, "bytes 0-{end}/{total}"), (100, "bytes abc"), (100, None),  # the wrong part after byte 100
+])
+def test_a_206_with_the_wrong_content_range_is_one_line_and_keeps_no_partial_file(tmp_path, birds, capsys, partial,
+                                                                                content_range):
+    body = _tar(MEMBERS)
+    if partial:  # an interrupted earlier download: resumed with a Range request
+        (tmp_path / "birds.tar.gz.part").write_bytes(body[:partial])
+    headers = {"Content_Length": str(len(body))}
+    if content_range is not None:
+        headers["Content_Range"] = content_range.format(end=len(body) - 1, total=len(body))
+    srv = Hostile(_reply(206, body, **headers))
+    try:
+        assert _download_birds(srv.url, tmp_path) == 2
+        assert srv.requests[0][1] == (f"bytes={partial}-" if partial else None)
+    finally:
+        srv.close()
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "unexpected byte range" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no spliced .part kept, no folder
+
+
+def test_a_failed_download_leaves_no_empty_folder(server, tmp_path, capsys):
+    """``data download mnist`` against a mirror that has nothing: no empty ``root/mnist/`` stays behind."""
+    root = tmp_path / "root"
+    root.mkdir()
+    assert main(["data", "download", "mnist", "--root", str(root), "--base-url", server.url, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "HTTP 404" in err and err.count("\n") == 1, err
+    assert server.requests  # it did try
+    assert sorted(p.name for p in root.iterdir()) == []
+
+
+def test_a_refused_archive_is_kept_and_the_message_says_to_delete_it(server, tmp_path, birds, capsys):
+    server.files["/birds.tar.gz"] = _tar([*MEMBERS, _link(f"{FOLDER}/escape", "/etc/passwd")])
+    assert _get(server, tmp_path) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: refusing to extract") and err.count("\n") == 1, err
+    archive = tmp_path / "birds.tar.gz"
+    assert f"delete {archive}" in err
+    assert archive.exists() and not (tmp_path / FOLDER).exists()

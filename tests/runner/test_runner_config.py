@@ -143,3 +143,63 @@ def test_grid_tables_count_against_the_run_limit_together():
     with pytest.raises(ConfigError, match=r"the \[\[grid\]\] tables define 6 runs or more, more than the limit of 5"):
         parse_study(doc)
     assert len(parse_study({**doc, "max_runs": 6}).runs()) == 6
+
+
+# --- the grid cap (issue 23, item 4) ---------------------------------------------------------------------
+def _grid_file(tmp_path, seeds: int, max_runs=None):
+    """A valid runner-toy grid of 10 x 10 x 2 x 2 x 10 = 4,000 configurations times ``seeds`` seeds."""
+    head = f"max_runs = {max_runs}\n" if max_runs is not None else ""
+    return write_study(tmp_path / "big.toml", head + f"""
+        lab = "runner-toy"
+        name = "big"
+        [grid]
+        x = {[i / 10 for i in range(10)]}
+        steps = {list(range(1, 11))}
+        mode = ["ok", "boom"]
+        flag = [true, false]
+        widths = {[[w, w] for w in range(1, 11)]}
+        seed = {list(range(seeds))}
+    """.replace("\n        ", "\n"))
+
+
+def test_a_ten_million_run_grid_is_refused_at_once_naming_max_runs(tmp_path, capsys):
+    import time
+
+    from sharplab.cli import main
+
+    study = _grid_file(tmp_path, seeds=2500)  # 4,000 x 2,500 = 10^7 runs
+    t0 = time.monotonic()
+    code = main(["run", str(study), "--out", str(tmp_path / "o"), "--plan"])
+    elapsed = time.monotonic() - t0
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert "10000000 runs" in err and "max_runs" in err and "10000" in err
+    assert elapsed < 1.0, f"refused after {elapsed:.2f} s"  # counted, not expanded
+    assert not (tmp_path / "o").exists()
+    t0 = time.monotonic()
+    with pytest.raises(ConfigError, match="max_runs"):
+        load_study(study)
+    assert time.monotonic() - t0 < 1.0
+
+
+def test_max_runs_raises_the_limit(tmp_path):
+    from sharplab.runner.config import MAX_RUNS
+
+    assert len(load_study(_grid_file(tmp_path, seeds=2)).runs()) == 8000 <= MAX_RUNS
+    with pytest.raises(ConfigError, match="more than the limit of 7999; .*max_runs = 8000"):
+        load_study(_grid_file(tmp_path, seeds=2, max_runs=7999))
+    with pytest.raises(ConfigError, match="max_runs"):
+        load_study(_grid_file(tmp_path, seeds=3))  # 12,000 > the default 10,000
+    assert len(load_study(_grid_file(tmp_path, seeds=3, max_runs=12000)).runs()) == 12000
+
+
+@pytest.mark.parametrize("value", ["0", "-1", '"many"', "1.5", "true", "[10]"])
+def test_a_bad_max_runs_is_one_line(tmp_path, capsys, value):
+    from sharplab.cli import main
+
+    study = write_study(tmp_path / "s.toml", f'max_runs = {value}\nlab = "runner-toy"\nname = "s"\n'
+                                             "[grid]\nx = [0.1, 0.2]\n")
+    assert main(["run", str(study), "--out", str(tmp_path / "o"), "--plan"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "max_runs" in err, err
+    assert not (tmp_path / "o").exists()

@@ -180,9 +180,9 @@ def seeds(text: str) -> list[int]:
 
 
 def finite_numbers(text: str, low: float | None = None, strict_low: bool = False,
-                   high: float | None = None) -> list[float]:
+                   high: float | None = None, what: str = "a number") -> list[float]:
     """A comma list of distinct finite numbers (``>= low`` / ``> low``, ``<= high``)."""
-    check = float_in(low, high, strict_low=strict_low)
+    check = float_in(low, high, strict_low=strict_low, what=what)
     values = [check(v) for v in text.split(",") if v.strip()]
     if not values:
         raise argparse.ArgumentTypeError("give at least one number")
@@ -201,7 +201,7 @@ def positive_numbers(text: str) -> list[float]:
 
 def lrs(text: str) -> list[float]:
     """A comma list of distinct learning rates in (0, :data:`MAX_LR`]."""
-    return finite_numbers(text, 0.0, strict_low=True, high=MAX_LR)
+    return finite_numbers(text, 0.0, strict_low=True, high=MAX_LR, what="a learning rate")
 
 
 def out_dir(text: str) -> str:

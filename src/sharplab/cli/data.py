@@ -83,7 +83,9 @@ def _convert(key: str, raw: str, hint: typing.Any) -> typing.Any:
                 return t(raw)
             except ValueError:
                 continue
-    raise ConfigError(f"option {key}={raw!r} is not a valid {hint}")
+    kinds = {int: "an integer", float: "a number", str: "text"}
+    wanted = " or ".join(kinds.get(t, getattr(t, "__name__", str(t))) for t in args if t is not type(None))
+    raise ConfigError(f"option {key}={raw!r} must be {wanted}, e.g. {key}=10")
 
 
 def pair_records(data) -> list[dict[str, typing.Any]]:

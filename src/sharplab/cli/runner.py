@@ -128,12 +128,13 @@ def _quiet(args: argparse.Namespace) -> bool:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from sharplab.runner.config import load_study
-    from sharplab.runner.execute import RunOptions, run_study
+    from sharplab.runner.execute import RunOptions, check_output_paths, run_study
     from sharplab.runner.store import open_store, resolve_store, status_line
 
     study = load_study(args.study)
     out = Path(args.out or Path("runs") / study.name)
     url = resolve_store(args.store)
+    check_output_paths(study, out, study.runs(args.nproc))
     # a corrupt store, bad credentials or an unreachable server stop here, before anything is printed or run
     if url is not None:
         open_store(out, url, wait=False).close()
@@ -172,9 +173,13 @@ def _fmt(v: object) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from sharplab.runner.aggregate import params, varying_keys
-    from sharplab.runner.store import status_line
+    from sharplab.runner.store import StoreError, status_line
 
     with _read_store(args.out, args.store) as store:
+        damage = store.integrity_problems() if args.check else []
+        if damage:  # a garbled page can hide behind readable run rows (the history table, an index)
+            raise StoreError(f"{store.location} is damaged ({'; '.join(damage)[:200]}); move it away and re-run "
+                             "the study (finished runs resume from their folders' checkpoints)")
         runs = store.runs(history=False)
     if not runs:
         print(f"no runs in {args.out}")

@@ -86,6 +86,47 @@ def _history_row(line: bytes, json: Any) -> tuple[int, dict[str, float]] | None:
         return None
 
 
+def trim_history(run_dir: Path, step: int, names: Iterable[str]) -> None:
+    """Cut the history file at the first line that logged ``step`` with these metric ``names`` (and a torn
+    last line): called before an attempt's first line.
+
+    An attempt resumed from a checkpoint (or started over) logs again the steps after that checkpoint, the
+    first of them first; the lines a killed earlier attempt wrote from there on would otherwise stay as
+    duplicates. Lines are matched on step and names, since a lab may log several kinds of lines (per-epoch,
+    then a trace from step 0). Nothing is read past :data:`MAX_HISTORY_BYTES`; a file that is not a regular
+    file is left alone."""
+    import json
+
+    path = Path(run_dir) / HISTORY_NAME
+    key = (int(step), sorted(names))
+    try:
+        if not path.is_file():
+            return
+        with path.open("r+b") as f:
+            offset = 0
+            while offset < MAX_HISTORY_BYTES:
+                line = f.readline(MAX_HISTORY_LINE + 1)
+                if not line:
+                    return
+                if not line.endswith(b"\n"):
+                    if len(line) <= MAX_HISTORY_LINE:  # a torn last line: cut it (the next line would join it)
+                        break
+                    while line and not line.endswith(b"\n") and offset < MAX_HISTORY_BYTES:  # over-long: skip
+                        offset += len(line)
+                        line = f.readline(MAX_HISTORY_LINE)
+                    offset += len(line)
+                    continue
+                row = _history_row(line, json)
+                if row is not None and (row[0], sorted(row[1])) == key:
+                    break
+                offset += len(line)
+            else:
+                return
+            f.truncate(offset)
+    except OSError as exc:
+        logging.getLogger("sharplab.run").warning("history %s not trimmed: %s", path, exc.strerror or exc)
+
+
 @dataclass
 class RunContext:
     """Per-run services for a lab.
@@ -115,6 +156,8 @@ class RunContext:
     #: called before each checkpoint write: raises if this process no longer holds the run (the runner's
     #: claim check), so that a fenced process never overwrites the new holder's files
     guard: Callable[[], None] | None = None
+    #: called after each checkpoint write (the runner's ``--jobs`` worker stops there once its parent is gone)
+    after_checkpoint: Callable[[], None] | None = None
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir)
@@ -122,6 +165,7 @@ class RunContext:
         self.device = torch.device(self.device)
         self.quiet = self.quiet or bool(os.environ.get("CI"))
         self.history: list[tuple[int, dict[str, float]]] = []
+        self._history_trimmed = False
 
     @property
     def is_main(self) -> bool:
@@ -138,6 +182,9 @@ class RunContext:
         if self.history_file and self.is_main:
             import json
 
+            if not self._history_trimmed:  # this attempt's first line: drop a lost attempt's lines from here on
+                trim_history(self.run_dir, int(step), clean)
+                self._history_trimmed = True
             with (self.run_dir / HISTORY_NAME).open("a", encoding="utf-8") as f:
                 f.write(json.dumps({"step": int(step), "metrics": {k: _json_float(v) for k, v in clean.items()}})
                         + "\n")
@@ -158,6 +205,8 @@ class RunContext:
         if self.guard is not None:
             self.guard()
         save_checkpoint(self.checkpoint_path, state)
+        if self.after_checkpoint is not None:
+            self.after_checkpoint()
 
     def load_checkpoint(self) -> dict[str, Any] | None:
         """The last checkpoint written by this run that matches its checksum, or None. Loaded with

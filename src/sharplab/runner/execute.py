@@ -65,7 +65,7 @@ class RunOptions:
     quiet: bool = False
     tensorboard: bool = False
     threads: int | None = None  # torch threads per process; None = leave as is
-    watch_pid: int | None = None  # stop (exit 3) once this process is gone: a killed parent `sharplab run`
+    watch_pid: int | None = None  # once this process (the parent `sharplab run`) is gone: ParentWatch
     store: str | None = None  # results store URL (None: $SHARPLAB_STORE, else DIR/results.sqlite)
 
 
@@ -146,11 +146,13 @@ def execute_run(out_dir: str | os.PathLike, spec: RunSpec, options: RunOptions =
             from torch.utils.tensorboard import SummaryWriter
 
             writer = SummaryWriter(str(run_dir / "tensorboard"))
-        on_metrics = _metrics_sink(store, run_id, writer, options.watch_pid)
+        watch = ParentWatch(options.watch_pid, logger) if store is not None else None
+        on_metrics = _metrics_sink(store, run_id, writer, watch)
         guard = (lambda: store.check_held(run_id)) if store is not None else None
         ctx = RunContext(run_dir, seed=spec.seed, device=device,
                          quiet=options.quiet or not main, on_metrics=on_metrics, logger=logger, rank=rank,
-                         world_size=world_size, history_file=main, guard=guard)
+                         world_size=world_size, history_file=main, guard=guard,
+                         after_checkpoint=watch.after_checkpoint if watch is not None else None)
         beat = (Heartbeat(lambda: open_store(out_dir, options.store), run_id, store.token(run_id))
                 if store is not None else contextlib.nullcontext())
         try:
@@ -261,14 +263,49 @@ def _agree(claim: str, device: torch.device) -> str:
     return outcomes[int(flag.item())]
 
 
+class ParentWatch:
+    """A ``--jobs`` worker's watch on the ``sharplab run`` that started it (``RunOptions.watch_pid``).
+
+    Once that process is gone (killed), the worker stops at the next safe point rather than at once: the
+    step being logged is still recorded and the checkpoint the lab writes right after it is kept, then the
+    worker exits with code 3 (the run, left ``running`` by a dead process, is resumed by the next ``sharplab
+    run`` from that checkpoint, so no finished epoch is lost). A lab that logs again without checkpointing
+    in between stops at that second log, before it is recorded."""
+
+    EXIT_CODE = 3
+
+    def __init__(self, pid: int | None, logger: logging.Logger) -> None:
+        self.pid, self.logger, self.gone = pid, logger, False
+
+    def before_metrics(self) -> None:
+        if not self.pid or pid_alive(self.pid):
+            return
+        if self.gone:  # a step logged since the parent died, and no checkpoint written after it
+            self._stop("before recording another step (no checkpoint was written after the last one)")
+        self.gone = True
+
+    def after_checkpoint(self) -> None:
+        if self.gone:
+            self._stop("after writing the checkpoint of its last recorded step")
+
+    def _stop(self, when: str) -> None:
+        self.logger.warning("the `sharplab run` that started this worker (pid %d) is gone; stopped %s", self.pid,
+                            when)
+        for handler in self.logger.handlers:
+            handler.flush()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(self.EXIT_CODE)
+
+
 def _metrics_sink(store: Store | None, run_id: str, writer: Any,
-                  watch_pid: int | None) -> Callable[[int, dict[str, float]], None] | None:
+                  watch: ParentWatch | None) -> Callable[[int, dict[str, float]], None] | None:
     if store is None:
         return None
 
     def sink(step: int, metrics: dict[str, float]) -> None:
-        if watch_pid and not pid_alive(watch_pid):  # the `sharplab run` that started us was killed
-            os._exit(3)
+        if watch is not None:
+            watch.before_metrics()
         store.log_epoch(run_id, step, metrics)
         if writer is not None:
             for k, v in metrics.items():
@@ -278,12 +315,38 @@ def _metrics_sink(store: Store | None, run_id: str, writer: Any,
 
 
 # --- studies -----------------------------------------------------------------------------------------
+#: the files the runner itself writes in a run's folder (the lab's own artifacts are not known in advance)
+RUN_FILE_NAMES = ("run.json", "run.log", "worker.log", "history.jsonl", CHECKPOINT_NAME, f"{CHECKPOINT_NAME}.sha256")
+
+
+def check_output_paths(study: Study, out_dir: str | os.PathLike, specs: list[RunSpec]) -> None:
+    """One line before anything is printed or started when a folder stands where the study writes a file
+    (``studies/<name>.json``, a run's ``run.json``, ...) or a file where a run's folder belongs."""
+    out_dir = Path(out_dir)
+    slots = [out_dir / "studies" / f"{study.name}.json"]
+    runs = out_dir / "runs"
+    if runs.is_dir():
+        ids = {s.run_id for s in specs}
+        with os.scandir(runs) as entries:
+            for entry in entries:
+                if entry.name not in ids:
+                    continue
+                if not entry.is_dir():
+                    raise SharplabError(f"{entry.path} is a file where the folder of run {entry.name} belongs; "
+                                        "move it away and run the command again")
+                slots += [Path(entry.path) / name for name in RUN_FILE_NAMES]
+    for path in slots:
+        if path.is_dir():
+            raise SharplabError(f"{path} is a folder where a file belongs; move it away and run the command again")
+
+
 def plan_study(study: Study, out_dir: str | os.PathLike, nproc: int = 1, store_url: str | None = None) -> list[str]:
     """``sharplab run --plan``: record the study's runs (pending) in the store and its file under
     ``DIR/studies``, start nothing; return the ids of the runs not finished yet, in study order (for
     launchers that start each run themselves, e.g. ``torchrun`` across nodes)."""
     out_dir = Path(out_dir)
     specs = study.runs(nproc)
+    check_output_paths(study, out_dir, specs)
     with open_store(out_dir, store_url) as store:
         store.add_runs(specs)
         status = {r.run_id: r.status for r in store.runs(history=False)}
@@ -302,6 +365,7 @@ def run_study(study: Study, out_dir: str | os.PathLike, jobs: int = 1, nproc: in
         require_tensorboard()
     out_dir = Path(out_dir)
     specs = study.runs(nproc)
+    check_output_paths(study, out_dir, specs)
     threads = options.threads or max(1, (os.cpu_count() or 1) // (jobs * nproc))
     used = threads if (jobs > 1 or nproc > 1) else (options.threads or torch.get_num_threads())
     with open_store(out_dir, options.store) as store:

@@ -259,6 +259,10 @@ class Store(abc.ABC):
     def close(self) -> None:
         """Release the connection."""
 
+    def integrity_problems(self) -> list[str]:
+        """Damage the database itself reports (``status --check``); a server checks its own pages."""
+        return []
+
     def __enter__(self) -> Store:
         return self
 

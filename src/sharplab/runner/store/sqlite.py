@@ -150,13 +150,16 @@ class SQLiteStore(SQLStore):
     def _transaction(self, write: bool) -> Iterator[Tx]:
         try:
             self.db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-        except sqlite3.OperationalError as exc:
+        except sqlite3.DatabaseError as exc:
             raise _open_error(self.path, exc) from None
         try:
             yield Tx(self.db.cursor(), self.paramstyle)
-        except sqlite3.OperationalError as exc:  # disk full, I/O error, locked past busy_timeout
+        except sqlite3.DatabaseError as exc:
             with contextlib.suppress(sqlite3.Error):
                 self.db.execute("ROLLBACK")
+            if not _store_fault(exc):  # a constraint or a statement error is a bug: keep its traceback
+                raise
+            # disk full, I/O error, locked past busy_timeout, or a damaged page ("disk image is malformed")
             raise _open_error(self.path, exc) from None
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
@@ -164,10 +167,24 @@ class SQLiteStore(SQLStore):
             raise
         try:
             self.db.execute("COMMIT")
-        except sqlite3.OperationalError as exc:
+        except sqlite3.DatabaseError as exc:
             with contextlib.suppress(sqlite3.Error):
                 self.db.execute("ROLLBACK")
             raise _open_error(self.path, exc) from None
+
+    def integrity_problems(self) -> list[str]:
+        """What SQLite's ``PRAGMA quick_check`` finds wrong in the database file (empty: nothing)."""
+        try:
+            rows = [" ".join(str(r[0]).split()) for r in self.db.execute("PRAGMA quick_check").fetchall()]
+        except sqlite3.DatabaseError as exc:
+            return [str(exc)]
+        return [] if rows == ["ok"] else rows
+
+
+def _store_fault(exc: sqlite3.DatabaseError) -> bool:
+    """True for errors of the database file or its disk (not of a statement): OperationalError and the
+    plain DatabaseError SQLite raises for a damaged page."""
+    return isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
 
 
 def _open_error(path: Path, exc: sqlite3.DatabaseError) -> StoreError:
