@@ -53,7 +53,10 @@ _MAGIC = b"SQLite format 3\x00"
 
 
 def is_sqlite_file(path: Path) -> bool:
-    """True for an empty file or one that starts with SQLite's header (what SQLite itself would open)."""
+    """True for an empty file or one that starts with SQLite's header (what SQLite itself would open).
+
+    Only for a file no connection of this process has open (e.g. before a sweep's storage is created):
+    closing the descriptor read here would drop SQLite's POSIX locks on it (see :class:`SQLiteStore`)."""
     try:
         with open(path, "rb") as f:
             head = f.read(len(_MAGIC))
@@ -76,9 +79,10 @@ class SQLiteStore(SQLStore):
         self.readonly = readonly
         if (readonly or not create) and not self.path.exists():
             raise StoreError(f"no results in {str(self.out_dir)!r}; run `sharplab run STUDY.toml --out DIR` first")
-        if self.path.is_file() and not is_sqlite_file(self.path):
-            raise StoreError(f"{self.path} is not a SQLite results store (no SQLite header); move it away and "
-                             "re-run the study (finished runs resume from their folders' checkpoints)")
+        # No header check with Python's open() here: closing any descriptor of the database file drops every
+        # POSIX lock this process holds on it, so a second store opened beside a live one (the heartbeat's)
+        # would let another process take the file as unused, checkpoint and delete the WAL under us -- a
+        # corrupt store under --jobs. SQLite's own open reports a file that is not a database instead.
         if readonly:
             self.db = self._open_readonly()
             return
@@ -190,6 +194,9 @@ def _store_fault(exc: sqlite3.DatabaseError) -> bool:
 def _open_error(path: Path, exc: sqlite3.DatabaseError) -> StoreError:
     """A one-line error that tells a full disk or a permission problem from a damaged store."""
     text = str(exc)
+    if "file is not a database" in text:
+        return StoreError(f"{path} is not a SQLite results store (no SQLite header); move it away and re-run the "
+                          "study (finished runs resume from their folders' checkpoints)")
     if isinstance(exc, sqlite3.OperationalError) and "locked" in text:
         return StoreError(f"{path} is locked by another process for over 60 s ({text}); nothing was lost: run the "
                           "command again when that process is done")
