@@ -74,18 +74,18 @@ class TrainConfig:
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
         checks = {
-            "rho": self.rho >= 0,
-            "lr": self.lr > 0,
-            "momentum": 0 <= self.momentum < 1,
-            "weight_decay": self.weight_decay >= 0,
-            "epochs": self.epochs >= 0,
-            "batch_size": self.batch_size >= 1,
-            "m": 0 <= self.m <= self.batch_size,
-            "sam_start_epoch": self.sam_start_epoch >= 0,
+            "rho": (self.rho >= 0, "rho >= 0"),
+            "lr": (self.lr > 0, "lr > 0"),
+            "momentum": (0 <= self.momentum < 1, "0 <= momentum < 1"),
+            "weight_decay": (self.weight_decay >= 0, "weight_decay >= 0"),
+            "epochs": (self.epochs >= 0, "epochs >= 0"),
+            "batch_size": (self.batch_size >= 1, "batch_size >= 1"),
+            "m": (0 <= self.m <= self.batch_size, f"0 <= m <= batch_size = {self.batch_size}"),
+            "sam_start_epoch": (self.sam_start_epoch >= 0, "sam_start_epoch >= 0"),
         }
-        for name, ok in checks.items():
+        for name, (ok, rule) in checks.items():
             if not ok:
-                raise ConfigError(f"TrainConfig.{name}={getattr(self, name)!r} is out of range; fix it")
+                raise ConfigError(f"{name} = {getattr(self, name)!r} is out of range; allowed: {rule}")
         check_optimizer(self)
 
     def replace(self, **changes: Any) -> TrainConfig:
