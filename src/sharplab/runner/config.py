@@ -20,13 +20,10 @@ and values outside a field's ``metadata`` (``min``, ``max``, ``choices``) raise 
 
 A run is identified by a hash of (lab, full resolved config, seed, number of processes): the same
 configuration in any study file maps to the same run, which is how re-running finishes only what is missing.
-A config class may spell one configuration in several ways; then it defines ``resolved()``, the canonical
-spelling that runs and stores see, and marks fields that only *name* a run (a report label) with
-``metadata={"label": True}``: the id hashes them at their default, so two spellings of one configuration
-are one run. A field with ``metadata={"omit_default": True}`` is left out of the stored config while it has
-its default (a field added to a lab keeps the ids of runs stored before it). A run that a store recorded
-under the id of an older spelling (:attr:`RunSpec.legacy_id`) is found under that id
-(:func:`adopt_recorded`), so older stores resume and de-duplicate as before.
+A config class with several spellings of one configuration defines ``resolved()`` (the canonical one, which
+runs and stores see); fields that only name a run (``metadata={"label": True}``) are hashed at their default,
+fields with ``metadata={"omit_default": True}`` are not stored at their default (old ids stay valid), and runs
+stored under an older spelling's id are found by it (:func:`adopt_recorded`).
 """
 
 from __future__ import annotations
@@ -53,9 +50,8 @@ MAX_RUNS = 10_000
 class RunSpec:
     """One configuration to run: lab name, resolved config (as a plain dict), seed, processes.
 
-    ``key``: the run id when it is not the hash of ``config``: set by :func:`run_spec` (label fields hashed at
-    their default) and for a run read back from a store (the id it was recorded under). ``legacy_id``: the id
-    an older spelling of the configuration hashes to (:func:`adopt_recorded`).
+    ``key``: the run id when it is not the hash of ``config`` (:func:`run_spec`; a run read back from a store).
+    ``legacy_id``: the id of the spelling as written, when it differs (:func:`adopt_recorded`).
     """
 
     lab: str
@@ -118,10 +114,8 @@ def run_spec(lab: str, cfg: Any, seed: int = 0, nproc: int = 1, study: str = "")
     resolve = getattr(cfg, "resolved", None)
     config = config_to_dict(resolve() if callable(resolve) else cfg)
     run_id = config_hash(lab, identity(type(cfg), config), seed, nproc)
-    spec = RunSpec(lab, config, seed, nproc, study, key=run_id if run_id != config_hash(lab, config, seed, nproc)
-                   else "")
     legacy = config_hash(lab, config_to_dict(cfg), seed, nproc)
-    return spec if legacy == run_id else dataclasses.replace(spec, legacy_id=legacy)
+    return RunSpec(lab, config, seed, nproc, study, key=run_id, legacy_id="" if legacy == run_id else legacy)
 
 
 def adopt_recorded(specs: list[RunSpec], recorded: dict[str, Any]) -> list[RunSpec]:
