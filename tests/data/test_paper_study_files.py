@@ -31,6 +31,8 @@ def _toml_value(v) -> str:
         return repr(v)
     if isinstance(v, str):
         return json.dumps(v)
+    if isinstance(v, dict):  # an inline table (an arm)
+        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
     return "[" + ", ".join(_toml_value(x) for x in v) + "]"
 
 

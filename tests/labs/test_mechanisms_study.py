@@ -70,16 +70,16 @@ def test_config_validation() -> None:
 
 
 def _spy_sam_grad(monkeypatch):
-    """Record ``(mechanism, m)`` of every ``sam_grad`` call the training loop makes."""
-    import sharplab.optim as optim
+    """Record ``(mechanism, m)`` of every ``sam_grad`` call the training loop's SAM optimizer makes."""
+    from sharplab.optim import _steps
 
-    real, seen = optim.sam_grad, []
+    real, seen = _steps.sam_grad, []
 
     def spy(*args, **kwargs):
         seen.append((kwargs.get("mechanism", "full"), kwargs.get("m")))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(optim, "sam_grad", spy)
+    monkeypatch.setattr(_steps, "sam_grad", spy)
     return seen
 
 

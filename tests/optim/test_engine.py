@@ -252,10 +252,11 @@ def test_defaults_and_names_agree_on_every_path():
             base = torch.optim.SGD if v["name"] != "momentum-sam" else torch.optim.AdamW
             opt = SAM(model.parameters(), base, rule=v["name"], lr=LR)
             assert opt.defaults["rho"] == v["defaults"]["rho"], v["name"]
-        built = create(v["name"], model.parameters(), torch.optim.AdamW, lr=1e-3)
+        built = create(v["name"], model.parameters(), torch.optim.AdamW, lr=1e-3, model=model)  # lsam needs it
         assert built.defaults["rho"] == v["defaults"]["rho"]
         for alias in [v["name"].upper(), *v["aliases"]]:
-            assert type(create(alias, model.parameters(), torch.optim.AdamW, lr=1e-3).rule) is type(built.rule)
+            again = create(alias, model.parameters(), torch.optim.AdamW, lr=1e-3, model=model)
+            assert type(again.rule) is type(built.rule)
     assert create("look_sam", model.parameters(), lr=LR).schedule.every == 5
     from sharplab.optim import RULES
 

@@ -142,6 +142,9 @@ def batch_grad(opt: Any, inputs: torch.Tensor, targets: torch.Tensor | None) -> 
         raise SharplabError("step(inputs=, targets=) supports one rho for all groups; use step(closure)")
     params = opt._candidates()[0]
     opt.zero_grad()
+    if not params:  # rho = 0 in every group: one plain pass at w, exactly the base optimizer's gradient
+        return sam_grad(opt.model, opt.loss_fn, inputs, targets, rho=0.0, bn_policy=opt.bn_policy,
+                        step=opt.steps_taken)
     return sam_grad(
         opt.model, opt.loss_fn, inputs, targets, rho=rhos.pop() if rhos else 0.0, m=opt.m,
         rule=opt.rule, mechanism=opt.mechanism, perturb=params, bn_policy=opt.bn_policy,

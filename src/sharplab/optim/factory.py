@@ -55,4 +55,8 @@ def create(name: str, params: Iterable[Any] | None, base_optimizer: Any = torch.
     rho = registry.check_rho(keywords.pop("rho"), f"{variant.name}: rho")
     parts = variant.build({**keywords, "rho": rho}, kwargs.pop("schedule", None))
     parts = {k: v for k, v in parts.items() if v is not None}
+    for k in parts:
+        if k in kwargs:
+            raise SharplabError(f"{variant.name}: {k}= is set by the variant itself; build SAM(..., {k}=...) "
+                                "directly to choose it")
     return SAM(params, base_optimizer, rho=rho, **parts, **kwargs)

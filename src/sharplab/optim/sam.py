@@ -86,7 +86,8 @@ class SAM(torch.optim.Optimizer):
         schedule: a :class:`~sharplab.optim.schedules.Schedule` (default: ascend every step, constant rho).
         selection: ESAM's :class:`~sharplab.optim.selection.SharpestFraction` (batch mode only, with a
             per-example ``loss_fn``).
-        perturb: restrict the perturbation to these parameters (e.g. ``model.head.parameters()``, LSAM).
+        perturb: restrict the perturbation to these parameters (e.g. ``model.head.parameters()``), or a
+            function of ``model`` that returns them (e.g. :func:`~sharplab.optim.last_layer_params`, LSAM).
         bn_policy: ``"once"`` (default): BatchNorm running statistics are updated only by the pass at w;
             ``"every"``: by both passes, as in the original SAM code. Without ``model`` the BatchNorm
             layers are found by a forward hook (it sees ``torch.compile(model)`` too, not a compiled
@@ -161,6 +162,11 @@ class SAM(torch.optim.Optimizer):
         self._built = True
         self.param_groups = self.base.param_groups
         self.state = self.base.state  # opt.state shows the base optimizer's state (davda54 / torch habit)
+        if callable(perturb):
+            if model is None:
+                raise SharplabError("perturb=<function of the model> needs model=: the parameters it picks are the "
+                                    "model's (e.g. its last layer for lsam)")
+            perturb = perturb(model)
         self._perturb = None if perturb is None else {id(p) for p in perturb}
         self.bn_policy = check_bn_policy(bn_policy)
         self.model, self.loss_fn = model, loss_fn

@@ -33,6 +33,10 @@ and values outside a field's ``metadata`` (``min``, ``max``, ``choices``) raise 
 
 A run is identified by a hash of (lab, full resolved config, seed, number of processes): the same
 configuration in any study file maps to the same run, which is how re-running finishes only what is missing.
+A config class with several spellings of one configuration defines ``resolved()`` (the canonical one, which
+runs and stores see); fields that only name a run (``metadata={"label": True}``) are hashed at their default,
+fields with ``metadata={"omit_default": True}`` are not stored at their default (old ids stay valid), and runs
+stored under an older spelling's id are found by it (:func:`adopt_recorded`).
 """
 
 from __future__ import annotations
@@ -57,17 +61,23 @@ MAX_RUNS = 10_000
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One configuration to run: lab name, resolved config (as a plain dict), seed, processes."""
+    """One configuration to run: lab name, resolved config (as a plain dict), seed, processes.
+
+    ``key``: the run id when it is not the hash of ``config`` (:func:`run_spec`; a run read back from a store).
+    ``legacy_id``: the id of the spelling as written, when it differs (:func:`adopt_recorded`).
+    """
 
     lab: str
     config: dict[str, Any]
     seed: int = 0
     nproc: int = 1
     study: str = ""
+    key: str = ""
+    legacy_id: str = ""
 
     @property
     def run_id(self) -> str:
-        return config_hash(self.lab, self.config, self.seed, self.nproc)
+        return self.key or config_hash(self.lab, self.config, self.seed, self.nproc)
 
     def build_config(self) -> Any:
         """The lab's frozen config object for this run."""
@@ -98,12 +108,44 @@ class Study:
         specs = []
         for grid, seeds in ((self.grid, self.seeds), *self.more):
             keys = list(grid)
+            seen: dict[str, str] = {}
             for combo in itertools.product(*(grid[k] for k in keys)):
                 raw = {**self.base, **dict(zip(keys, combo))}
                 cfg = validate_config(cls, raw, where="grid")
-                for seed in seeds:
-                    specs.append(RunSpec(self.lab, config_to_dict(cfg), seed, nproc, self.name))
+                runs = [run_spec(self.lab, cfg, seed, nproc, self.name) for seed in seeds]
+                if runs and runs[0].run_id in seen:  # two spellings of one configuration
+                    raise ConfigError(f"[grid] {_combo(keys, combo)} and {seen[runs[0].run_id]} are one "
+                                      f"configuration (run {runs[0].run_id}); list it once")
+                if runs:
+                    seen[runs[0].run_id] = _combo(keys, combo)
+                specs.extend(runs)
         return specs
+
+
+def _combo(keys: list[str], combo: tuple[Any, ...]) -> str:
+    return ", ".join(f"{k} = {json.dumps(v)}" for k, v in zip(keys, combo)) or "the base config"
+
+
+def run_spec(lab: str, cfg: Any, seed: int = 0, nproc: int = 1, study: str = "") -> RunSpec:
+    """The run of a validated config object: its canonical spelling (``cfg.resolved()`` where the class
+    defines one) and, when the spelling as written hashes to another id, that id as ``legacy_id``."""
+    resolve = getattr(cfg, "resolved", None)
+    config = config_to_dict(resolve() if callable(resolve) else cfg)
+    run_id = config_hash(lab, identity(type(cfg), config), seed, nproc)
+    legacy = config_hash(lab, config_to_dict(cfg), seed, nproc)
+    return RunSpec(lab, config, seed, nproc, study, key=run_id, legacy_id="" if legacy == run_id else legacy)
+
+
+def adopt_recorded(specs: list[RunSpec], recorded: dict[str, Any]) -> list[RunSpec]:
+    """``specs`` with each one whose id the store lacks but whose ``legacy_id`` it holds replaced by the
+    recorded run (its stored config and id): stores written before a lab resolved its spellings at load keep
+    resuming and de-duplicating. ``recorded``: run id -> record (with ``.config``)."""
+    out = []
+    for s in specs:
+        if s.legacy_id and s.run_id not in recorded and s.legacy_id in recorded:
+            s = RunSpec(s.lab, recorded[s.legacy_id].config, s.seed, s.nproc, s.study, key=s.legacy_id)
+        out.append(s)
+    return out
 
 
 def config_hash(lab: str, config: dict[str, Any], seed: int, nproc: int = 1) -> str:
@@ -115,9 +157,26 @@ def config_hash(lab: str, config: dict[str, Any], seed: int, nproc: int = 1) -> 
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+def identity(cls: type, config: dict[str, Any]) -> dict[str, Any]:
+    """What the run id of a resolved config of ``cls`` hashes: the config with every ``label`` field at its
+    default (labels name a run, they do not make it another)."""
+    labels = {f.name: f for f in dataclasses.fields(cls) if f.metadata.get("label")}
+    return {k: (_default(labels[k]) if k in labels else v) for k, v in config.items()}
+
+
+def _default(f: dataclasses.Field) -> Any:
+    value = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+    return json.loads(json.dumps(value))
+
+
 def config_to_dict(cfg: Any) -> dict[str, Any]:
-    """A config dataclass as a JSON-friendly dict (tuples become lists)."""
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+    """A config dataclass as a JSON-friendly dict (tuples become lists); ``omit_default`` fields at their
+    default are left out."""
+    out = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    for f in dataclasses.fields(cfg):
+        if f.metadata.get("omit_default") and f.name in out and out[f.name] == _default(f):
+            del out[f.name]
+    return out
 
 
 # --- loading -----------------------------------------------------------------------------------------

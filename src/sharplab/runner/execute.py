@@ -42,7 +42,7 @@ import torch
 
 from sharplab.errors import Diverged, SharplabError
 from sharplab.io import atomic_write_json
-from sharplab.runner.config import RunSpec, Study
+from sharplab.runner.config import RunSpec, Study, adopt_recorded
 from sharplab.runner.context import CHECKPOINT_NAME, RunContext, read_history
 from sharplab.runner.env import environment
 from sharplab.runner.labs import get_lab
@@ -348,6 +348,7 @@ def plan_study(study: Study, out_dir: str | os.PathLike, nproc: int = 1, store_u
     specs = study.runs(nproc)
     check_output_paths(study, out_dir, specs)
     with open_store(out_dir, store_url) as store:
+        specs = adopt_recorded(specs, {r.run_id: r for r in store.runs(history=False)})
         store.add_runs(specs)
         status = {r.run_id: r.status for r in store.runs(history=False)}
     atomic_write_json(out_dir / "studies" / f"{study.name}.json",
@@ -369,6 +370,7 @@ def run_study(study: Study, out_dir: str | os.PathLike, jobs: int = 1, nproc: in
     threads = options.threads or max(1, (os.cpu_count() or 1) // (jobs * nproc))
     used = threads if (jobs > 1 or nproc > 1) else (options.threads or torch.get_num_threads())
     with open_store(out_dir, options.store) as store:
+        specs = adopt_recorded(specs, {r.run_id: r for r in store.runs(history=False)})
         store.add_runs(specs)
         records = {r.run_id: r for r in store.runs(history=False)}
         status = {run_id: r.status for run_id, r in records.items()}

@@ -41,12 +41,11 @@ from typing import Any
 
 from sharplab.errors import ConfigError, SharplabError
 from sharplab.runner.config import (
-    RunSpec,
     Study,
     check_seed,
     check_value,
     config_fields,
-    config_to_dict,
+    run_spec,
     validate_config,
 )
 from sharplab.runner.execute import RunOptions, _in_process, _until_claimed
@@ -230,7 +229,7 @@ def run_sweep(study: Study, out_dir: str | os.PathLike, trials: int, storage: st
         trial.set_user_attr("worker", here)
         values = {p.name: p.suggest(trial) for p in sweep.space}
         cfg = validate_config(cls, {**study.base, **values}, where="sweep")
-        specs = [RunSpec(study.lab, config_to_dict(cfg), seed, 1, study.name) for seed in sweep.seeds]
+        specs = [run_spec(study.lab, cfg, seed, 1, study.name) for seed in sweep.seeds]
         with open_store(out_dir) as store:
             store.add_runs(specs)
         statuses = [_until_claimed(out_dir, spec, run_one) for spec in specs]

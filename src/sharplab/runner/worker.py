@@ -49,7 +49,7 @@ def _run(args: argparse.Namespace) -> int:
         import_lab_module(module)
     with open_store(args.out_dir, args.store, create=False) as store:
         rec = store.get(args.run_id)
-    spec = RunSpec(rec.lab, rec.config, rec.seed, rec.nproc, rec.study)
+    spec = RunSpec(rec.lab, rec.config, rec.seed, rec.nproc, rec.study, key=rec.run_id)
     rank = int(os.environ.get("RANK", 0))
     world = int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))

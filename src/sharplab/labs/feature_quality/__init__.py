@@ -17,7 +17,10 @@ from dataclasses import dataclass, field
 
 from sharplab.data.core import register_preset
 from sharplab.errors import ConfigError
-from sharplab.labs.feature_quality import hetero_toy  # noqa: F401  (registers the "toy-hetero" data set)
+from sharplab.labs.feature_quality import (
+    arms,
+    hetero_toy,  # noqa: F401  (registers the "toy-hetero" data set)
+)
 from sharplab.labs.feature_quality.experiment import (
     DATA_DEFAULTS,
     DATASETS,
@@ -29,11 +32,13 @@ from sharplab.labs.feature_quality.experiment import (
 from sharplab.labs.feature_quality.report import report
 from sharplab.labs.feature_quality.train import OPTIMIZERS, TrainConfig, make_model, train
 from sharplab.labs.registry import Lab, register_lab
+from sharplab.runner.config import config_fields
 from sharplab.runner.context import RunContext
 
 __all__ = ["FeatureQualityConfig", "TrainConfig", "make_model", "run", "train"]
 
 HARD_ONLY = "hard-only"  # the ceiling: SGD on data whose easy feature is shuffled across examples
+NAMES = (*OPTIMIZERS, UNTRAINED, HARD_ONLY)  #: every optimizer name of a run
 
 # metrics a run returns to the runner, besides probe_error_<feature> (the CLI's JSON has more)
 READOUT_PREFIXES = ("probe_error_", "curve_error_", "region_error_")
@@ -48,8 +53,8 @@ class FeatureQualityConfig:
 
     dataset: str = field(default="toy", metadata={"choices": list(DATASETS), "help": "two-feature data set"})
     optimizer: str = field(
-        default="sgd", metadata={"choices": [*OPTIMIZERS, UNTRAINED, HARD_ONLY],
-                                 "help": "untrained = floor; hard-only = SGD with the easy feature shuffled"}
+        default="sgd", metadata={"choices": list(NAMES), "help": "sgd, a sharplab.optim family member (sharplab "
+                                 "optim list), untrained = floor, hard-only = SGD with the easy feature shuffled"}
     )
     rho: float = field(default=0.05, metadata={"min": 0.0, "help": "SAM radius"})
     lr: float = field(default=0.05, metadata={"min": 1e-8, "help": "SGD learning rate"})
@@ -80,8 +85,12 @@ class FeatureQualityConfig:
         "choices": ["cpu", "cuda", "auto"], "help": "where to train ('auto' = cuda when visible)"})
     region_probes: bool = field(default=False, metadata={
         "help": "per-half diagnostic: probe each half's pooled conv channels (dominoes)"})
-    arm: str = field(default="", metadata={
-        "help": "one configuration in one string, 'OPTIMIZER key=value ...' (overrides the fields)"})
+    optimizer_options: dict = field(default_factory=dict, metadata={
+        "omit_default": True, "help": "the family member's own keywords, e.g. {alpha = 0.1} for gsam "
+                                      "(sharplab optim list)"})
+    arm: str | dict = field(default="", metadata={
+        "label": True, "help": "one configuration, a table {optimizer = 'sam', rho = 0.1, ...} or a string "
+                               "'sam rho=0.1' (sets those fields; its string names the run in reports)"})
 
     def __post_init__(self) -> None:
         from sharplab.probe.curves import parse_sizes
@@ -91,31 +100,40 @@ class FeatureQualityConfig:
                 parse_sizes(self.probe_sizes)
             except ValueError as exc:
                 raise ConfigError(f"field probe_sizes: {exc}") from None
+        where = f"arm {arms.table_text(self.arm)}" if isinstance(self.arm, dict) else ""
+        object.__setattr__(self, "arm", arms.arm_name(self.arm))  # a table is input syntax: the string is stored
+        values = {**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, **self._arm_changes(where)}
+        if values["optimizer"] == UNTRAINED:
+            if values["optimizer_options"]:
+                raise ConfigError(f"{where or 'config'}: optimizer_options are for an optimizer, not 'untrained'")
+            return
+        try:
+            _train_config(values)
+        except ConfigError as exc:
+            raise ConfigError(f"{where or (f'arm {self.arm!r}' if self.arm else 'config')}: {exc}") from None
+
+    def _arm_changes(self, where: str = "") -> dict:
+        fields = {name: (typ, f.metadata) for name, (typ, f) in config_fields(type(self)).items()}
+        return arms.arm_changes(self.arm, fields, NAMES, where)
 
     def resolved(self) -> FeatureQualityConfig:
-        """The config with ``arm`` applied: ``"sam rho=0.5 sam_start_epoch=3"`` sets those fields."""
-        if not self.arm.strip():
-            return self
-        first, *rest = self.arm.split()
-        changes: dict = {"optimizer": first, "arm": ""}
-        names = {f.name: f for f in dataclasses.fields(self)}
-        for item in rest:
-            key, sep, value = item.partition("=")
-            if not sep or key not in names or key in ("arm", "dataset"):
-                raise ConfigError(f"arm {self.arm!r}: {item!r} is not FIELD=VALUE of a config field; write e.g. "
-                                  "'sam rho=0.2 m=16'")
-            changes[key] = type(getattr(self, key))(parse_options(f"{key}={value}")[key])
-        if first not in (*OPTIMIZERS, UNTRAINED, HARD_ONLY):
-            raise ConfigError(f"arm {self.arm!r}: unknown optimizer {first!r}; choose from "
-                              f"{', '.join((*OPTIMIZERS, UNTRAINED, HARD_ONLY))}")
-        return dataclasses.replace(self, **changes)
+        """The config with ``arm`` applied (``"sam rho=0.5 sam_start_epoch=3"`` sets those fields); ``arm``
+        stays, naming the run. Resolving twice changes nothing."""
+        changes = self._arm_changes()
+        return dataclasses.replace(self, **changes) if changes else self
 
     def train_config(self) -> TrainConfig:
-        return TrainConfig(
-            optimizer="sgd" if self.optimizer == HARD_ONLY else self.optimizer, rho=self.rho, lr=self.lr,
-            momentum=self.momentum, weight_decay=self.weight_decay, epochs=self.epochs,
-            batch_size=self.batch_size, model=self.model, m=self.m, sam_start_epoch=self.sam_start_epoch,
-        )  # fmt: skip
+        return _train_config({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+
+
+def _train_config(values: dict) -> TrainConfig:
+    """The training run of a (resolved) config's values; ``hard-only`` trains with SGD."""
+    return TrainConfig(
+        optimizer="sgd" if values["optimizer"] == HARD_ONLY else values["optimizer"], rho=values["rho"],
+        lr=values["lr"], momentum=values["momentum"], weight_decay=values["weight_decay"], epochs=values["epochs"],
+        batch_size=values["batch_size"], model=values["model"], m=values["m"],
+        sam_start_epoch=values["sam_start_epoch"], optimizer_options=dict(values["optimizer_options"]),
+    )  # fmt: skip
 
 
 def _readouts(cfg: FeatureQualityConfig, cs: tuple[float, ...] | None):

@@ -9,7 +9,8 @@ fixed probe batch of training examples we therefore record, after every epoch,
 * ``gini_phantom``: the same at the phantom **the step uses**: the probe batch is cut into chunks of the
   training batch size (whole-batch SAM / LSAM, one phantom per chunk; LSAM perturbs the head only) or of
   ``m`` (m-SAM, one phantom per micro-batch); for SGD, and for SAM before ``sam_start_epoch``, the step
-  uses ``w`` itself, so ``gini_phantom = gini_w``;
+  uses ``w`` itself, so ``gini_phantom = gini_w``. For family members whose eps is not ``rho g / ||g||``
+  (ASAM, F-SAM, ...) it is taken at the plain SAM phantom, a reference point (:func:`.train.step_phantom`);
 * ``v_hard_over_v_easy`` at ``w`` and at the (first chunk's) phantom where the model exposes pathways.
 
 ``flattening = gini_w - gini_phantom`` > 0 means the mechanism is on.
@@ -25,10 +26,7 @@ from torch import nn
 
 from sharplab.labs.feature_quality.importance import _logits, gini, logit_grad_norms, phantom
 from sharplab.labs.feature_quality.toy_model import PathwayNet, pathway_ratio
-from sharplab.labs.feature_quality.train import TrainConfig
-
-# rules whose step is taken at a phantom, and the parameters each perturbs (None = all)
-_PERTURB = {"sam": None, "iw-only": None, "lr-only": None, "lsam": lambda model: list(model.head.parameters())}
+from sharplab.labs.feature_quality.train import TrainConfig, step_phantom
 
 
 def check_batch(data: Any, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,8 +54,8 @@ def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig
     x, y = x.to(device), y.to(device)
     real = logit_grad_norms(_logits(model, x), y)
     out = {"gini_w": gini(real)}
-    on = cfg.optimizer in _PERTURB and cfg.rho > 0 and epoch >= cfg.sam_start_epoch
-    perturb = _PERTURB.get(cfg.optimizer)
+    perturb = step_phantom(cfg.optimizer)
+    on = perturb is not None and cfg.rho > 0 and epoch >= cfg.sam_start_epoch
     if on:
         chunk = cfg.m if cfg.m else cfg.batch_size
         out["gini_phantom"] = gini(phantom_norms(model, x, y, cfg.rho, chunk, perturb))

@@ -46,17 +46,14 @@ from sharplab.labs.feature_quality.importance import (
     phantom,
 )
 from sharplab.labs.feature_quality.toy_model import PathwayNet, pathway_ratio
-from sharplab.labs.feature_quality.train import TrainConfig, make_model, train
-from sharplab.registry import Registry
+from sharplab.labs.feature_quality.train import TrainConfig, make_model, step_phantom, train
 from sharplab.runner.context import RunContext
 
-# SAM variant -> parameters its phantom perturbs (None = all)
-Perturb = Callable[[nn.Module], Iterable[nn.Parameter]] | None
-PHANTOMS: Registry[Perturb] = Registry("SAM variant")
-PHANTOMS.add("sam", None)
-PHANTOMS.add("lsam", lambda model: model.head.parameters())
+#: ``f(model)`` -> the parameters a phantom perturbs (``None`` = all), or ``None`` for no phantom
+Perturb = Callable[[nn.Module], Iterable[nn.Parameter] | None] | None
 
 ABLATIONS: tuple[str, ...] = ("iw-only", "lr-only")
+VARIANTS: tuple[str, ...] = ("sam", "lsam")  #: SAM variants whose phantom the recorder follows
 
 
 @dataclass(frozen=True)
@@ -64,7 +61,7 @@ class MechanismsConfig:
     """Hyperparameters of the mechanisms study (one seed; the runner passes the seed)."""
 
     dataset: str = field(default="toy", metadata={"help": "two-feature data set (sharplab data list)"})
-    variant: str = field(default="sam", metadata={"choices": ["sam", "lsam"], "help": "SAM variant studied"})
+    variant: str = field(default="sam", metadata={"choices": list(VARIANTS), "help": "SAM variant studied"})
     phantom: str = field(default="batch", metadata={
         "choices": ["batch", "per-example"], "help": "phantom of the importance weights: batch SAM or 1-SAM"})
     ablation: str = field(default="iw-only,lr-only", metadata={"help": "comma list of mechanism-only runs"})
@@ -83,7 +80,8 @@ class MechanismsConfig:
         "min": 0, "help": "m-sharpness micro-batch size, a divisor of batch_size (0 = the whole batch)"})
 
     def __post_init__(self) -> None:
-        PHANTOMS.get(self.variant)
+        if self.variant not in VARIANTS:
+            raise ConfigError(f"unknown SAM variant {self.variant!r}; the study compares {' or '.join(VARIANTS)}")
         if self.m < 0 or (self.m and self.batch_size % self.m):
             raise ConfigError(f"m={self.m} (--m) must be a divisor of batch_size={self.batch_size} (--batch-size), "
                               "e.g. 1, 16 or 32 for 64; leave it unset (0) for the whole batch")
@@ -173,7 +171,7 @@ def train_and_record(
     from sharplab.probe import probe_model
 
     x, y = weight_subset(data, cfg.weight_batch, seed)
-    perturb = PHANTOMS.get(cfg.variant)
+    perturb = step_phantom(cfg.variant)
     per_example = cfg.phantom == "per-example"
     rec = Recorder(x, y, cfg.rho, perturb, cfg.record_every, per_example, cfg.m)
     model = make_model(data, "auto", seed)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -94,14 +94,25 @@ def arm_label(record: dict[str, Any]) -> str:
 LABEL_FIELDS = ("optimizer", "rho")
 
 
-def section_key(study: str, config: Mapping[str, Any]) -> tuple[str, str, tuple[tuple[str, str], ...]]:
+def arm_fields(arm: str) -> set[str]:
+    """The config fields an arm string sets: ``optimizer`` (and its ``optimizer_options``) and every ``key=``
+    (none for no arm)."""
+    if not arm.strip():
+        return set()
+    return {"optimizer", "optimizer_options", *(t.partition("=")[0] for t in arm.split()[1:])}
+
+
+def section_key(study: str, config: Mapping[str, Any], arm_set: Iterable[str] = ()
+                ) -> tuple[str, str, tuple[tuple[str, str], ...]]:
     """``(study, dataset, other config)``: runs that may be paired by seed share this key.
 
-    "Other config" is every field except ``seed``, ``dataset`` and what names the configuration: ``arm``,
-    or, for a run without one, ``optimizer`` and ``rho`` (as :func:`arm_label` does).
+    "Other config" is every field except ``seed``, ``dataset`` and what names the configuration: ``arm`` and
+    ``arm_set``, the fields the study's arms set (:func:`arm_fields`; :func:`sections` collects them per
+    study, since an arm's own fields differ from its siblings'), or, for a run without an arm,
+    ``optimizer`` and ``rho`` (as :func:`arm_label` does).
     """
     named = bool(str(config.get("arm") or "").strip())
-    skip = {"seed", "dataset", "arm", *(() if named else LABEL_FIELDS)}
+    skip = {"seed", "dataset", "arm", *(arm_set if named else LABEL_FIELDS)}
     rest = tuple(sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in config.items() if k not in skip))
     return str(study or ""), str(config.get("dataset", "?")), rest
 
@@ -109,9 +120,14 @@ def section_key(study: str, config: Mapping[str, Any]) -> tuple[str, str, tuple[
 def sections(runs: Sequence[Any]) -> list[tuple[str, list[Any]]]:
     """Runner records split by :func:`section_key`, in order of first appearance, each with a heading
     naming its study and data set (plus the config fields that tell sections of one study apart)."""
+    arm_set: dict[str, set[str]] = {}
+    for r in runs:
+        arm_set.setdefault(str(getattr(r, "study", "") or ""), set()).update(
+            arm_fields(str(r.config.get("arm") or "")))
     groups: dict[tuple, list[Any]] = {}
     for r in runs:
-        groups.setdefault(section_key(getattr(r, "study", ""), r.config), []).append(r)
+        study = getattr(r, "study", "")
+        groups.setdefault(section_key(study, r.config, arm_set[str(study or "")]), []).append(r)
     out = []
     for key, rs in groups.items():
         study, dataset, rest = key

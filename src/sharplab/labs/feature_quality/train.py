@@ -1,7 +1,9 @@
-"""The feature-quality lab's training loop: SGD, SAM, LSAM and SAM's two mechanisms in isolation.
+"""The feature-quality lab's training loop: SGD or any member of the SAM family, by name.
 
 Every optimizer is an SGD base step (``torch.optim.SGD`` with momentum and coupled weight decay) applied
-to a gradient ``g``:
+to a gradient ``g``; the step builder :func:`build_optimizer` maps the name onto ``sharplab.optim``'s
+registry (:func:`sharplab.optim.create`), so every family member trains here with its keywords
+(``TrainConfig.optimizer_options``, e.g. GSAM's ``alpha``). The ones the lab's studies use:
 
 - ``sgd``:     g = grad L(w)
 - ``sam``:     g = grad L(w + eps),  eps = rho * grad L(w) / ||grad L(w)||   (Foret et al., 2021, Eq. 2)
@@ -9,42 +11,35 @@ to a gradient ``g``:
 - ``iw-only``: SAM's importance weighting only (per-example loss derivatives taken at w + eps)
 - ``lr-only``: SAM's learning-rate scaling only (Jacobian taken at w + eps)
 
-The SAM variants call :func:`sharplab.optim.sam_grad`; ``rho = 0`` reproduces SGD exactly. ``m > 0`` is
-m-sharpness (every micro-batch of ``m`` examples ascends on its own gradient, ``sam_grad(m=)``; a last
-batch that ``m`` does not divide is trimmed to a multiple of ``m``), ``sam_start_epoch = k`` takes plain SGD
-steps for the first ``k`` epochs (SAM switched on after an ERM warm-up), and per-example loss weights
-(``train(weights=)``, JTT-style upweighting) make the loss ``sum_i u_i l_i / sum_i u_i`` per batch. The loop
-checkpoints model, optimizer, RNG and data-order state after every epoch through the
-:class:`~sharplab.runner.RunContext` (a killed run resumes where it stopped) and raises
-:class:`~sharplab.errors.Diverged` on a non-finite loss.
+The SAM family steps through :class:`sharplab.optim.SAM` in batch mode (``step(inputs=, targets=)``);
+``rho = 0`` reproduces SGD exactly. ``m > 0`` is m-sharpness (every micro-batch of ``m`` examples ascends
+on its own gradient; a last batch that ``m`` does not divide is trimmed to a multiple of ``m``),
+``sam_start_epoch = k`` takes plain SGD steps on the same base optimizer for the first ``k`` epochs (SAM
+switched on after an ERM warm-up; the SAM optimizer's step count, which LookSAM's every-k and GSAM's
+schedule read, starts then), and per-example loss weights (``train(weights=)``, JTT-style upweighting) make
+the loss ``sum_i u_i l_i / sum_i u_i`` per batch. The loop checkpoints model, optimizer, RNG and data-order
+state after every epoch through the :class:`~sharplab.runner.RunContext` (a killed run resumes where it
+stopped) and raises :class:`~sharplab.errors.Diverged` on a non-finite loss or gradient.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sharplab.errors import ConfigError, Diverged
+from sharplab.errors import ConfigError, Diverged, SharplabError
 from sharplab.labs.feature_quality.toy_model import PathwayNet, pathways_from_meta
-from sharplab.registry import Registry
+from sharplab.optim import SAM, create, registry
 from sharplab.runner.context import RunContext
 
-# optimizer name -> (model) -> keyword arguments of sam_grad, or None for a plain gradient step
-StepRule = Callable[[nn.Module], dict[str, Any] | None]
-STEP_RULES: Registry[StepRule] = Registry("optimizer")
-STEP_RULES.add("sgd", lambda model: None)
-STEP_RULES.add("sam", lambda model: {})
-STEP_RULES.add("lsam", lambda model: {"perturb": list(model.head.parameters())})
-STEP_RULES.add("iw-only", lambda model: {"mechanism": "iw_only"})
-STEP_RULES.add("lr-only", lambda model: {"mechanism": "lr_only"})
-
-OPTIMIZERS: tuple[str, ...] = ("sgd", "sam", "lsam", "iw-only", "lr-only")
+#: every name :func:`build_optimizer` accepts: plain SGD and the members of ``sharplab.optim``'s registry
+OPTIMIZERS: tuple[str, ...] = ("sgd", *registry.names())
 
 
 @dataclass(frozen=True)
@@ -52,13 +47,15 @@ class TrainConfig:
     """Hyperparameters of one training run.
 
     Attributes:
-        optimizer: ``sgd`` | ``sam`` | ``lsam`` | ``iw-only`` | ``lr-only`` (see the module docstring).
+        optimizer: ``sgd`` or a ``sharplab.optim`` family member (:data:`OPTIMIZERS`; module docstring).
         rho: SAM radius (ignored by ``sgd``).
         lr, momentum, weight_decay: of the SGD base step.
         epochs, batch_size: passes over the training split and examples per step.
         model: ``auto`` (PathwayNet on the toy, SmallCNN on images) or a name for :func:`make_model`.
         m: micro-batch size of m-sharpness (0 = the whole batch ascends together).
-        sam_start_epoch: epochs of plain SGD before the rule is switched on.
+        sam_start_epoch: epochs of plain SGD before the SAM step is switched on.
+        optimizer_options: the family member's own keywords (``sharplab optim list``), e.g. ``{"alpha": 0.1}``
+            for ``gsam``; its paper defaults otherwise.
     """
 
     optimizer: str = "sgd"
@@ -71,27 +68,67 @@ class TrainConfig:
     model: str = "auto"
     m: int = 0
     sam_start_epoch: int = 0
+    optimizer_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        STEP_RULES.get(self.optimizer)  # raises with the list of known names
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
         checks = {
-            "rho": self.rho >= 0,
-            "lr": self.lr > 0,
-            "momentum": 0 <= self.momentum < 1,
-            "weight_decay": self.weight_decay >= 0,
-            "epochs": self.epochs >= 0,
-            "batch_size": self.batch_size >= 1,
-            "m": 0 <= self.m <= self.batch_size,
-            "sam_start_epoch": self.sam_start_epoch >= 0,
+            "rho": (self.rho >= 0, "rho >= 0"),
+            "lr": (self.lr > 0, "lr > 0"),
+            "momentum": (0 <= self.momentum < 1, "0 <= momentum < 1"),
+            "weight_decay": (self.weight_decay >= 0, "weight_decay >= 0"),
+            "epochs": (self.epochs >= 0, "epochs >= 0"),
+            "batch_size": (self.batch_size >= 1, "batch_size >= 1"),
+            "m": (0 <= self.m <= self.batch_size, f"0 <= m <= batch_size = {self.batch_size}"),
+            "sam_start_epoch": (self.sam_start_epoch >= 0, "sam_start_epoch >= 0"),
         }
-        for name, ok in checks.items():
+        for name, (ok, rule) in checks.items():
             if not ok:
-                raise ConfigError(f"TrainConfig.{name}={getattr(self, name)!r} is out of range; fix it")
+                raise ConfigError(f"{name} = {getattr(self, name)!r} is out of range; allowed: {rule}")
+        check_optimizer(self)
 
     def replace(self, **changes: Any) -> TrainConfig:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         values.update(changes)
         return TrainConfig(**values)
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The step builder: ``torch.optim.SGD`` for ``sgd``, else ``sharplab.optim.create(cfg.optimizer, ...)``
+    around the same SGD base step, with ``rho``, ``m`` and ``cfg.optimizer_options``, driven in batch mode
+    (``model=``, ``loss_fn=`` cross-entropy; :func:`train` swaps in the weighted loss per batch)."""
+    base = {"lr": cfg.lr, "momentum": cfg.momentum, "weight_decay": cfg.weight_decay}
+    if cfg.optimizer == "sgd":
+        if cfg.optimizer_options:
+            raise ConfigError(f"sgd takes no optimizer options, got {', '.join(cfg.optimizer_options)}")
+        return torch.optim.SGD(model.parameters(), **base)
+    try:
+        return create(cfg.optimizer, model.parameters(), torch.optim.SGD, rho=cfg.rho, model=model,
+                      loss_fn=F.cross_entropy, m=cfg.m or None, **cfg.optimizer_options, **base)
+    except TypeError as exc:  # a keyword that reaches a constructor with the wrong type
+        raise ConfigError(f"{cfg.optimizer}: {exc}") from None
+
+
+def check_optimizer(cfg: TrainConfig) -> None:
+    """Build ``cfg``'s optimizer on a one-layer stand-in: every keyword is checked as a run would check it."""
+    try:
+        build_optimizer(nn.Linear(1, 1), cfg)
+    except ConfigError:
+        raise
+    except SharplabError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def step_phantom(optimizer: str) -> Callable[[nn.Module], list[nn.Parameter] | None] | None:
+    """The phantom ``w + rho g / ||g||`` of ``optimizer``'s step: ``None`` when the step is taken at w (``sgd``),
+    else ``f(model)`` -> the parameters it perturbs (``None`` = all; the head for ``lsam``). For members whose
+    eps is not ``rho g / ||g||`` (ASAM, F-SAM, ...) this is the plain SAM phantom, a reference point."""
+    if optimizer not in registry.names():
+        return None
+    variant = registry.get(optimizer)
+    perturb = variant.build(dict(variant.defaults), None).get("perturb")
+    return (lambda model: None) if perturb is None else (lambda model: list(perturb(model)))
 
 
 def make_model(data: Any, model_name: str = "auto", seed: int = 0) -> nn.Module:
@@ -180,7 +217,6 @@ def train(
     Raises:
         Diverged: the training loss became non-finite.
     """
-    rule = STEP_RULES.get(cfg.optimizer)
     device = ctx.device if ctx is not None else torch.device("cpu")
     model.to(device)
     split = data.splits["train"]
@@ -194,12 +230,12 @@ def train(
         weights = weights.to(device)
     order = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    base = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt = build_optimizer(model, cfg)
     start_epoch, step, train_loss = 0, 0, float("nan")
     state = ctx.load_checkpoint() if ctx is not None else None
     if state is not None:
         model.load_state_dict(state["model"])
-        base.load_state_dict(state["optimizer"])
+        opt.load_state_dict(state["optimizer"])  # a SAM optimizer also reads a checkpoint of its base alone
         order.set_state(state["order_rng"])
         torch.set_rng_state(state["torch_rng"])
         start_epoch, step, train_loss = int(state["epoch"]), int(state["step"]), float(state["train_loss"])
@@ -223,18 +259,15 @@ def train(
             total = 0.0
             for start in range(0, n, cfg.batch_size):
                 idx = perm[start : start + cfg.batch_size]
-                active = rule if epoch >= cfg.sam_start_epoch else STEP_RULES.get("sgd")
-                if cfg.m and active(model) is not None:
+                sam_on = isinstance(opt, SAM) and epoch >= cfg.sam_start_epoch
+                if cfg.m and sam_on:
                     idx = idx[: len(idx) - len(idx) % cfg.m] if len(idx) >= cfg.m else idx[:0]
                     if len(idx) == 0:
                         continue
                 u = None if weights is None else weights[idx]
-                loss = _step(model, base, active, cfg.rho, x[idx], y[idx], cfg.m, u)
                 step += 1
-                if not math.isfinite(loss):
-                    raise Diverged(step)
+                loss = _step(model, opt, sam_on, x[idx], y[idx], u, step)
                 total += loss * len(idx)
-                base.step()
                 if callback is not None:
                     callback(epoch, step, model)
                 bar.update(1)
@@ -248,7 +281,7 @@ def train(
                 ctx.save_checkpoint(
                     {
                         "model": model.state_dict(),
-                        "optimizer": base.state_dict(),
+                        "optimizer": opt.state_dict(),
                         "order_rng": order.get_state(),
                         "torch_rng": torch.get_rng_state(),
                         "epoch": epoch + 1,
@@ -282,18 +315,25 @@ def weighted_ce(u: torch.Tensor | None) -> Callable[[torch.Tensor, torch.Tensor]
     return loss
 
 
-def _step(model: nn.Module, base: torch.optim.Optimizer, rule: StepRule, rho: float, xb, yb, m: int = 0,
-          u: torch.Tensor | None = None) -> float:
-    """Fill ``p.grad`` with the rule's gradient; return the mini-batch loss at w."""
-    base.zero_grad(set_to_none=True)
-    kwargs = rule(model)
+def _step(model: nn.Module, opt: torch.optim.Optimizer, sam_on: bool, xb: torch.Tensor, yb: torch.Tensor,
+          u: torch.Tensor | None, step: int) -> float:
+    """One optimizer step on the batch; returns the mini-batch loss at w (Diverged names the lab's ``step``)."""
     loss_fn = weighted_ce(u)
-    if kwargs is None:
+    if not sam_on:  # sgd, or the SAM optimizer's base step during the warm-up
+        base = opt.base if isinstance(opt, SAM) else opt
+        base.zero_grad(set_to_none=True)
         loss = loss_fn(model(xb), yb)
         loss.backward()
-        return float(loss.detach())
-    from sharplab.optim import sam_grad
-
-    if m and m < len(yb):
-        kwargs = {**kwargs, "m": m}
-    return float(sam_grad(model, loss_fn, xb, yb, rho=rho, **kwargs))
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise Diverged(step)
+        base.step()
+        return value
+    opt.loss_fn = loss_fn
+    try:
+        value = float(opt.step(inputs=xb, targets=yb))
+    except Diverged as exc:  # weights and optimizer state are back at w
+        raise Diverged(step, exc.what) from None
+    if not math.isfinite(value):
+        raise Diverged(step)
+    return value
