@@ -330,7 +330,8 @@ def failed_trials(ostudy: object) -> tuple[int, int]:
 
 
 def cmd_labs(args: argparse.Namespace) -> int:
-    from sharplab.labs import LABS, get_lab, load_all
+    from sharplab.labs import load_all
+    from sharplab.runner.labs import LABS, get_lab
 
     load_all()
     if args.name is None:

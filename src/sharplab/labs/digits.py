@@ -37,9 +37,9 @@ import torch.nn.functional as F
 
 from sharplab.errors import ConfigError, Diverged
 from sharplab.io import atomic_torch_save
-from sharplab.labs.registry import Lab, register_lab
 from sharplab.runner.checkpoint import capture_rng, restore_rng
 from sharplab.runner.context import RunContext
+from sharplab.runner.labs import Lab, register_lab
 
 N_TOTAL, N_TEST = 1797, 450
 N_TRAIN = N_TOTAL - N_TEST
