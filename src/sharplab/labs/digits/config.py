@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-N_TOTAL, N_TEST = 1797, 450
+from sharplab.data.image_classification import DIGITS_TEST as N_TEST
+from sharplab.data.image_classification import DIGITS_TOTAL as N_TOTAL
+
 N_TRAIN = N_TOTAL - N_TEST
 
 

@@ -17,22 +17,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sharplab.data.image_classification import digits_split
 from sharplab.errors import ConfigError, Diverged
 from sharplab.io import atomic_torch_save
-from sharplab.labs.digits.config import N_TEST, DigitsConfig
+from sharplab.labs.digits.config import DigitsConfig
 from sharplab.runner.checkpoint import capture_rng, restore_rng
 from sharplab.runner.context import RunContext
 
 
 def load_digits_tensors(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(x_train, y_train, x_test, y_test)``: pixels / 16, fixed split (permutation seed 0)."""
-    from sklearn.datasets import load_digits
-
-    x, y = load_digits(return_X_y=True)
-    order = np.random.RandomState(0).permutation(len(y))
-    x = torch.as_tensor(x[order] / 16.0, dtype=dtype)
-    y = torch.as_tensor(y[order], dtype=torch.long)
-    return x[N_TEST:], y[N_TEST:], x[:N_TEST], y[:N_TEST]
+    """``(x_train, y_train, x_test, y_test)``: pixels / 16 (in [0, 1]) of the fixed split
+    :func:`sharplab.data.image_classification.digits_split`, flattened to 64 inputs."""
+    x_train, y_train, x_test, y_test = digits_split()
+    return (torch.as_tensor(x_train / 16.0, dtype=dtype), torch.as_tensor(y_train, dtype=torch.long),
+            torch.as_tensor(x_test / 16.0, dtype=dtype), torch.as_tensor(y_test, dtype=torch.long))
 
 
 def build_optimizer(cfg: DigitsConfig, model: torch.nn.Module, net: torch.nn.Module) -> torch.optim.Optimizer:
