@@ -317,7 +317,7 @@ def run_study(study: Study, out_dir: str | os.PathLike, jobs: int = 1, nproc: in
     quiet = options.quiet or bool(os.environ.get("CI"))
     bar = progress(total=len(specs), initial=len(specs) - len(todo), desc=f"study {study.name}", disable=quiet)
     if jobs == 1 and nproc == 1:
-        run_one = _in_process(out_dir, options)
+        run_one = in_process_runner(out_dir, options)
     else:
         run_one = _in_child(out_dir, nproc, RunOptions(True, options.tensorboard, threads, os.getpid(),
                                                        options.store))
@@ -342,7 +342,7 @@ def run_study(study: Study, out_dir: str | os.PathLike, jobs: int = 1, nproc: in
             for spec in todo:
                 first_pass(spec, _attempt(out_dir, spec, run_one, url))
             for spec in held:
-                record(_until_claimed(out_dir, spec, run_one, url))
+                record(run_until_claimed(out_dir, spec, run_one, url))
         else:
             with ThreadPoolExecutor(max_workers=jobs) as pool:
                 first = {pool.submit(_attempt, out_dir, spec, run_one, url): spec for spec in todo}
@@ -350,7 +350,7 @@ def run_study(study: Study, out_dir: str | os.PathLike, jobs: int = 1, nproc: in
                     first_pass(first[fut], fut.result())
                 order = {s.run_id: i for i, s in enumerate(todo)}
                 held.sort(key=lambda s: order[s.run_id])
-                futures = [pool.submit(_until_claimed, out_dir, spec, run_one, url) for spec in held]
+                futures = [pool.submit(run_until_claimed, out_dir, spec, run_one, url) for spec in held]
                 for fut in as_completed(futures):
                     record(fut.result())
     finally:
@@ -367,7 +367,7 @@ def _attempt(out_dir: Path, spec: RunSpec, run_one: Callable[[RunSpec], str], st
     return result
 
 
-def _until_claimed(out_dir: Path, spec: RunSpec, run_one: Callable[[RunSpec], str],
+def run_until_claimed(out_dir: Path, spec: RunSpec, run_one: Callable[[RunSpec], str],
                    store_url: str | None = None) -> str:
     """Run ``spec``; if another live process holds it, wait for that process and take over if needed."""
     told = False
@@ -385,7 +385,9 @@ def _until_claimed(out_dir: Path, spec: RunSpec, run_one: Callable[[RunSpec], st
         time.sleep(1.0)
 
 
-def _in_process(out_dir: Path, options: RunOptions) -> Callable[[RunSpec], str]:
+def in_process_runner(out_dir: Path, options: RunOptions) -> Callable[[RunSpec], str]:
+    """``run_one(spec)`` running a spec in this process (torch's thread count restored after each run)."""
+
     def run_one(spec: RunSpec) -> str:
         threads = torch.get_num_threads()
         try:

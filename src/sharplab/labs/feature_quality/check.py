@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sharplab.labs.feature_quality.importance import _logits, gini, logit_grad_norms, phantom
+from sharplab.labs.feature_quality.importance import gini, logit_grad_norms, logits_restoring_buffers, phantom
 from sharplab.labs.feature_quality.toy_model import PathwayNet, pathway_ratio
 from sharplab.labs.feature_quality.train import TrainConfig
 
@@ -46,7 +46,7 @@ def phantom_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rho: float
         xs, ys = x[i : i + chunk], y[i : i + chunk]
         params = None if perturb is None else perturb(model)
         with phantom(model, xs, ys, rho, perturb=params):
-            parts.append(logit_grad_norms(_logits(model, xs), ys))
+            parts.append(logit_grad_norms(logits_restoring_buffers(model, xs), ys))
     return torch.cat(parts)
 
 
@@ -54,7 +54,7 @@ def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig
     """The check at the current parameters for a run trained with ``cfg`` (``epoch`` counts from 0)."""
     device = next(model.parameters()).device
     x, y = x.to(device), y.to(device)
-    real = logit_grad_norms(_logits(model, x), y)
+    real = logit_grad_norms(logits_restoring_buffers(model, x), y)
     out = {"gini_w": gini(real)}
     on = cfg.optimizer in _PERTURB and cfg.rho > 0 and epoch >= cfg.sam_start_epoch
     perturb = _PERTURB.get(cfg.optimizer)

@@ -159,7 +159,8 @@ def phantom(
 
 
 @torch.no_grad()
-def _logits(model: nn.Module, inputs: Tensor) -> Tensor:
+def logits_restoring_buffers(model: nn.Module, inputs: Tensor) -> Tensor:
+    """``model(inputs)`` without gradients, every buffer (BatchNorm running statistics) left as it was."""
     saved = [b.detach().clone() for b in _buffers(model)]
     out = model(inputs)
     for b, s in zip(_buffers(model), saved):
@@ -240,10 +241,10 @@ def importance_snapshot(
     m.head.parameters()`` = LSAM). ``per_example``: the 1-SAM phantom of each example
     (:func:`per_example_phantom_norms`) instead of the batch's. The model's mode is used as it is.
     """
-    real = importance_weights(_logits(model, inputs), targets)
+    real = importance_weights(logits_restoring_buffers(model, inputs), targets)
     params = None if perturb is None else perturb(model)
     if per_example:
         return ImportanceSnapshot(real, normalise(per_example_phantom_norms(model, inputs, targets, rho, params)))
     with phantom(model, inputs, targets, rho, perturb=params):
-        ph = importance_weights(_logits(model, inputs), targets)
+        ph = importance_weights(logits_restoring_buffers(model, inputs), targets)
     return ImportanceSnapshot(real=real, phantom=ph)
