@@ -56,20 +56,6 @@ def logit_grad_norms(logits: Tensor, targets: Tensor) -> Tensor:
     return diff.norm(dim=1)
 
 
-def logit_grad_norms_autograd(logits: Tensor, targets: Tensor, loss_fn: LossFn) -> Tensor:
-    """``||dl/df_i||_2`` for any per-example loss ``loss_fn(logits, targets) -> (N,)`` (``reduction='none'``).
-
-    Since ``l_i`` depends only on row ``i`` of the logits, the gradient of ``sum_i l_i`` w.r.t. the logits
-    holds ``dl_i/df_i`` in row ``i``.
-    """
-    f = logits.detach().clone().requires_grad_(True)
-    losses = loss_fn(f, targets)
-    if losses.shape != (f.shape[0],):
-        raise SharplabError("loss_fn must return one loss per example; use reduction='none'")
-    (grad,) = torch.autograd.grad(losses.sum(), f)
-    return grad.reshape(f.shape[0], -1).norm(dim=1)
-
-
 def normalise(scores: Tensor) -> Tensor:
     """``scores / scores.sum()``; uniform weights when every score is zero (nothing to weight)."""
     scores = scores.detach().reshape(-1)
