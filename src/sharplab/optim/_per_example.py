@@ -148,7 +148,7 @@ def _per_mb(t: torch.Tensor, k: int, mod: nn.Module) -> torch.Tensor:
 
 def _unfold(x: torch.Tensor, kernel, dilation, padding, stride) -> torch.Tensor:
     """``F.unfold`` (N x (C kh kw) x L patches) as one strided copy: CPU ``im2col`` runs a parallel region per
-    example, which is very slow with 2 threads on a loaded machine (1 s instead of 10 ms per call here)."""
+    example, which is slow when few threads are free (a loaded machine)."""
     kh, kw = kernel
     if padding[0] or padding[1]:
         x = F.pad(x, (padding[1], padding[1], padding[0], padding[0]))
