@@ -49,7 +49,8 @@ from sharplab.runner.config import (
     config_to_dict,
     validate_config,
 )
-from sharplab.runner.execute import RunOptions, in_process_runner, run_until_claimed
+from sharplab.runner.execute import in_process_runner, run_until_claimed
+from sharplab.runner.single_run import RunOptions
 from sharplab.runner.store import check_out_dir, open_store
 
 SWEEP_KEYS = ("metric", "direction", "seeds", "space")
