@@ -105,7 +105,7 @@ def test_gpu_check_without_cuda_says_so():
     import subprocess
     from pathlib import Path
 
-    script = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.sh"
+    script = Path(__file__).resolve().parents[3] / "benchmarks" / "gpu_check.sh"
     res = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=120)
     assert res.returncode == 3
     assert res.stderr.startswith("error: no CUDA device") and "--device cpu --smoke" in res.stderr
