@@ -133,9 +133,28 @@ def test_the_checker_sees_lazy_and_relative_imports(tmp_path):
     """The checker itself: a function-level and a relative import are both found."""
     fake = tmp_path / "sharplab" / "runner" / "probe_module.py"
     fake.parent.mkdir(parents=True)
-    fake.write_text("def f():\n    from sharplab.labs import digits\n\nfrom ..labs import registry\n")
+    fake.write_text("def f():\n    from sharplab.labs import digits\n\nfrom ..labs import deep_net\n")
     found = imports_of(fake, tmp_path)
-    assert {"sharplab.labs", "sharplab.labs.digits", "sharplab.labs.registry"} <= found
+    assert {"sharplab.labs", "sharplab.labs.digits", "sharplab.labs.deep_net"} <= found
+
+
+REGISTRY_NAMES = {"Lab", "LABS", "register_lab", "get_lab"}
+
+
+def test_one_lab_registry_with_one_import_path():
+    """``get_lab`` / ``register_lab`` are defined once, in :mod:`sharplab.runner.labs`, and every module of
+    src and tests imports the registry's names from there (no alias module, no re-export)."""
+    defined, imported = [], []
+    for path in [*SRC.rglob("*.py"), *(SRC.parents[1] / "tests").rglob("*.py")]:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name in REGISTRY_NAMES:
+                defined.append(f"{path.name}:{node.name}")
+            if isinstance(node, ast.ImportFrom) and node.module != "sharplab.runner.labs":
+                imported += [f"{path.name}: from {node.module} import {a.name}" for a in node.names
+                             if a.name in REGISTRY_NAMES]
+    assert sorted(defined) == ["labs.py:Lab", "labs.py:get_lab", "labs.py:register_lab"]
+    assert not imported, imported
 
 
 @pytest.mark.parametrize("graph,expected", [({"a": {"b"}, "b": {"a"}}, [["a", "b"]]), ({"a": {"b"}, "b": set()}, [])])

@@ -17,6 +17,7 @@ from sharplab.cli import main
 from sharplab.data import download as dl
 from sharplab.data import load_two_feature
 from sharplab.data.archives import UnsafeArchiveError, safe_extract
+from sharplab.data.fetch import fetch
 from sharplab.errors import SharplabError
 from sharplab.registry import Registry
 
@@ -111,19 +112,19 @@ PAYLOAD = bytes(np.random.default_rng(0).integers(0, 256, 300_000, dtype=np.uint
 
 def test_fetch_success_md5_and_sha256(server, tmp_path):
     server.files["/a.bin"] = PAYLOAD
-    out = dl.fetch(server.url + "/a.bin", tmp_path / "a.bin", _md5(PAYLOAD), quiet=True)
+    out = fetch(server.url + "/a.bin", tmp_path / "a.bin", _md5(PAYLOAD), quiet=True)
     assert out.read_bytes() == PAYLOAD and not (tmp_path / "a.bin.part").exists()
     sha = "sha256:" + hashlib.sha256(PAYLOAD).hexdigest()
-    assert dl.fetch(server.url + "/a.bin", tmp_path / "b.bin", sha, quiet=True).read_bytes() == PAYLOAD
+    assert fetch(server.url + "/a.bin", tmp_path / "b.bin", sha, quiet=True).read_bytes() == PAYLOAD
     n = len(server.requests)
-    dl.fetch(server.url + "/a.bin", tmp_path / "a.bin", _md5(PAYLOAD), quiet=True)  # verified file: skipped
+    fetch(server.url + "/a.bin", tmp_path / "a.bin", _md5(PAYLOAD), quiet=True)  # verified file: skipped
     assert len(server.requests) == n
 
 
 def test_checksum_mismatch_deletes_and_says_so(server, tmp_path):
     server.files["/a.bin"] = PAYLOAD
     with pytest.raises(SharplabError, match="checksum mismatch for a.bin") as e:
-        dl.fetch(server.url + "/a.bin", tmp_path / "a.bin", "md5:" + "0" * 32, quiet=True)
+        fetch(server.url + "/a.bin", tmp_path / "a.bin", "md5:" + "0" * 32, quiet=True)
     assert "\n" not in str(e.value)
     assert not (tmp_path / "a.bin").exists() and not (tmp_path / "a.bin.part").exists()
 
@@ -132,12 +133,12 @@ def test_truncated_download_keeps_part_and_resumes(server, tmp_path):
     server.files["/a.bin"] = PAYLOAD
     server.truncate = 0.4
     with pytest.raises(SharplabError, match="stopped at .* of 300000 bytes; run the same command again"):
-        dl.fetch(server.url + "/a.bin", tmp_path / "a.bin", _md5(PAYLOAD), quiet=True)
+        fetch(server.url + "/a.bin", tmp_path / "a.bin", _md5(PAYLOAD), quiet=True)
     part = tmp_path / "a.bin.part"
     got = part.stat().st_size
     assert 0 < got < len(PAYLOAD) and part.read_bytes() == PAYLOAD[:got]
     server.truncate = None
-    out = dl.fetch(server.url + "/a.bin", tmp_path / "a.bin", _md5(PAYLOAD), quiet=True)
+    out = fetch(server.url + "/a.bin", tmp_path / "a.bin", _md5(PAYLOAD), quiet=True)
     assert out.read_bytes() == PAYLOAD
     assert server.requests[-1] == ("/a.bin", f"bytes={got}-")  # resumed with a Range request
 
@@ -145,11 +146,11 @@ def test_truncated_download_keeps_part_and_resumes(server, tmp_path):
 def test_resume_from_existing_part_and_server_without_range(server, tmp_path):
     server.files["/a.bin"] = PAYLOAD
     (tmp_path / "a.bin.part").write_bytes(PAYLOAD[:1000])
-    dl.fetch(server.url + "/a.bin", tmp_path / "a.bin", _md5(PAYLOAD), quiet=True)
+    fetch(server.url + "/a.bin", tmp_path / "a.bin", _md5(PAYLOAD), quiet=True)
     assert (tmp_path / "a.bin").read_bytes() == PAYLOAD and server.requests[-1][1] == "bytes=1000-"
     server.ranges = False  # a server answering 200 to a Range request: start again, do not append
     (tmp_path / "c.bin.part").write_bytes(b"garbage!" * 10)
-    dl.fetch(server.url + "/a.bin", tmp_path / "c.bin", _md5(PAYLOAD), quiet=True)
+    fetch(server.url + "/a.bin", tmp_path / "c.bin", _md5(PAYLOAD), quiet=True)
     assert (tmp_path / "c.bin").read_bytes() == PAYLOAD
 
 
@@ -158,14 +159,14 @@ def test_unreachable_host_and_html_page(server, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with pytest.raises(SharplabError, match=f"cannot reach 127.0.0.1:{port} .*download .* by hand") as e:
-        dl.fetch(f"http://127.0.0.1:{port}/x.gz", tmp_path / "x.gz", quiet=True, timeout=5)
+        fetch(f"http://127.0.0.1:{port}/x.gz", tmp_path / "x.gz", quiet=True, timeout=5)
     assert "\n" not in str(e.value)
     server.files["/big.zip"] = b"<html>confirm</html>"
     server.content_type = "text/html; charset=utf-8"
     with pytest.raises(SharplabError, match="web page instead of big.zip"):
-        dl.fetch(server.url + "/big.zip", tmp_path / "big.zip", quiet=True)
+        fetch(server.url + "/big.zip", tmp_path / "big.zip", quiet=True)
     with pytest.raises(SharplabError, match="HTTP 404"):
-        dl.fetch(server.url + "/missing", tmp_path / "m", quiet=True)
+        fetch(server.url + "/missing", tmp_path / "m", quiet=True)
 
 
 @pytest.mark.parametrize("member, why", [

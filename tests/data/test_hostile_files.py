@@ -36,7 +36,7 @@ PRELUDE = textwrap.dedent("""
     import re, resource, sys
     from pathlib import Path
     import numpy as np
-    from sharplab.data import cifar, formats
+    from sharplab.data import formats
     from sharplab.errors import SharplabError
     vm = int(re.search(r"VmSize:\\s+(\\d+)", Path("/proc/self/status").read_text()).group(1)) * 1024
     resource.setrlimit(resource.RLIMIT_AS, (vm + ({headroom} << 20), resource.getrlimit(resource.RLIMIT_AS)[1]))
@@ -72,7 +72,7 @@ def test_small_cifar_pickle_asking_for_gigabytes_is_refused_under_a_memory_cap(t
     assert path.stat().st_size < 10_000  # unpickles to 10^9 list items: 7.45 GiB as an int64 array
     out = _limited(f"formats.read_cifar_batch(Path({str(path)!r}))")
     assert out.startswith("refused:") and "not uint8" in out, out
-    out = _limited(f"cifar.read_cifar100_file(Path({str(path)!r}))")
+    out = _limited(f"formats.read_cifar100_file(Path({str(path)!r}))")
     assert out.startswith("refused:") and "not uint8" in out, out
 
 

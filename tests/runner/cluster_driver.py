@@ -12,7 +12,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from sharplab.labs.registry import LABS, Lab, register_lab
+from sharplab.runner.labs import LABS, Lab, register_lab
 from sharplab.runner.store import host_identity
 
 

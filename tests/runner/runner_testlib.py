@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from sharplab.errors import Diverged
-from sharplab.labs.registry import LABS, Lab, register_lab
+from sharplab.runner.labs import LABS, Lab, register_lab
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -19,7 +19,8 @@ from sharplab.errors import ConfigError, SharplabError
 from sharplab.io import atomic_torch_save
 from sharplab.runner.config import load_study, parse_study
 from sharplab.runner.context import RunContext
-from sharplab.runner.execute import RunOptions, run_study
+from sharplab.runner.execute import run_study
+from sharplab.runner.single_run import RunOptions
 from sharplab.runner.store import ResultsStore
 from sharplab.runner.sweep import fail_dead_trials, parse_sweep, run_sweep
 

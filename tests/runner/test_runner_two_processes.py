@@ -13,7 +13,8 @@ import two_process_driver  # noqa: F401  (registers the lab runner-slow here too
 from runner_testlib import write_study
 
 from sharplab.runner.config import load_study
-from sharplab.runner.execute import RunOptions, run_study
+from sharplab.runner.execute import run_study
+from sharplab.runner.single_run import RunOptions
 from sharplab.runner.store import ResultsStore
 
 HERE = Path(__file__).resolve().parent

@@ -14,9 +14,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sharplab.labs.registry import LABS, Lab, register_lab
 from sharplab.runner.config import load_study
-from sharplab.runner.execute import RunOptions, run_study  # imports torch: before announcing readiness
+from sharplab.runner.execute import run_study  # imports torch: before announcing readiness
+from sharplab.runner.labs import LABS, Lab, register_lab
+from sharplab.runner.single_run import RunOptions
 
 
 @dataclass(frozen=True)

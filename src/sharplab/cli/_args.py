@@ -87,7 +87,6 @@ def float_in(low: float | None = None, high: float | None = None, strict_low: bo
 
 
 positive_int = int_in(1)
-nonneg_int = int_in(0)
 seed = int_in(0, MAX_SEED, "a seed")
 finite = float_in()
 positive = float_in(0.0, strict_low=True)

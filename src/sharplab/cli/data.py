@@ -1,9 +1,13 @@
-"""``sharplab data {list,info,download}``: the two-feature data sets on the command line.
+"""``sharplab data {list,info,download}``: the data sets on the command line.
 
-* ``sharplab data list``: registered data sets with a one-line summary.
+* ``sharplab data list``: the registered data sets, two-feature (:mod:`sharplab.data.core`) and image
+  classification (:mod:`sharplab.data.image_classification`), with a one-line summary each.
 * ``sharplab data info NAME [--root DIR] [--seed S] [--set KEY=VALUE ...] [--json]``: per split the number
-  of examples and the count of each (easy, hard) pair; ``--json`` prints one object per split and line,
-  ``{"split": ..., "n": ..., "pair_counts": {"easy,hard": count}}``.
+  of examples and, for a two-feature set, the count of each (easy, hard) pair; ``--json`` prints one object
+  per split and line, ``{"split": ..., "n": ..., "pair_counts": {"easy,hard": count}}``. For an image set
+  (``cifar10``, ``cifar100``, ``fashion-mnist``, ``digits``; no ``--set``) the splits are ``train``,
+  ``val`` (seeded by ``--seed``, as a run with that seed splits them) and ``test``, each with its shape
+  and examples per class: ``{"split": ..., "n": ..., "shape": [N, C, H, W], "class_counts": [...]}``.
 * ``sharplab data download NAME --root DIR [--base-url URL]``: see :mod:`sharplab.data.download`.
 """
 
@@ -21,14 +25,14 @@ from sharplab.errors import ConfigError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("data", help="list, inspect and download the two-feature data sets")
+    p = subparsers.add_parser("data", help="list, inspect and download the data sets")
     sub = p.add_subparsers(dest="data_command", metavar="ACTION")
     p.set_defaults(func=lambda args: (p.print_help(), 0)[1])
 
     ls = sub.add_parser("list", help="list the registered data sets")
     ls.set_defaults(func=cmd_list, needs_labs=True)  # labs register data sets too (e.g. toy-hetero)
 
-    info = sub.add_parser("info", help="split sizes and (easy, hard) pair counts of a data set")
+    info = sub.add_parser("info", help="split sizes and (easy, hard) pair counts or image shapes of a data set")
     info.add_argument("name", help="data set name (see 'sharplab data list')")
     info.add_argument("--root", default=None, help="data root (else $SHARPLAB_DATA, then offline sources)")
     info.add_argument("--seed", type=int, default=0)
@@ -50,9 +54,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from sharplab.data import DATASETS, list_datasets
+    from sharplab.data.image_classification import IMAGE_SETS
 
-    for name in list_datasets():
-        print(f"{name:14s} {DATASETS.get(name).summary}")
+    summaries = {name: DATASETS.get(name).summary for name in list_datasets()}
+    summaries.update({name: IMAGE_SETS.get(name).summary for name in IMAGE_SETS.names()})
+    for name in sorted(summaries):
+        print(f"{name:14s} {summaries[name]}")
     return 0
 
 
@@ -102,6 +109,10 @@ def pair_records(data) -> list[dict[str, typing.Any]]:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from sharplab.data import load_two_feature
+    from sharplab.data.image_classification import IMAGE_SETS
+
+    if args.name in IMAGE_SETS:
+        return image_set_info(args)
 
     options = parse_options(args.name, args.options)
     data = load_two_feature(args.name, root=args.root, seed=args.seed, **options)
@@ -126,6 +137,29 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"note: lab {owner} loads {args.name} with {', '.join(f'{k}={v}' for k, v in preset.items())} "
               f"unless its config says otherwise" + ("" if same else f"; see it with `sharplab data info "
                                                                    f"{args.name} {sets}`"))
+    return 0
+
+
+def image_set_info(args: argparse.Namespace) -> int:
+    from sharplab.data.image_classification import IMAGE_SETS, VAL_FRACTION, split_records
+
+    if args.options:
+        raise ConfigError(f"image set {args.name!r} takes no --set options (a run chooses n_train / n_test in its "
+                          "lab config)")
+    entry = IMAGE_SETS.get(args.name)
+    raw, records = split_records(entry.name, root=args.root, seed=args.seed)
+    if args.json:
+        for r in records:
+            print(json.dumps(r, sort_keys=True))
+        return 0
+    print(f"{entry.name}: input {'x'.join(map(str, entry.input_shape))}, {entry.num_classes} classes, uint8 "
+          "pixels (floats in [0, 1] when loaded)")
+    print(f"  source: {raw.source}")
+    print(f"  val: {VAL_FRACTION:.0%} of the official training part, drawn with seed {args.seed} (--seed)")
+    for r in records:
+        counts = r["class_counts"]
+        print(f"{r['split']:12s} n={r['n']:<7d} shape {'x'.join(map(str, r['shape']))}  per class "
+              f"{min(counts)}..{max(counts)}")
     return 0
 
 

@@ -86,8 +86,9 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 def handle(args: argparse.Namespace) -> int:
     from sharplab.labs.deep_net.studies import QUICK_SEEDS, add_sections, analyse, grids, summarise
     from sharplab.runner.config import parse_study
-    from sharplab.runner.execute import RunOptions, run_study
+    from sharplab.runner.execute import run_study
     from sharplab.runner.report import build_report
+    from sharplab.runner.single_run import RunOptions
     from sharplab.runner.store import open_store
 
     if args.epochs is not None and args.epochs < 1:

@@ -230,10 +230,11 @@ def _three_feature_figure(rows: list[dict[str, Any]], path: Path) -> None:
     import io
 
     from sharplab.io import atomic_write_bytes
-    from sharplab.labs.feature_quality.mechanisms_plots import _pyplot, mean_std
+    from sharplab.labs.feature_quality.mechanisms_plots import mean_std
     from sharplab.labs.feature_quality.three_feature import FEATURES3
+    from sharplab.runner.report import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for j, opt in enumerate(("sgd", "sam")):
         stats = [mean_std([r[f"probe_error_{f}"] for r in rows if r["optimizer"] == opt]) for f in FEATURES3]

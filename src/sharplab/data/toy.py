@@ -24,7 +24,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from sharplab.data.core import (
     TwoFeatureData,
@@ -106,9 +105,3 @@ def load_toy(opt: ToyOptions, root: str | None, seed: int) -> TwoFeatureData:
               "options": dict(opt.__dict__), "easy_feature": "large-margin sign", "hard_feature":
               "small-margin noisy sign"},
     )
-
-
-def toy_bayes_error_hard(opt: ToyOptions) -> float:
-    """Bayes error of predicting the hard sign from the hard coordinates alone: Phi(-sqrt(h) m / sigma)."""
-    snr = float(np.sqrt(opt.hard_dims) * opt.margin_hard / max(opt.sigma_hard, 1e-12))
-    return float(0.5 * torch.special.erfc(torch.tensor(snr / np.sqrt(2.0))))

@@ -1,13 +1,13 @@
-"""Labs: one module per study, each registered with :data:`sharplab.runner.labs.LABS` at import.
+"""Labs: one package per study, each registering itself with :data:`sharplab.runner.labs.LABS` at import.
 
-The runner never imports a lab; the top layer (the CLI) calls :func:`load_all` to register the bundled
-ones. A new bundled lab is a module calling ``register_lab(Lab(...))`` plus one line in
-:data:`LAB_MODULES`.
+The registry and its lookups (:class:`~sharplab.runner.labs.Lab`, :func:`~sharplab.runner.labs.register_lab`,
+:func:`~sharplab.runner.labs.get_lab`) live in :mod:`sharplab.runner.labs`, the one import path for them:
+the runner is a lower layer and never imports a lab. Whoever sits on top (the CLI, a notebook, a test)
+calls :func:`load_all` to register the bundled labs. A new bundled lab is a package calling
+``register_lab(Lab(...))`` plus one line in :data:`LAB_MODULES`.
 """
 
-from sharplab.runner.labs import LABS, Lab, register_lab
-
-__all__ = ["LABS", "Lab", "get_lab", "register_lab", "load_all"]
+__all__ = ["LAB_MODULES", "load_all"]
 
 # Lab modules, imported by load_all(); each calls register_lab(...) at import.
 LAB_MODULES: tuple[str, ...] = (
@@ -19,16 +19,8 @@ LAB_MODULES: tuple[str, ...] = (
 
 
 def load_all() -> None:
-    """Import every lab module (idempotent)."""
+    """Import every bundled lab module (idempotent)."""
     import importlib
 
     for name in LAB_MODULES:
         importlib.import_module(name)
-
-
-def get_lab(name: str) -> Lab:
-    """The lab ``name``, after :func:`load_all`."""
-    from sharplab.runner.labs import get_lab as _get
-
-    load_all()
-    return _get(name)

@@ -5,6 +5,8 @@
 * :class:`BatchPasses` -- ``step(inputs=, targets=)``: the batch's mean loss as a closure.
 * :class:`SelectionPasses` -- ESAM's data selection: per-example losses at w, the sharpest fraction chosen
   at w + eps (Du et al., ICLR 2022, sec. 3.2).
+* :class:`PassDriver` -- ``SAM.step``: runs one way's passes around ``first_step`` / ``second_step`` (every
+  path runs the same two phases), restoring w when a pass raises.
 * :func:`build_base` -- the base optimizer from a class and keywords, an unknown keyword named with SAM's
   options and the class's own arguments.
 """
@@ -12,6 +14,7 @@
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -19,6 +22,9 @@ import torch
 
 from sharplab.errors import SharplabError
 from sharplab.optim import _steps
+from sharplab.optim._distributed import no_sync, unwrap
+from sharplab.optim._passes import RNGSnapshot, frozen_bn_stats
+from sharplab.optim.rules import PerturbationRule
 
 #: SAM's own keyword arguments (everything else goes to the base optimizer class).
 SAM_OPTIONS = ("rho", "rule", "combiner", "schedule", "selection", "ascent_steps", "perturb", "bn_policy",
@@ -139,3 +145,137 @@ class SelectionPasses(ClosurePasses):
             self._backward(loss)
         self.selected = idx
         return loss.detach()
+
+
+class PassDriver:
+    """The part of :class:`~sharplab.optim.SAM` that runs the passes of a whole step: ``step(closure)`` and
+    ``step(inputs=, targets=)`` (ESAM's selection, m-sharpness and the mechanism variants included) call
+    the closure or the model at w and at w + eps around the phases ``first_step`` / ``second_step``."""
+
+    def step(  # type: ignore[override]
+        self,
+        closure: Callable[[], torch.Tensor] | None = None,
+        *,
+        inputs: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
+        scaler: torch.amp.GradScaler | None = None,
+    ) -> torch.Tensor | None:
+        """One step: ``step(closure)`` or ``step(inputs=x, targets=y)``; returns the loss at w (for
+        Momentum-SAM, whose only pass is at w + eps, the loss there).
+
+        With a ``GradScaler`` (float16; the closure calls ``scaler.scale(loss).backward()``) pass ``scaler=``,
+        or let the scaler call this method (``scaler.step(opt, closure)``, as Accelerate does); the caller runs
+        ``scaler.update()`` once per iteration. ``step()`` without a closure after :meth:`first_step`
+        finishes that step like :meth:`second_step` (for trainers that call ``optimizer.step()`` themselves).
+        """
+        if inputs is not None:
+            return self._batch_step(inputs, targets, scaler)
+        closure, scaler, ran = _steps.scaler_handover(self, closure, scaler, self._pending())
+        if closure is None:
+            if self._pending():
+                self.second_step(scaler=scaler)
+                return None
+            raise SharplabError("SAM.step needs a closure (forward, backward, return loss) "
+                                "or inputs=/targets= with SAM(..., model=, loss_fn=)")
+        if self.m is not None or self.mechanism != "full" or self.selection is not None:
+            raise SharplabError("m-sharpness, the mechanism variants and ESAM's data selection need the batch: "
+                                "call step(inputs=x, targets=y) and build SAM with model= and loss_fn=")
+        if ran is None:
+            _steps.check_fresh(self.param_groups, self._left)
+        loss = self._two_phase(ClosurePasses(torch.enable_grad()(closure), self, ran), scaler)
+        if ran is not None:  # the framework runs the next pass at w before SAM can zero: leave no gradient
+            self.zero_grad()
+        return loss
+
+    def _two_phase(self, passes: ClosurePasses, scaler: torch.amp.GradScaler | None,
+                   driver: str = "closure") -> torch.Tensor:
+        """The passes of one step around :meth:`first_step` / :meth:`second_step` (every path runs this)."""
+        self._cache, self._driver = None, driver
+        try:
+            return self._run_passes(passes, scaler)
+        finally:
+            self._driver = None
+
+    def _run_passes(self, passes: ClosurePasses, scaler: torch.amp.GradScaler | None) -> torch.Tensor:
+        ascend = self._ascends()
+        ddp = unwrap(self.model)[1] if self.model is not None else None
+        ascent_ddp = None if self.sync_ascent else ddp
+        candidates = self._candidates()[0]
+        rng = RNGSnapshot(candidates)
+        try:
+            if ascend and not self.rule.needs_grad:  # Momentum-SAM, random: the only pass is at w + eps
+                if passes.ran is not None:
+                    raise SharplabError("Momentum-SAM runs its only pass at w + eps, but the framework already ran "
+                                        "the pass at w: use a precision plugin that lets the optimizer run the closure")
+                self.first_step()
+                loss = passes.at_eps(ddp=None)
+                self.second_step(scaler=scaler)
+                self.stats["perturbed_loss"] = loss
+                return loss
+            frozen: list[torch.Tensor] = []
+            if scaler is not None and ascend:
+                self._undo = self.rule.state_dict()  # before ESAM draws its mask: a skipped step puts it back
+            if ascend and self.rule.needs_grad and type(self.rule).select is not PerturbationRule.select:
+                self._mask = self.rule.select(candidates)  # ESAM: untouched tensors skip the backward
+                frozen = [p for p, keep in zip(candidates, self._mask) if not keep and p.requires_grad]
+            for p in frozen:
+                p.requires_grad_(False)
+            try:
+                with no_sync(ascent_ddp if ascend else None):  # no ascent: the only pass must all-reduce
+                    loss = passes.at_w()
+            finally:
+                for p in frozen:
+                    p.requires_grad_(True)
+            if not ascend or not self.first_step(scaler=scaler):
+                self._mask = None
+                if self._skip:  # float16 overflow at w: the weights stay at w, scaler.update() lowers the scale
+                    self.second_step()
+                else:
+                    self.second_step(scaler=scaler)
+                self.stats = {"loss": loss}
+                return loss
+            stats = self.stats
+            for _ in range(self.rule.steps - 1):
+                rng.restore()
+                with no_sync(ascent_ddp), frozen_bn_stats(self.model, nesting=self._nesting):
+                    passes.at_eps(ddp=ascent_ddp)
+                self.first_step()
+            rng.restore()
+            perturbed = passes.at_eps(ddp=ddp)  # BatchNorm: first_step's guard holds for bn_policy="once"
+        except BaseException:
+            self.restore()
+            self._undo, self._g, self._mask, self._skip = None, None, None, False
+            raise
+        self.second_step(scaler=scaler)
+        stats.update(loss=loss, perturbed_loss=perturbed)
+        if isinstance(loss, torch.Tensor) and isinstance(perturbed, torch.Tensor) and passes.same_examples:
+            stats["sharpness"] = perturbed - loss
+        if getattr(passes, "selected", None) is not None:
+            stats["selected"] = passes.selected  # ESAM: indices of the examples the descent used
+        self.stats = stats
+        return loss
+
+    def _call(self, closure: Callable[[], torch.Tensor]) -> torch.Tensor:
+        _steps.clear_grads(self.param_groups)
+        if self._bn_guard is None or not self._bn_guard.hooked:
+            return loss_value(closure())
+        with warnings.catch_warnings():  # our BatchNorm hook is meant to see compiled modules' calls
+            warnings.filterwarnings("ignore", message=r"Using `torch\.compile\(module\)` when there are global hooks")
+            return loss_value(closure())
+
+    def _batch_step(self, inputs: torch.Tensor, targets: torch.Tensor | None,
+                    scaler: torch.amp.GradScaler | None) -> torch.Tensor:
+        if self.model is None or self.loss_fn is None or targets is None:
+            raise SharplabError("step(inputs=, targets=) needs SAM(..., model=model, loss_fn=loss_fn) "
+                                "and both inputs and targets")
+        if self.m is not None or self.mechanism != "full":
+            if scaler is not None:
+                raise SharplabError("scaler= with m-sharpness or a mechanism variant is not supported; use "
+                                    "bfloat16 autocast")
+            loss = _steps.batch_grad(self, inputs, targets)
+            self._base_step(None)
+            self.stats = {"loss": loss}
+            return loss
+        passes = (SelectionPasses(self, inputs, targets, scaler) if self.selection is not None
+                  else BatchPasses(self, inputs, targets, scaler))
+        return self._two_phase(passes, scaler, driver="batch")

@@ -50,14 +50,22 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from sharplab.optim._per_example_ops import (
+    PerturbedConv2d,
+    PerturbedLinear,
+    affine_view,
+    from_cols,
+    normalise_per_microbatch,
+    per_microbatch,
+    shared_view,
+    to_cols,
+    unfold_patches,
+)
+
 _LINEAR_FORWARDS = {nn.Linear.forward}
 _CONV_FORWARDS = {nn.Conv2d.forward}
 _NORM_FORWARDS = {nn.BatchNorm1d.forward, nn.BatchNorm2d.forward, nn.BatchNorm3d.forward, nn.GroupNorm.forward,
                   nn.LayerNorm.forward}
-
-
-class Unsupported(Exception):
-    """The model has a layer the per-example formulas do not cover (the ``torch.func`` path does)."""
 
 
 def _kind(mod: nn.Module) -> str | None:
@@ -82,127 +90,6 @@ def unsupported(core: nn.Module, trainable: Sequence[torch.Tensor]) -> str | Non
         if isinstance(mod, _BatchNorm) and _kind(mod) is None:
             return f"layer {name} ({type(mod).__name__}) normalises across the batch in its own way"
     return None
-
-
-class _PerturbedConv2d(torch.autograd.Function):
-    """y_i = W_{j(i)} * a_i (convolution) for micro-batch weights W_j held constant; the weight gradient
-    is the shared one, sum_i dL/dy_i * a_i, from the stock kernel on the whole batch."""
-
-    @staticmethod
-    def forward(ctx, x, w, wk, m, stride, padding, dilation):  # type: ignore[override]
-        n, _, h, wd = x.shape
-        k = wk.shape[0]
-        cols = _unfold(x, w.shape[2:], dilation, padding, stride)  # N x (C kh kw) x L
-        out = torch.matmul(wk.view(k, 1, w.shape[0], -1), cols.view(k, n // k, *cols.shape[1:]))
-        ho = (h + 2 * padding[0] - dilation[0] * (w.shape[2] - 1) - 1) // stride[0] + 1
-        wo = (wd + 2 * padding[1] - dilation[1] * (w.shape[3] - 1) - 1) // stride[1] + 1
-        ctx.save_for_backward(x, w, wk)
-        ctx.conf = (m, stride, padding, dilation)
-        return out.view(n, w.shape[0], ho, wo)
-
-    @staticmethod
-    def backward(ctx, grad_out):  # type: ignore[override]
-        x, w, wk = ctx.saved_tensors
-        m, stride, padding, dilation = ctx.conf
-        n, k = x.shape[0], wk.shape[0]
-        gx = gw = None
-        grad_out = grad_out.contiguous()
-        if ctx.needs_input_grad[0]:
-            go = grad_out.view(k, n // k, w.shape[0], -1)
-            cols = torch.matmul(wk.view(k, 1, w.shape[0], -1).transpose(-1, -2), go)
-            gx = F.fold(cols.view(n, cols.shape[-2], -1), x.shape[2:], w.shape[2:], dilation, padding, stride)
-        if ctx.needs_input_grad[1]:
-            gw = torch.ops.aten.convolution_backward(grad_out, x, w, None, stride, padding, dilation, False,
-                                                     [0, 0], 1, [False, True, False])[1]
-        return gx, gw, None, None, None, None, None
-
-
-class _PerturbedLinear(torch.autograd.Function):
-    """y_i = W_{j(i)} a_i for micro-batch weights W_j held constant; shared weight gradient sum_i dL/dy_i a_i^T."""
-
-    @staticmethod
-    def forward(ctx, x, w, wk):  # type: ignore[override]
-        k = wk.shape[0]
-        out = torch.bmm(x.reshape(k, -1, x.shape[-1]), wk.transpose(1, 2))
-        ctx.save_for_backward(x, wk)
-        return out.view(*x.shape[:-1], wk.shape[1])
-
-    @staticmethod
-    def backward(ctx, grad_out):  # type: ignore[override]
-        x, wk = ctx.saved_tensors
-        k = wk.shape[0]
-        gx = gw = None
-        go = grad_out.reshape(-1, grad_out.shape[-1])
-        if ctx.needs_input_grad[0]:
-            gx = torch.bmm(go.view(k, -1, go.shape[-1]), wk).view_as(x)
-        if ctx.needs_input_grad[1]:
-            gw = go.t().mm(x.reshape(-1, x.shape[-1]))
-        return gx, gw, None
-
-
-def _per_mb(t: torch.Tensor, k: int, mod: nn.Module) -> torch.Tensor:
-    if t.shape[0] % k:
-        raise Unsupported(f"{type(mod).__name__} input has {t.shape[0]} rows, not a multiple of {k} micro-batches")
-    return t.view(k, t.shape[0] // k, *t.shape[1:])
-
-
-def _unfold(x: torch.Tensor, kernel, dilation, padding, stride) -> torch.Tensor:
-    """``F.unfold`` (N x (C kh kw) x L patches) as one strided copy: CPU ``im2col`` runs a parallel region per
-    example, which is very slow with 2 threads on a loaded machine (1 s instead of 10 ms per call here)."""
-    kh, kw = kernel
-    if padding[0] or padding[1]:
-        x = F.pad(x, (padding[1], padding[1], padding[0], padding[0]))
-    x = x.contiguous()
-    n, c, h, w = x.shape
-    ho = (h - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    wo = (w - dilation[1] * (kw - 1) - 1) // stride[1] + 1
-    sn, sc, sh, sw = x.stride()
-    strides = (sn, sc, dilation[0] * sh, dilation[1] * sw, stride[0] * sh, stride[1] * sw)
-    win = x.as_strided((n, c, kh, kw, ho, wo), strides)
-    return win.reshape(n, c * kh * kw, ho * wo)
-
-
-def _to_cols(t: torch.Tensor, k: int) -> torch.Tensor:
-    """N x C x L -> k x C x (m L): each micro-batch's columns side by side (a view when m = 1)."""
-    n, c, length = t.shape
-    if n == k:
-        return t
-    return t.view(k, n // k, c, length).transpose(1, 2).reshape(k, c, (n // k) * length)
-
-
-def _from_cols(t: torch.Tensor, n: int) -> torch.Tensor:
-    """Inverse of :func:`_to_cols`."""
-    k, c, r = t.shape
-    if n == k:
-        return t
-    return t.view(k, c, n // k, r // (n // k)).transpose(1, 2).reshape(n, c, r // (n // k))
-
-
-def _normalise(mod: nn.Module, x: torch.Tensor, k: int) -> torch.Tensor:
-    """xhat: the layer's normalisation without the affine part, BatchNorm statistics per micro-batch."""
-    if isinstance(mod, nn.GroupNorm):
-        return F.group_norm(x, mod.num_groups, None, None, mod.eps)
-    if isinstance(mod, nn.LayerNorm):
-        return F.layer_norm(x, mod.normalized_shape, None, None, mod.eps)
-    if not mod.training and mod.running_mean is not None:
-        return F.batch_norm(x, mod.running_mean, mod.running_var, None, None, False, 0.0, mod.eps)
-    xm = _per_mb(x, k, mod)  # k x m x C x ...: statistics of each micro-batch
-    flat = xm.transpose(0, 1).reshape(xm.shape[1], k * x.shape[1], *x.shape[2:])
-    xhat = F.batch_norm(flat, None, None, None, None, True, 0.0, mod.eps)
-    return xhat.view(xm.shape[1], k, *x.shape[1:]).transpose(0, 1).reshape(x.shape)
-
-
-def _affine_view(p: torch.Tensor, mod: nn.Module, x: torch.Tensor, k: int) -> torch.Tensor:
-    """Micro-batch parameters k x P viewed to broadcast against x viewed as k x (N/k) x ..."""
-    if isinstance(mod, nn.LayerNorm):
-        return p.view(k, *[1] * (x.dim() - p.dim() + 1), *p.shape[1:])
-    return p.view(k, 1, p.shape[1], *[1] * (x.dim() - 2))
-
-
-def _shared_view(p: torch.Tensor, mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    if isinstance(mod, nn.LayerNorm):
-        return p
-    return p.view(p.shape[0], *[1] * (x.dim() - 2))
 
 
 class Passes:
@@ -245,7 +132,7 @@ class Passes:
         return self._run(x, k, self._ascent_layer)
 
     def _ascent_layer(self, mod, kind, inp, k):
-        _per_mb(inp, k, mod)
+        per_microbatch(inp, k, mod)
         if kind == "linear":
             out = F.linear(inp, mod.weight, mod.bias)
             saved = inp
@@ -253,12 +140,12 @@ class Passes:
             out = F.conv2d(inp, mod.weight, mod.bias, mod.stride, mod.padding, mod.dilation)
             saved = inp
         else:
-            saved = _normalise(mod, inp, k)
+            saved = normalise_per_microbatch(mod, inp, k)
             out = saved
             if mod.weight is not None:
-                out = out * _shared_view(mod.weight, mod, inp)
+                out = out * shared_view(mod.weight, mod, inp)
             if mod.bias is not None:
-                out = out + _shared_view(mod.bias, mod, inp)
+                out = out + shared_view(mod.bias, mod, inp)
         if id(mod) in self.perturbed_layers:
             self.records.append((mod, kind, saved.detach(), out))
         return out
@@ -311,16 +198,16 @@ class Passes:
                     add(mod.weight, lambda g=g, a=a: torch.bmm(g.transpose(1, 2), a))
                 add(mod.bias, lambda g=g: g.sum(1))
             elif kind == "conv":
-                cols = _to_cols(_unfold(saved, mod.kernel_size, mod.dilation, mod.padding, mod.stride), k)
-                g = _to_cols(go.reshape(go.shape[0], go.shape[1], -1), k)  # k x C_out x R
+                cols = to_cols(unfold_patches(saved, mod.kernel_size, mod.dilation, mod.padding, mod.stride), k)
+                g = to_cols(go.reshape(go.shape[0], go.shape[1], -1), k)  # k x C_out x R
                 if not keep(mod.weight, cols, g):
                     shape = mod.weight.shape
                     add(mod.weight,
                         lambda g=g, cols=cols, shape=shape: torch.bmm(g, cols.transpose(1, 2)).view(k, *shape))
                 add(mod.bias, lambda g=g: g.sum(2))
             else:
-                g = _per_mb(go, k, mod)
-                xh = _per_mb(saved, k, mod)
+                g = per_microbatch(go, k, mod)
+                xh = per_microbatch(saved, k, mod)
                 pdim = (mod.weight if mod.weight is not None else mod.bias).dim()
                 if isinstance(mod, nn.LayerNorm):
                     dims = tuple(range(1, go.dim() - pdim + 1))
@@ -347,11 +234,11 @@ class Passes:
         if id(b) in self.eps_k:
             bk = b.unsqueeze(0) + self.eps_k[id(b)]  # differentiable in b, eps constant
             view = bk.view(k, 1, bk.shape[1], *[1] * (out.dim() - 2))
-            return (_per_mb(out, k, mod) + view).view(out.shape)
+            return (per_microbatch(out, k, mod) + view).view(out.shape)
         return out + b.view(b.shape[0], *[1] * (out.dim() - 2))
 
     def _descent_layer(self, mod, kind, inp, k):
-        _per_mb(inp, k, mod)
+        per_microbatch(inp, k, mod)
         if kind in ("linear", "conv"):
             wk = self.w_k.get(id(mod.weight))
             fac = self.factors.get(id(mod.weight))
@@ -363,32 +250,32 @@ class Passes:
                     out = F.linear(inp, mod.weight) + corr.view(*inp.shape[:-1], g.shape[1])
                     return self._linear_bias(mod, out, k)
                 out = F.conv2d(inp, mod.weight, None, mod.stride, mod.padding, mod.dilation)
-                u = _to_cols(F.unfold(inp, mod.kernel_size, mod.dilation, mod.padding, mod.stride), k)
-                corr = _from_cols(torch.bmm(g, torch.bmm(a.transpose(1, 2), u)), inp.shape[0])
+                u = to_cols(F.unfold(inp, mod.kernel_size, mod.dilation, mod.padding, mod.stride), k)
+                corr = from_cols(torch.bmm(g, torch.bmm(a.transpose(1, 2), u)), inp.shape[0])
                 return self._bias(mod, out + corr.view(out.shape), inp, k)
             if kind == "linear":
                 if wk is None:
                     out = F.linear(inp, mod.weight)
                 else:
-                    out = _PerturbedLinear.apply(inp, mod.weight, wk)
+                    out = PerturbedLinear.apply(inp, mod.weight, wk)
                 return self._linear_bias(mod, out, k)
             if wk is None:
                 out = F.conv2d(inp, mod.weight, None, mod.stride, mod.padding, mod.dilation)
             else:
-                out = _PerturbedConv2d.apply(inp, mod.weight, wk, inp.shape[0] // k, mod.stride, mod.padding,
+                out = PerturbedConv2d.apply(inp, mod.weight, wk, inp.shape[0] // k, mod.stride, mod.padding,
                                              mod.dilation)
             return self._bias(mod, out, inp, k)
-        out = _normalise(mod, inp, k)
+        out = normalise_per_microbatch(mod, inp, k)
         for p, plus in ((mod.weight, False), (mod.bias, True)):
             if p is None:
                 continue
             if id(p) in self.eps_k:
                 pk = p.unsqueeze(0) + self.eps_k[id(p)]
-                om = _per_mb(out, k, mod)
-                v = _affine_view(pk, mod, out, k)
+                om = per_microbatch(out, k, mod)
+                v = affine_view(pk, mod, out, k)
                 out = (om + v if plus else om * v).view(out.shape)
             else:
-                v = _shared_view(p, mod, out)
+                v = shared_view(p, mod, out)
                 out = out + v if plus else out * v
         return out
 

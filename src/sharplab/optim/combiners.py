@@ -3,7 +3,7 @@ r"""Combiners: how the descent gradient is formed from g = grad L(w) and g_s = g
 ===============  ==================================================================  ===============================
 combiner         descent gradient                                                     reference
 ===============  ==================================================================  ===============================
-``SAMCombiner``  g_s                                                                  Foret et al., ICLR 2021
+``Combiner``     g_s  (the plain combiner, the default)                               Foret et al., ICLR 2021
 ``GSAM(alpha)``  g_s - alpha g_perp,  g_perp = g - (g . g_s / ||g_s||^2) g_s           Zhuang et al., ICLR 2022, Alg. 1
 ``WSAM(gamma)``  g + gamma/(1-gamma) (g_s - g)  (decoupled: base on g, then the rest)  Yue et al., KDD 2023, Alg. 1
 ``LookSAM``      ascent steps: g_s, and g_v = g_s - ||g_s|| cos(g, g_s) g/||g|| kept;    Liu et al., CVPR 2022, Alg. 1

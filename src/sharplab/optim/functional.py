@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from sharplab.errors import Diverged, SharplabError
-from sharplab.optim import _msharpness, _per_example
+from sharplab.optim import _msharpness, _per_example_ops
 from sharplab.optim._ascent import whole_batch
 from sharplab.optim._distributed import allreduce_mean_, no_sync, unwrap
 from sharplab.optim._passes import RNGSnapshot, check_bn_policy
@@ -155,7 +155,7 @@ def sam_grad(
                 try:
                     result = _msharpness.per_example_batches(core, loss_fn, inputs, targets, rho, m, rule_obj,
                                                              named, pert, chunk_size, step)
-                except _per_example.Unsupported:
+                except _per_example_ops.Unsupported:
                     rng.restore()  # a layer saw its examples off dim 0: nothing written yet, use torch.func
             loss, new = result if result is not None else _msharpness.micro_batches(
                 core, loss_fn, inputs, targets, rho, m, rule_obj, mechanism, named, pert, chunk_size, step)

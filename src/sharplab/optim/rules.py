@@ -98,7 +98,8 @@ class PerturbationRule:
         pass
 
 
-def _scale(tensors: Tensors, rhos: Sequence[float], denom: torch.Tensor, of_norm: bool = False) -> list[torch.Tensor]:
+def scale_to_rho(tensors: Tensors, rhos: Sequence[float], denom: torch.Tensor, of_norm: bool = False
+                 ) -> list[torch.Tensor]:
     """``rho_i / (denom + NORM_EPS) * t_i``: one factor per distinct rho, one fused multiply per factor.
 
     ``of_norm=True`` says ``denom`` is ``global_norm(tensors)``; with one rho the result is then
@@ -130,7 +131,7 @@ class SAMRule(PerturbationRule):
     name = "sam"
 
     def perturbation(self, grads, params, rhos):
-        return _scale(grads, rhos, global_norm(grads), of_norm=True)
+        return scale_to_rho(grads, rhos, global_norm(grads), of_norm=True)
 
 
 class USAMRule(PerturbationRule):
@@ -170,7 +171,7 @@ class ASAMRule(PerturbationRule):
         scales = [p.detach().abs() + self.eta if self._scaled is None or id(p) in self._scaled else None
                   for p in params]
         scaled = [g if s is None else s * g for s, g in zip(scales, grads)]
-        return _scale([tg if s is None else s * tg for s, tg in zip(scales, scaled)], rhos, global_norm(scaled))
+        return scale_to_rho([tg if s is None else s * tg for s, tg in zip(scales, scaled)], rhos, global_norm(scaled))
 
 
 def weights_only(model: torch.nn.Module) -> list[torch.Tensor]:
@@ -209,7 +210,7 @@ class RandomRule(PerturbationRule):
     def perturbation(self, grads, params, rhos):
         z = [torch.randn(p.shape, generator=self.generator(p.device), device=p.device,
                          dtype=torch.float32).to(p.dtype) for p in params]
-        return _scale(z, rhos, global_norm(z), of_norm=True)
+        return scale_to_rho(z, rhos, global_norm(z), of_norm=True)
 
     def state_dict(self) -> dict:
         return {"seed": self.seed, "generators": {k: g.get_state() for k, g in self._generators.items()}}
@@ -293,21 +294,21 @@ def make_rule(rule: PerturbationRule | str, ascent_steps: int = 1) -> Perturbati
     return MultiStep(obj, ascent_steps) if ascent_steps > 1 else obj
 
 
-def _rule_only(make):
+def build_rule_only(make):
     """A ``Variant.build`` for a variant that is a rule and nothing else (the user's schedule kept)."""
     return lambda kw, schedule: {"rule": make(kw), "schedule": schedule}
 
 
 register(Variant("sam", "Foret et al., ICLR 2021, eq. 2", "eps = rho g / ||g||",
-                 _rule_only(lambda kw: SAMRule()), {"rho": 0.05}, rule=True))
+                 build_rule_only(lambda kw: SAMRule()), {"rho": 0.05}, rule=True))
 register(Variant("usam", "Andriushchenko & Flammarion, ICML 2022, eq. 3", "eps = rho g (unnormalised)",
-                 _rule_only(lambda kw: USAMRule()), {"rho": 0.05}, rule=True))
+                 build_rule_only(lambda kw: USAMRule()), {"rho": 0.05}, rule=True))
 register(Variant("asam", "Kwon et al., ICML 2021, eq. 9", "eps = rho T^2 g / ||T g||, T = |w| + eta",
-                 _rule_only(lambda kw: ASAMRule(eta=kw["eta"], scaled=kw["scaled"])),
+                 build_rule_only(lambda kw: ASAMRule(eta=kw["eta"], scaled=kw["scaled"])),
                  {"rho": 0.5, "eta": 0.01, "scaled": None}, aliases=("adaptive-sam",), rule=True))
 register(Variant("random", "random-perturbation baseline (Andriushchenko & Flammarion, ICML 2022)",
                  "eps = rho z / ||z||, z ~ N(0, I) (own generator on the parameters' device; no ascent pass)",
-                 _rule_only(lambda kw: RandomRule(seed=kw["seed"])), {"rho": 0.05, "seed": None},
+                 build_rule_only(lambda kw: RandomRule(seed=kw["seed"])), {"rho": 0.05, "seed": None},
                  aliases=("rsam",), passes="1", rule=True))
 
 

@@ -21,7 +21,7 @@ import torch
 
 from sharplab.errors import SharplabError
 from sharplab.optim.registry import Variant, check_number, register
-from sharplab.optim.rules import PerturbationRule, Tensors, _rule_only, _scale, global_norm
+from sharplab.optim.rules import PerturbationRule, Tensors, build_rule_only, global_norm, scale_to_rho
 
 
 class FriendlyRule(PerturbationRule):
@@ -72,7 +72,7 @@ class FriendlyRule(PerturbationRule):
             else:
                 direction.append(g - self.sigma * m)
                 m.mul_(self.lmbda).add_(g, alpha=1 - self.lmbda)
-        return _scale(direction, rhos, global_norm(direction), of_norm=True)
+        return scale_to_rho(direction, rhos, global_norm(direction), of_norm=True)
 
     def state_dict(self) -> dict:
         """``{"ema": {position: m}}``, positions in the optimizer's parameter order."""
@@ -123,7 +123,7 @@ class ESAMRule(PerturbationRule):
 
     def perturbation(self, grads, params, rhos):
         """eps on the kept tensors (SAM drops the others before calling: they are not perturbed)."""
-        return _scale(list(grads), [r / self.beta for r in rhos], global_norm(grads), of_norm=True)
+        return scale_to_rho(list(grads), [r / self.beta for r in rhos], global_norm(grads), of_norm=True)
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}
@@ -198,7 +198,7 @@ class MomentumRule(PerturbationRule):
         have = [i for i, t in enumerate(v) if t is not None]
         eps = [torch.zeros_like(p) for p in params]
         if have:
-            kept = _scale([-v[i] for i in have], [rhos[i] for i in have], global_norm([v[i] for i in have]))
+            kept = scale_to_rho([-v[i] for i in have], [rhos[i] for i in have], global_norm([v[i] for i in have]))
             for i, e in zip(have, kept):
                 eps[i] = e
         return eps
@@ -213,7 +213,7 @@ def _esam(kw, schedule):
 
 
 register(Variant("fsam", "Li et al., CVPR 2024, eq. 9", "eps = rho d / ||d||, d = g - sigma m_{t-1} (EMA of g)",
-                 _rule_only(lambda kw: FriendlyRule(kw["sigma"], kw["lmbda"])),
+                 build_rule_only(lambda kw: FriendlyRule(kw["sigma"], kw["lmbda"])),
                  {"rho": 0.05, "sigma": 1.0, "lmbda": 0.9}, aliases=("friendly-sam",), rule=True))
 register(Variant("esam", "Du et al., ICLR 2022, sec. 3", "eps = rho/beta (M g)/||M g||, M a random tensor mask; "
                  "gamma < 1: descend on the sharpest fraction gamma of the batch",
@@ -221,5 +221,5 @@ register(Variant("esam", "Du et al., ICLR 2022, sec. 3", "eps = rho/beta (M g)/|
                  notes="gamma < 1 (data selection) runs only in batch mode: step(inputs=, targets=)", rule=True))
 register(Variant("momentum-sam", "Becker et al., arXiv:2401.12033, 2024, eq. 4",
                  "eps = -rho v / ||v||, v the base optimizer's momentum (no ascent pass)",
-                 _rule_only(lambda kw: MomentumRule(kw["buffer"])), {"rho": 0.3, "buffer": None},
+                 build_rule_only(lambda kw: MomentumRule(kw["buffer"])), {"rho": 0.3, "buffer": None},
                  passes="1", rule=True))

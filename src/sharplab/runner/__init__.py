@@ -17,10 +17,14 @@ def __getattr__(name: str):  # lazy: importing the store or config modules does 
         from sharplab.runner.context import RunContext
 
         return RunContext
-    if name in ("RunOptions", "run_study"):
-        from sharplab.runner import execute
+    if name == "RunOptions":
+        from sharplab.runner.single_run import RunOptions
 
-        return getattr(execute, name)
+        return RunOptions
+    if name == "run_study":
+        from sharplab.runner.execute import run_study
+
+        return run_study
     if name in ("ReportBuilder", "build_report"):
         from sharplab.runner import report
 

@@ -42,8 +42,3 @@ def restore_rng(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def generator_state(gen: torch.Generator) -> torch.Tensor:
-    """State of a private ``torch.Generator`` (e.g. the data-order generator)."""
-    return gen.get_state()

@@ -1,18 +1,9 @@
-"""Running configurations: one run in this process, or a whole study in parallel processes.
+"""Running a study: every run not finished yet, in this process or in child processes, and resetting a run.
 
-Layout of an output folder::
-
-    DIR/results.sqlite          the results store (sharplab.runner.store; or a PostgreSQL database: --store URL)
-    DIR/studies/<name>.json     each study file run into DIR, as parsed
-    DIR/runs/<run_id>/run.json  resolved config, seed, versions, machine, git revision (atomic)
-    DIR/runs/<run_id>/run.log   the run's log;  checkpoint.pt, model.pt and other artifacts of the lab
-
-A run is claimed in the store (status ``running``, pid, host, a claim token) before it starts and finished
-in one transaction; the holder's every write checks the token, so a run reset (``--force``) or taken over
-meanwhile stops its old holder at the next write (:class:`~sharplab.runner.store.ClaimLost`). The store is
-``DIR/results.sqlite`` or, for many machines, a PostgreSQL database (``RunOptions.store``, ``--store URL``).
-``done`` and ``diverged`` runs are never re-run; ``pending``, ``failed`` and interrupted
-(``running`` whose process is gone) runs are started again, and the lab resumes from its checkpoint.
+One run is :func:`sharplab.runner.single_run.execute_run`; the folder it writes is described in
+:mod:`sharplab.runner.run_folder`. ``done`` and ``diverged`` runs are never re-run; ``pending``, ``failed``
+and interrupted (``running`` whose process is gone) runs are started again, and the lab resumes from its
+checkpoint.
 
 Several ``sharplab run`` processes may share one output folder: each runs the pending runs nobody holds
 (a run held by another live process is skipped, not waited for), and only after its last free run waits
@@ -26,7 +17,6 @@ Parallelism: ``jobs=1, nproc=1`` runs everything in this process. Otherwise each
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import subprocess
 import sys
@@ -34,165 +24,24 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from sharplab.errors import Diverged, SharplabError
+from sharplab.errors import SharplabError
 from sharplab.io import atomic_write_json
 from sharplab.runner.config import RunSpec, Study, adopt_recorded
-from sharplab.runner.context import CHECKPOINT_NAME, RunContext, read_history
-from sharplab.runner.env import environment
+from sharplab.runner.context import CHECKPOINT_NAME
 from sharplab.runner.labs import get_lab
+from sharplab.runner.run_folder import run_dir_of
+from sharplab.runner.single_run import CLAIM_LOST_EXIT, RunOptions, check_threads, execute_run, require_tensorboard
 from sharplab.runner.store import (
     FINISHED,
     ClaimLost,
-    Heartbeat,
-    RunRecord,
-    Store,
     heartbeat_timeout,
     open_store,
-    pid_alive,
 )
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """How runs execute (not part of a run's identity)."""
-
-    quiet: bool = False
-    tensorboard: bool = False
-    threads: int | None = None  # torch threads per process; None = leave as is
-    watch_pid: int | None = None  # once this process (the parent `sharplab run`) is gone: ParentWatch
-    store: str | None = None  # results store URL (None: $SHARPLAB_STORE, else DIR/results.sqlite)
-
-
-def run_dir_of(out_dir: str | os.PathLike, run_id: str) -> Path:
-    return Path(out_dir) / "runs" / run_id
-
-
-def require_tensorboard() -> None:
-    try:
-        import torch.utils.tensorboard  # noqa: F401
-    except ImportError:
-        msg = "--tensorboard needs the tensorboard package: pip install 'sharplab[tensorboard]'"
-        raise SharplabError(msg) from None
-
-
-def _resolve_device(cfg: Any, local_rank: int) -> torch.device:
-    name = str(getattr(cfg, "device", "cpu"))
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise SharplabError("config asks for device = 'cuda' but no CUDA GPU is visible; use cpu or auto")
-        return torch.device("cuda", local_rank)
-    return torch.device(name)
-
-
-def _run_logger(run_id: str, path: Path) -> tuple[logging.Logger, logging.Handler]:
-    logger = logging.getLogger(f"sharplab.run.{run_id}")
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logger.addHandler(handler)
-    return logger, handler
-
-
-def execute_run(out_dir: str | os.PathLike, spec: RunSpec, options: RunOptions = RunOptions(),
-                rank: int = 0, world_size: int = 1, local_rank: int = 0) -> str:
-    """Run one configuration here; return its final status (or ``"finished"``/``"busy"`` if not run).
-
-    Rank 0 claims the run, records it and writes results; other ranks (under torchrun) only train.
-    """
-    out_dir = Path(out_dir)
-    lab = get_lab(spec.lab)
-    cfg = spec.build_config()
-    run_id = spec.run_id
-    run_dir = run_dir_of(out_dir, run_id)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    device = _resolve_device(cfg, local_rank)  # fails here, before the run is claimed
-    main = rank == 0
-    if options.threads:
-        torch.set_num_threads(options.threads)
-    store = open_store(out_dir, options.store) if main else None
-    handler: logging.Handler | None = None
-    writer = None
-    try:
-        if store is not None:
-            check_threads(store.get(run_id), torch.get_num_threads())
-        claim = store.claim(run_id, torch.get_num_threads()) if store is not None else "claimed"
-        if world_size > 1:  # every rank must agree to start, or the others would wait in collectives forever
-            claim = _agree(claim, device)
-        if claim != "claimed":
-            return claim
-        if store is not None:
-            remove_temp_files(run_dir)
-            store.restore_history(run_id, read_history(run_dir))
-            attempt = store.get(run_id).attempts
-            atomic_write_json(run_dir / "run.json", {
-                "run_id": run_id, "lab": spec.lab, "study": spec.study, "seed": spec.seed,
-                "nproc": spec.nproc, "config": spec.config, "attempt": attempt, "environment": environment(),
-            })
-        log_name = "run.log" if main else f"run.rank{rank}.log"
-        logger, handler = _run_logger(run_id, run_dir / log_name)
-        logger.info("start %s run %s seed %d (rank %d/%d, %d threads): %s", spec.lab, run_id, spec.seed, rank,
-                    world_size, torch.get_num_threads(), spec.config)
-        if options.tensorboard and main:
-            require_tensorboard()
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(str(run_dir / "tensorboard"))
-        watch = ParentWatch(options.watch_pid, logger) if store is not None else None
-        on_metrics = _metrics_sink(store, run_id, writer, watch)
-        guard = (lambda: store.check_held(run_id)) if store is not None else None
-        ctx = RunContext(run_dir, seed=spec.seed, device=device,
-                         quiet=options.quiet or not main, on_metrics=on_metrics, logger=logger, rank=rank,
-                         world_size=world_size, history_file=main, guard=guard,
-                         after_checkpoint=watch.after_checkpoint if watch is not None else None)
-        beat = (Heartbeat(lambda: open_store(out_dir, options.store), run_id, store.token(run_id))
-                if store is not None else contextlib.nullcontext())
-        try:
-            with beat:
-                metrics = {k: float(v) for k, v in (lab.run(cfg, ctx) or {}).items()}
-        except ClaimLost as exc:
-            logger.error("%s", exc)
-            raise
-        except Diverged as exc:
-            logger.warning("diverged: %s", exc)
-            if store is not None:
-                store.finish(run_id, "diverged", error=str(exc), diverged_step=exc.step, files=run_files(run_dir))
-            return "diverged"
-        except KeyboardInterrupt:
-            if store is not None:
-                store.finish(run_id, "failed", error="interrupted by the user (Ctrl-C); re-run to resume")
-            raise
-        except Exception as exc:
-            logger.exception("failed")
-            if store is None:
-                raise
-            message = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
-            store.finish(run_id, "failed", error=message)
-            return "failed"
-        if store is not None:
-            store.finish(run_id, "done", metrics=metrics, files=run_files(run_dir))
-        logger.info("done: %s", metrics)
-        return "done"
-    finally:
-        if writer is not None:
-            writer.close()
-        if handler is not None:
-            logging.getLogger(f"sharplab.run.{run_id}").removeHandler(handler)
-            handler.close()
-        if store is not None:
-            store.close()
-
-
-#: exit code of a worker whose run was reset or taken over while it ran (:class:`ClaimLost`)
-CLAIM_LOST_EXIT = 4
 
 #: more torch threads than this per process is refused (oversubscription; 100000 crashes OpenMP)
 MAX_THREADS_PER_CPU = 4
@@ -207,111 +56,6 @@ def check_parallelism(jobs: int, nproc: int, threads: int | None) -> None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
             raise SharplabError(f"{name} {value} must be an integer in [1, {limit}] ({cpus} CPUs here)")
-
-
-def check_threads(rec: RunRecord, threads: int) -> None:
-    """Refuse to resume a run from its checkpoint with another torch thread count than it started with:
-    float reductions differ between thread counts, so the result would match neither count."""
-    if rec.status in FINISHED or rec.threads in (None, threads) or rec.run_dir is None:
-        return
-    if (rec.run_dir / CHECKPOINT_NAME).exists():
-        raise SharplabError(f"run {rec.run_id} was started with {rec.threads} torch threads and has a checkpoint; "
-                            f"resume it with --threads {rec.threads}, or `sharplab reset "
-                            f"{rec.run_dir.parent.parent} {rec.run_id}` to start it over")
-
-
-def remove_temp_files(run_dir: Path) -> None:
-    """Delete temporary files of atomic writes left by a killed attempt (``.NAME.*.tmp``)."""
-    for tmp in run_dir.rglob(".*.tmp"):
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-
-
-#: files whose content changes after a run finishes (logs) are not part of its manifest
-_UNLISTED = (".log",)
-
-
-def run_files(run_dir: Path) -> dict[str, list[Any]]:
-    """``relative path -> [size, SHA-256]`` of the files a run left in its folder (logs and TensorBoard
-    excepted), recorded when it finishes and checked by ``sharplab status --check``."""
-    out: dict[str, list[Any]] = {}
-    for p in sorted(run_dir.rglob("*")):
-        rel = p.relative_to(run_dir).as_posix()
-        if p.is_file() and not p.is_symlink() and not rel.endswith(_UNLISTED) and not rel.startswith("tensorboard/"):
-            out[rel] = [p.stat().st_size, file_sha256(p)]
-    return out
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file, read in chunks (bounded memory)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _agree(claim: str, device: torch.device) -> str:
-    """Rank 0's claim outcome, broadcast to every rank."""
-    import torch.distributed as dist
-
-    outcomes = ("claimed", "finished", "busy")
-    flag = torch.tensor([outcomes.index(claim)], device=device)
-    dist.broadcast(flag, 0)
-    return outcomes[int(flag.item())]
-
-
-class ParentWatch:
-    """A ``--jobs`` worker's watch on the ``sharplab run`` that started it (``RunOptions.watch_pid``).
-
-    Once that process is gone (killed), the worker stops at the next safe point rather than at once: the
-    step being logged is still recorded and the checkpoint the lab writes right after it is kept, then the
-    worker exits with code 3 (the run, left ``running`` by a dead process, is resumed by the next ``sharplab
-    run`` from that checkpoint, so no finished epoch is lost). A lab that logs again without checkpointing
-    in between stops at that second log, before it is recorded."""
-
-    EXIT_CODE = 3
-
-    def __init__(self, pid: int | None, logger: logging.Logger) -> None:
-        self.pid, self.logger, self.gone = pid, logger, False
-
-    def before_metrics(self) -> None:
-        if not self.pid or pid_alive(self.pid):
-            return
-        if self.gone:  # a step logged since the parent died, and no checkpoint written after it
-            self._stop("before recording another step (no checkpoint was written after the last one)")
-        self.gone = True
-
-    def after_checkpoint(self) -> None:
-        if self.gone:
-            self._stop("after writing the checkpoint of its last recorded step")
-
-    def _stop(self, when: str) -> None:
-        self.logger.warning("the `sharplab run` that started this worker (pid %d) is gone; stopped %s", self.pid,
-                            when)
-        for handler in self.logger.handlers:
-            handler.flush()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(self.EXIT_CODE)
-
-
-def _metrics_sink(store: Store | None, run_id: str, writer: Any,
-                  watch: ParentWatch | None) -> Callable[[int, dict[str, float]], None] | None:
-    if store is None:
-        return None
-
-    def sink(step: int, metrics: dict[str, float]) -> None:
-        if watch is not None:
-            watch.before_metrics()
-        store.log_epoch(run_id, step, metrics)
-        if writer is not None:
-            for k, v in metrics.items():
-                writer.add_scalar(k, v, step)
-
-    return sink
 
 
 # --- studies -----------------------------------------------------------------------------------------
@@ -383,7 +127,7 @@ def run_study(study: Study, out_dir: str | os.PathLike, jobs: int = 1, nproc: in
     quiet = options.quiet or bool(os.environ.get("CI"))
     bar = progress(total=len(specs), initial=len(specs) - len(todo), desc=f"study {study.name}", disable=quiet)
     if jobs == 1 and nproc == 1:
-        run_one = _in_process(out_dir, options)
+        run_one = in_process_runner(out_dir, options)
     else:
         run_one = _in_child(out_dir, nproc, RunOptions(True, options.tensorboard, threads, os.getpid(),
                                                        options.store))
@@ -408,7 +152,7 @@ def run_study(study: Study, out_dir: str | os.PathLike, jobs: int = 1, nproc: in
             for spec in todo:
                 first_pass(spec, _attempt(out_dir, spec, run_one, url))
             for spec in held:
-                record(_until_claimed(out_dir, spec, run_one, url))
+                record(run_until_claimed(out_dir, spec, run_one, url))
         else:
             with ThreadPoolExecutor(max_workers=jobs) as pool:
                 first = {pool.submit(_attempt, out_dir, spec, run_one, url): spec for spec in todo}
@@ -416,7 +160,7 @@ def run_study(study: Study, out_dir: str | os.PathLike, jobs: int = 1, nproc: in
                     first_pass(first[fut], fut.result())
                 order = {s.run_id: i for i, s in enumerate(todo)}
                 held.sort(key=lambda s: order[s.run_id])
-                futures = [pool.submit(_until_claimed, out_dir, spec, run_one, url) for spec in held]
+                futures = [pool.submit(run_until_claimed, out_dir, spec, run_one, url) for spec in held]
                 for fut in as_completed(futures):
                     record(fut.result())
     finally:
@@ -433,7 +177,7 @@ def _attempt(out_dir: Path, spec: RunSpec, run_one: Callable[[RunSpec], str], st
     return result
 
 
-def _until_claimed(out_dir: Path, spec: RunSpec, run_one: Callable[[RunSpec], str],
+def run_until_claimed(out_dir: Path, spec: RunSpec, run_one: Callable[[RunSpec], str],
                    store_url: str | None = None) -> str:
     """Run ``spec``; if another live process holds it, wait for that process and take over if needed."""
     told = False
@@ -451,7 +195,9 @@ def _until_claimed(out_dir: Path, spec: RunSpec, run_one: Callable[[RunSpec], st
         time.sleep(1.0)
 
 
-def _in_process(out_dir: Path, options: RunOptions) -> Callable[[RunSpec], str]:
+def in_process_runner(out_dir: Path, options: RunOptions) -> Callable[[RunSpec], str]:
+    """``run_one(spec)`` running a spec in this process (torch's thread count restored after each run)."""
+
     def run_one(spec: RunSpec) -> str:
         threads = torch.get_num_threads()
         try:
@@ -532,33 +278,3 @@ def reset_run(out_dir: str | os.PathLike, run_id: str, force: bool = False, stor
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
     return before
-
-
-def verify_run_files(rec: RunRecord) -> list[str]:
-    """Problems with a finished run's folder: missing run.json or one that disagrees with the store, and
-    recorded files that are missing or changed size or contents (a SHA-256 recorded at finish; stores
-    written before checksums existed have sizes only)."""
-    import json
-
-    assert rec.run_dir is not None
-    problems = []
-    meta = rec.run_dir / "run.json"
-    if not meta.is_file():
-        return [f"{meta} is missing"]
-    try:
-        info = json.loads(meta.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError):
-        return [f"{meta} is not valid JSON"]
-    for key, want in (("run_id", rec.run_id), ("lab", rec.lab), ("seed", rec.seed), ("config", rec.config)):
-        if info.get(key) != want:
-            problems.append(f"{meta}: {key} differs from the store")
-    for name, entry in (rec.files or {}).items():
-        size, digest = (entry[0], entry[1]) if isinstance(entry, list) else (entry, None)
-        path = rec.run_dir / name
-        if not path.is_file():
-            problems.append(f"{path} is missing")
-        elif path.stat().st_size != size:
-            problems.append(f"{path} has {path.stat().st_size} bytes, the store recorded {size}")
-        elif digest is not None and file_sha256(path) != digest:
-            problems.append(f"{path} has other contents than when the run finished (SHA-256 differs)")
-    return problems

@@ -29,6 +29,16 @@ img{max-width:100%;border:1px solid #eee}figure{margin:1rem 0 2rem}figcaption{fo
 pre{background:#f6f6f6;padding:.5rem}"""
 
 
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend, so that figures render without a display."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 @dataclass
 class _Block:
     kind: str  # "heading" | "text" | "table" | "figure"

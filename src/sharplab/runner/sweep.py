@@ -48,7 +48,8 @@ from sharplab.runner.config import (
     run_spec,
     validate_config,
 )
-from sharplab.runner.execute import RunOptions, _in_process, _until_claimed
+from sharplab.runner.execute import in_process_runner, run_until_claimed
+from sharplab.runner.single_run import RunOptions
 from sharplab.runner.store import check_out_dir, open_store
 
 SWEEP_KEYS = ("metric", "direction", "seeds", "space")
@@ -222,7 +223,7 @@ def run_sweep(study: Study, out_dir: str | os.PathLike, trials: int, storage: st
                                                 load_if_exists=True))
     fail_dead_trials(ostudy)
     ostudy.sampler = optuna.samplers.TPESampler(seed=restart_seed(sampler_seed, ostudy))
-    run_one = _in_process(out_dir, options or RunOptions())
+    run_one = in_process_runner(out_dir, options or RunOptions())
     here = f"{socket.gethostname()}:{os.getpid()}"
 
     def objective(trial: optuna.Trial) -> float:
@@ -232,7 +233,7 @@ def run_sweep(study: Study, out_dir: str | os.PathLike, trials: int, storage: st
         specs = [run_spec(study.lab, cfg, seed, 1, study.name) for seed in sweep.seeds]
         with open_store(out_dir) as store:
             store.add_runs(specs)
-        statuses = [_until_claimed(out_dir, spec, run_one) for spec in specs]
+        statuses = [run_until_claimed(out_dir, spec, run_one) for spec in specs]
         trial.set_user_attr("run_ids", [s.run_id for s in specs])
         if any(s != "done" for s in statuses):
             trial.set_user_attr("statuses", statuses)

@@ -2,7 +2,7 @@
 
 Started by ``sharplab run --jobs N`` (one process per run) and, under ``torchrun``, by ``--nproc N``: each
 rank reads the run's spec from the results store, the process group is initialised here (gloo on CPU,
-NCCL on CUDA), and :func:`sharplab.runner.execute.execute_run` does the rest (rank 0 records results).
+NCCL on CUDA), and :func:`sharplab.runner.single_run.execute_run` does the rest (rank 0 records results).
 Exit code 0 when the run ended done or diverged, 1 when it failed, 4 when it was reset or taken over
 while it ran (its claim was lost), 2 on any other one-line error.
 """
@@ -17,8 +17,8 @@ import torch
 
 from sharplab.errors import SharplabError
 from sharplab.runner.config import RunSpec
-from sharplab.runner.execute import CLAIM_LOST_EXIT, RunOptions, execute_run
 from sharplab.runner.labs import import_lab_module
+from sharplab.runner.single_run import CLAIM_LOST_EXIT, RunOptions, execute_run
 from sharplab.runner.store import ClaimLost, open_store
 
 

@@ -10,10 +10,10 @@ gradient norm, and at the end the sharpness measures of :mod:`sharplab.sharpness
 
 from __future__ import annotations
 
-from sharplab.labs import Lab, register_lab
 from sharplab.labs.deep_net.config import METHODS, DeepNetConfig
 from sharplab.labs.deep_net.report import report
 from sharplab.labs.deep_net.train import run
+from sharplab.runner.labs import Lab, register_lab
 
 __all__ = ["METHODS", "DeepNetConfig", "run"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sharplab.data.cifar import IMAGE_SETS
+from sharplab.data.image_classification import IMAGE_SETS
 
 METHODS = ("erm", "random", "nsam", "m-sam", "usam")
 SCHEDULES = ("piecewise", "constant", "cosine")

@@ -127,7 +127,7 @@ def analyse(study: str, out: Path, records: list[Any]) -> dict[str, Any]:
     results cached in ``out/<study>.json`` (only new runs are measured on a re-run)."""
     from sharplab.labs.deep_net.analysis import ALPHAS, interpolate, sharpness_of_run
     from sharplab.labs.deep_net.config import DeepNetConfig
-    from sharplab.runner.execute import run_dir_of
+    from sharplab.runner.run_folder import run_dir_of
 
     path = out / f"{study}.json"
     cache: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sharplab.data.augment import random_crop_flip
-from sharplab.data.cifar import ImageSet, load_image_set
+from sharplab.data.image_classification import ImageSet, load_image_set
 from sharplab.data.label_noise import symmetric_label_noise
 from sharplab.errors import Diverged
 from sharplab.labs.deep_net.config import DeepNetConfig

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sharplab.labs.feature_quality.importance import _logits, gini, logit_grad_norms, phantom
+from sharplab.labs.feature_quality.importance import gini, logit_grad_norms, logits_restoring_buffers, phantom
 from sharplab.labs.feature_quality.toy_model import PathwayNet, pathway_ratio
 from sharplab.labs.feature_quality.train import TrainConfig, step_phantom
 
@@ -44,7 +44,7 @@ def phantom_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rho: float
         xs, ys = x[i : i + chunk], y[i : i + chunk]
         params = None if perturb is None else perturb(model)
         with phantom(model, xs, ys, rho, perturb=params):
-            parts.append(logit_grad_norms(_logits(model, xs), ys))
+            parts.append(logit_grad_norms(logits_restoring_buffers(model, xs), ys))
     return torch.cat(parts)
 
 
@@ -52,7 +52,7 @@ def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig
     """The check at the current parameters for a run trained with ``cfg`` (``epoch`` counts from 0)."""
     device = next(model.parameters()).device
     x, y = x.to(device), y.to(device)
-    real = logit_grad_norms(_logits(model, x), y)
+    real = logit_grad_norms(logits_restoring_buffers(model, x), y)
     out = {"gini_w": gini(real)}
     perturb = step_phantom(cfg.optimizer)
     on = perturb is not None and cfg.rho > 0 and epoch >= cfg.sam_start_epoch

@@ -23,6 +23,7 @@ import numpy as np
 
 from sharplab.labs.feature_quality import protocol
 from sharplab.probe.curves import curve_key
+from sharplab.runner.report import pyplot
 
 MIN_RANGE = 0.05  # floor - ceiling, 5 points
 MIN_HEADROOM = 0.02  # SGD - ceiling, 2 points
@@ -75,7 +76,7 @@ def curve_table(records: Sequence[dict[str, Any]], feature: str) -> list[dict[st
 def plot_curves(records: Sequence[dict[str, Any]], n_star: int | None, title: str = "") -> Any:
     """Hard (left) and easy (right) probe error against probe-train size, one line per configuration
     (mean over seeds, band = ± sd); floor and ceiling dashed; the primary size as a vertical line."""
-    plt = protocol._pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     arms = protocol.by_arm(records)
     for ax, feature in zip(axes, ("hard", "easy"), strict=True):
@@ -118,7 +119,7 @@ def plot_curves_per_arm(records: Sequence[dict[str, Any]], n_star: int | None, t
     """One panel per trained configuration other than SGD: its ``feature`` probe learning curve (mean over
     seeds, band = ± sd) beside SGD's, with the floor (untrained) and ceiling (hard-only) dashed and the
     primary size dotted, so each arm is read against the instrument's own range."""
-    plt = protocol._pyplot()
+    plt = pyplot()
     arms = protocol.by_arm(records)
     sizes = curve_sizes(records, feature)
     refs = (protocol.FLOOR, protocol.CEILING, "sgd")

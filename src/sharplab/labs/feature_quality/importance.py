@@ -56,20 +56,6 @@ def logit_grad_norms(logits: Tensor, targets: Tensor) -> Tensor:
     return diff.norm(dim=1)
 
 
-def logit_grad_norms_autograd(logits: Tensor, targets: Tensor, loss_fn: LossFn) -> Tensor:
-    """``||dl/df_i||_2`` for any per-example loss ``loss_fn(logits, targets) -> (N,)`` (``reduction='none'``).
-
-    Since ``l_i`` depends only on row ``i`` of the logits, the gradient of ``sum_i l_i`` w.r.t. the logits
-    holds ``dl_i/df_i`` in row ``i``.
-    """
-    f = logits.detach().clone().requires_grad_(True)
-    losses = loss_fn(f, targets)
-    if losses.shape != (f.shape[0],):
-        raise SharplabError("loss_fn must return one loss per example; use reduction='none'")
-    (grad,) = torch.autograd.grad(losses.sum(), f)
-    return grad.reshape(f.shape[0], -1).norm(dim=1)
-
-
 def normalise(scores: Tensor) -> Tensor:
     """``scores / scores.sum()``; uniform weights when every score is zero (nothing to weight)."""
     scores = scores.detach().reshape(-1)
@@ -159,7 +145,8 @@ def phantom(
 
 
 @torch.no_grad()
-def _logits(model: nn.Module, inputs: Tensor) -> Tensor:
+def logits_restoring_buffers(model: nn.Module, inputs: Tensor) -> Tensor:
+    """``model(inputs)`` without gradients, every buffer (BatchNorm running statistics) left as it was."""
     saved = [b.detach().clone() for b in _buffers(model)]
     out = model(inputs)
     for b, s in zip(_buffers(model), saved):
@@ -240,10 +227,10 @@ def importance_snapshot(
     m.head.parameters()`` = LSAM). ``per_example``: the 1-SAM phantom of each example
     (:func:`per_example_phantom_norms`) instead of the batch's. The model's mode is used as it is.
     """
-    real = importance_weights(_logits(model, inputs), targets)
+    real = importance_weights(logits_restoring_buffers(model, inputs), targets)
     params = None if perturb is None else perturb(model)
     if per_example:
         return ImportanceSnapshot(real, normalise(per_example_phantom_norms(model, inputs, targets, rho, params)))
     with phantom(model, inputs, targets, rho, perturb=params):
-        ph = importance_weights(_logits(model, inputs), targets)
+        ph = importance_weights(logits_restoring_buffers(model, inputs), targets)
     return ImportanceSnapshot(real=real, phantom=ph)

@@ -39,9 +39,9 @@ from sharplab.errors import ConfigError
 from sharplab.labs.feature_quality.check import phantom_norms
 from sharplab.labs.feature_quality.importance import (
     ImportanceSnapshot,
-    _logits,
     importance_snapshot,
     importance_weights,
+    logits_restoring_buffers,
     normalise,
     phantom,
 )
@@ -143,7 +143,7 @@ def snapshot(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rho: float, per
     examples at that chunk's own phantom ``w + rho g_j / ||g_j||`` (the m-SAM step's phantoms)."""
     if not m:
         return importance_snapshot(model, x, y, rho, perturb, per_example)
-    real = importance_weights(_logits(model, x), y)
+    real = importance_weights(logits_restoring_buffers(model, x), y)
     return ImportanceSnapshot(real, normalise(phantom_norms(model, x, y, rho, m, perturb)))
 
 

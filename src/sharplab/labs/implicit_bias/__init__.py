@@ -1,4 +1,4 @@
-"""Implicit-bias lab (issue 5): what SAM prefers, on models small enough to see it.
+"""Implicit-bias lab: what SAM prefers, on models small enough to see it.
 
 Reproduces and extends the small-model studies of Andriushchenko & Flammarion, *Towards Understanding
 Sharpness-Aware Minimization* (ICML 2022, arXiv:2206.06232):

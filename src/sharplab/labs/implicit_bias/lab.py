@@ -18,7 +18,7 @@ from sharplab.labs.implicit_bias import plots
 from sharplab.labs.implicit_bias.convergence import ConvergenceConfig, run_convergence
 from sharplab.labs.implicit_bias.diag_net import DiagNetConfig, run_grid
 from sharplab.labs.implicit_bias.relu1d import X_POINTS, Y_POINTS, Relu1dConfig, train_relu_1d
-from sharplab.labs.registry import Lab, register_lab
+from sharplab.runner.labs import Lab, register_lab
 
 
 def _done(runs: list[Any]) -> list[Any]:

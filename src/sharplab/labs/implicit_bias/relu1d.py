@@ -1,6 +1,6 @@
 """1-D regression with a one-hidden-layer ReLU network: GD vs SAM, and how many linear pieces each learns.
 
-Data (issue 5, after Andriushchenko & Flammarion, ICML 2022, arXiv:2206.06232): twelve points
+Data (after Andriushchenko & Flammarion, ICML 2022, arXiv:2206.06232): twelve points
 ``x_i = (-5.5, -4.5, ..., 5.5)/4 + 0.07`` and ``y_i = 0.345 + (-2, 1.5, 0, 0, 2, 1, 0, -1, 0, 1, 2, -1)_i``.
 
 Network ``f(x) = sum_j a_j relu(w_j x + b_j) (+ c)`` with ``H = 100`` units in float64. Defaults: the
@@ -8,8 +8,9 @@ official notebook (tml-epfl/understanding-sam, ``one_layer_relu_nets/1d_nn.ipynb
 al., init of Blanc et al. (``w_j = +-2.5``, ``b_j ~ N(0, 2.5^2)``, ``a_j ~ N(0, 4^2)``, no output bias),
 ``L = 1/2 sum_i (f(x_i) - y_i)^2``, full-batch steps with lr 5e-5, normalised SAM
 ``theta + rho g/||g||`` with rho 0.3, up to 10^6 steps, stop at loss < 1e-5, linear lr decay (SAM branch).
-The earlier parameterisation (``N(0, 1)`` init, output bias, mean loss) is :data:`LEGACY`. All runs go
-through the vectorised trainer :mod:`.relu1d_batch` (seeds x methods in one float64 computation).
+A second parameterisation (``N(0, 1)`` init, output bias, mean loss; ``--protocol legacy``) is
+:data:`LEGACY`. All runs go through the vectorised trainer :mod:`.relu1d_batch` (seeds x methods in one
+float64 computation).
 
 ``f`` is piecewise linear with a kink at ``-b_j/w_j`` where the slope changes by ``|w_j| a_j``;
 :func:`count_kinks` counts kinks inside the data range after merging kinks closer than ``merge`` and
@@ -36,7 +37,7 @@ INITS = ("blanc", "normal")
 LOSSES = ("half-sum", "mean")
 LR_DECAYS = ("notebook", "linear", "none")
 
-#: The parameterisation of issue 5 (kept as an option): N(0, 1) init with a trained output bias, mean loss.
+#: The second parameterisation (``--protocol legacy``): N(0, 1) init with a trained output bias, mean loss.
 LEGACY = {"init": "normal", "loss": "mean", "output_bias": True, "lr_decay": "none", "lr": 6e-3, "rho": 0.1,
           "steps": 40_000, "tol": 1e-8}
 
@@ -48,7 +49,7 @@ class Relu1dConfig:
     Defaults: the official notebook (``one_layer_relu_nets/1d_nn.ipynb``): Blanc et al. init, no output
     bias, ``L = 1/2 sum (f - y)^2``, lr 5e-5, normalised SAM with rho 0.3, at most 10^6 steps, stop at
     loss < 1e-5, linear lr decay in the SAM branch only (``lr_decay="notebook"``; ``"linear"``: every
-    method). :data:`LEGACY` holds the earlier parameterisation.
+    method). :data:`LEGACY` holds the second parameterisation.
     """
 
     method: str = field(default="sam", metadata={"choices": list(RELU_METHODS)})

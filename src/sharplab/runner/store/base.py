@@ -63,7 +63,8 @@ def host_identity() -> str:
     return os.environ.get("SHARPLAB_HOST", "").strip() or socket.gethostname()
 
 
-def _env_seconds(name: str, default: float) -> float:
+def env_seconds(name: str, default: float) -> float:
+    """Seconds from ``$name`` (``default`` when unset, not positive or infinite; one-line error when not a number)."""
     try:
         value = float(os.environ.get(name, str(default)))
     except ValueError:
@@ -73,7 +74,7 @@ def _env_seconds(name: str, default: float) -> float:
 
 def heartbeat_timeout() -> float:
     """Seconds without a heartbeat after which a ``running`` row is taken over (``$SHARPLAB_HEARTBEAT_TIMEOUT``)."""
-    return _env_seconds("SHARPLAB_HEARTBEAT_TIMEOUT", 120.0)
+    return env_seconds("SHARPLAB_HEARTBEAT_TIMEOUT", 120.0)
 
 
 def heartbeat_every() -> float:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from sharplab.runner.store.base import StoreError, StoreUnavailable, _env_seconds
+from sharplab.runner.store.base import StoreError, StoreUnavailable, env_seconds
 from sharplab.runner.store.sql import SQLStore, Tx
 
 T = TypeVar("T")
@@ -78,7 +78,7 @@ _SCHEMA_LOCK = 0x5348_4C42  # "SHLB": serialises schema creation of workers star
 
 def retry_budget() -> float:
     """Seconds a running study waits for a lost server before giving up (``$SHARPLAB_STORE_RETRY``)."""
-    return _env_seconds("SHARPLAB_STORE_RETRY", 300.0)
+    return env_seconds("SHARPLAB_STORE_RETRY", 300.0)
 
 
 def redact(url: str) -> str:

@@ -243,7 +243,7 @@ def test_eval_every_and_eval_n(tmp_path):
     assert final["train_error"] == error_and_loss(model, data.x_train[:10], noisy[:10], cpu)[0]
 
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _specs(name: str):

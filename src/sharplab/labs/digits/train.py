@@ -1,13 +1,4 @@
-"""The digits lab: an MLP on scikit-learn's bundled 8x8 handwritten digits, trained with SGD or SAM.
-
-Data: ``sklearn.datasets.load_digits`` (1,797 images, 64 pixels scaled to [0, 1], 10 classes; ships with
-scikit-learn, no download), split once by a fixed permutation into 1,347 training and 450 test images.
-Model: :class:`sharplab.models.MLP` with ``depth`` hidden layers of ``width`` units.
-
-Optimizer: ``optimizer = "sgd"`` is ``torch.optim.SGD``; ``"sam"`` is :class:`sharplab.optim.SAM` with the
-same SGD as base (Foret et al., 2021, arXiv:2010.01412):
-
-    eps = rho * g / ||g||_2,   g = grad L_B(w);      w <- w - lr * SGD-momentum(grad L_B(w + eps)).
+"""Training of the digits lab: data, optimizer, the epoch loop with checkpoints, evaluation.
 
 Each epoch draws a fresh permutation from a private generator and uses ``n_train // batch_size`` full
 batches (the last partial batch is dropped, so every step sees exactly ``batch_size`` examples).
@@ -18,75 +9,28 @@ Metrics per epoch: ``train_loss`` (mean mini-batch loss at w), ``test_loss``, ``
 Resume: a checkpoint after every epoch (and every ``checkpoint_every`` steps) holds model, optimizer
 (SAM's base state), all RNG states, the data-order generator, the epoch's permutation and the position
 in it, so a resumed run on CPU ends with the same weights, bit for bit, as an uninterrupted one.
-
-DDP (``sharplab run --nproc N``): each rank takes its contiguous 1/N of every global batch
-(``batch_size`` is the global batch and must divide by N). With ``sync_ascent = true`` the ascent gradient
-is averaged over ranks before the norm, which equals a single process with the same global batch; with
-``sync_ascent = false`` each rank perturbs with its own gradient, i.e. m-sharpness with
-m = batch_size / N (Andriushchenko & Flammarion, 2022), which is a different algorithm.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sharplab.data.image_classification import digits_split
 from sharplab.errors import ConfigError, Diverged
 from sharplab.io import atomic_torch_save
-from sharplab.labs.registry import Lab, register_lab
+from sharplab.labs.digits.config import DigitsConfig
 from sharplab.runner.checkpoint import capture_rng, restore_rng
 from sharplab.runner.context import RunContext
 
-N_TOTAL, N_TEST = 1797, 450
-N_TRAIN = N_TOTAL - N_TEST
-
-
-def _f(default: Any, help: str, **meta: Any) -> Any:
-    return field(default=default, metadata={"help": help, **meta})
-
-
-@dataclass(frozen=True)
-class DigitsConfig:
-    optimizer: str = _f("sam", "sgd or sam (SAM wrapping the same SGD)", choices=["sgd", "sam"])
-    rule: str = _f("sam", "SAM perturbation rule", choices=["sam", "usam", "asam", "random"])
-    rho: float = _f(0.05, "SAM neighbourhood radius rho", min=0.0)
-    lr: float = _f(0.1, "learning rate", min=0.0)
-    momentum: float = _f(0.9, "SGD momentum", min=0.0, max=1.0)
-    weight_decay: float = _f(5e-4, "coupled L2 weight decay of SGD", min=0.0)
-    batch_size: int = _f(64, "global batch size", min=1, max=N_TRAIN)
-    epochs: int = _f(10, "passes over the training set", min=1)
-    width: int = _f(128, "hidden units per layer", min=1)
-    depth: int = _f(2, "hidden layers", min=1, max=8)
-    train_size: int = _f(0, "use only the first N training images (0 = all 1,347)", min=0, max=N_TRAIN)
-    val_size: int = _f(0, "hold out the last N training images as a validation split (0 = none)", min=0,
-                       max=N_TRAIN - 1)
-    checkpoint_every: int = _f(0, "also checkpoint every N steps (0 = after each epoch only)", min=0)
-    sync_ascent: bool = _f(False, "DDP: average the ascent gradient over ranks (else m-sharpness per rank)")
-    dtype: str = _f("float32", "parameter and data precision", choices=["float32", "float64"])
-    device: str = _f("cpu", "cpu, cuda, or auto (cuda when available)", choices=["cpu", "cuda", "auto"])
-
-    def __post_init__(self) -> None:
-        n = (self.train_size or N_TRAIN - self.val_size)
-        if self.train_size and self.train_size > N_TRAIN - self.val_size:
-            raise ValueError(f"train_size = {self.train_size} + val_size = {self.val_size} exceed the {N_TRAIN} "
-                             "training images; lower one")
-        if self.batch_size > n:
-            raise ValueError(f"batch_size = {self.batch_size} exceeds the {n} training images; lower it")
-
 
 def load_digits_tensors(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(x_train, y_train, x_test, y_test)``: pixels / 16, fixed split (permutation seed 0)."""
-    from sklearn.datasets import load_digits
-
-    x, y = load_digits(return_X_y=True)
-    order = np.random.RandomState(0).permutation(len(y))
-    x = torch.as_tensor(x[order] / 16.0, dtype=dtype)
-    y = torch.as_tensor(y[order], dtype=torch.long)
-    return x[N_TEST:], y[N_TEST:], x[:N_TEST], y[:N_TEST]
+    """``(x_train, y_train, x_test, y_test)``: pixels / 16 (in [0, 1]) of the fixed split
+    :func:`sharplab.data.image_classification.digits_split`, flattened to 64 inputs."""
+    x_train, y_train, x_test, y_test = digits_split()
+    return (torch.as_tensor(x_train / 16.0, dtype=dtype), torch.as_tensor(y_train, dtype=torch.long),
+            torch.as_tensor(x_test / 16.0, dtype=dtype), torch.as_tensor(y_test, dtype=torch.long))
 
 
 def build_optimizer(cfg: DigitsConfig, model: torch.nn.Module, net: torch.nn.Module) -> torch.optim.Optimizer:
@@ -211,31 +155,3 @@ def _train_step(cfg: DigitsConfig, net: torch.nn.Module, opt: torch.optim.Optimi
     return loss.detach().clone()
 
 
-SWEPT = ("rho", "lr", "weight_decay", "momentum", "batch_size", "epochs")  # x-axis candidates, in this order
-
-
-def report(runs: list[Any], builder: Any) -> None:
-    """Every final metric over seeds (mean ± std, 95% CI), test error against the first numeric setting the
-    study varies (rho, else lr, ...; one line per value of the other varying keys; log axis when it spans
-    more than a factor 20; no such figure when nothing numeric varies) and learning curves."""
-    from sharplab.runner.aggregate import plot_history, plot_metric_vs, varying_keys
-    from sharplab.runner.report import add_metric_table
-
-    done = [r for r in runs if r.status == "done"]
-    if not done:
-        return
-    add_metric_table(builder, "digits", done)
-    varying = varying_keys(done)
-    x = next((k for k in SWEPT if k in varying), None)
-    if x is not None:
-        fig = plot_metric_vs(done, "test_error", x=x)
-        values = [float(r.config[x]) for r in done if x in r.config]
-        if min(values) > 0 and max(values) / min(values) > 20:
-            fig.axes[0].set_xscale("log")
-        builder.add_figure(f"Digits: test error vs {x} (runs that finished; mean and 95 % CI over seeds)", fig)
-    builder.add_figure("Digits: test error per epoch", plot_history(done, "test_error"))
-
-
-register_lab(Lab("digits", DigitsConfig, run, report,
-                 "MLP on scikit-learn's 8x8 digits with SGD or SAM (quick, offline, DDP-capable)",
-                 metrics=("train_loss", "test_loss", "test_error")))

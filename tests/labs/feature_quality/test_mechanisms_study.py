@@ -157,7 +157,10 @@ def test_phantom_raises_the_hard_pathways_relative_weight(toy_result) -> None:
 def lab_run(tmp_path_factory):
     """One run of the runner lab ``mechanisms`` (SGD and SAM, one epoch on a small toy), shared by the
     runner-lab and the resume test."""
-    from sharplab.labs import get_lab
+    from sharplab.labs import load_all
+    from sharplab.runner.labs import get_lab
+
+    load_all()
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)

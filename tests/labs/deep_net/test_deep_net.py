@@ -107,7 +107,7 @@ def test_gpu_check_without_cuda_says_so():
     import subprocess
     from pathlib import Path
 
-    script = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.sh"
+    script = Path(__file__).resolve().parents[3] / "benchmarks" / "gpu_check.sh"
     env = {**os.environ, "PYTHON": sys.executable}
     res = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=120, env=env)
     assert res.returncode == 3
@@ -126,7 +126,7 @@ def test_gpu_check_cpu_mode_reaches_the_throughput_step_when_a_data_set_is_missi
     import subprocess
     from pathlib import Path
 
-    script = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.sh"
+    script = Path(__file__).resolve().parents[3] / "benchmarks" / "gpu_check.sh"
     (tmp_path / "empty").mkdir()
     env = {**os.environ, "PYTHON": sys.executable, "SHARPLAB_DATA": str(tmp_path / "empty"),
            "OUT": str(tmp_path / "out"), "OMP_NUM_THREADS": "1"}

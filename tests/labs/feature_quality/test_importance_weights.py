@@ -16,11 +16,21 @@ from sharplab.labs.feature_quality.importance import (
     importance_snapshot,
     importance_weights,
     logit_grad_norms,
-    logit_grad_norms_autograd,
     lorenz_curve,
     per_example_phantom_norms,
     phantom,
 )
+
+
+def logit_grad_norms_autograd(logits, targets, loss_fn):
+    """Reference: ``||dl/df_i||_2`` for a per-example loss ``loss_fn(logits, targets) -> (N,)``. Since
+    ``l_i`` depends only on row ``i`` of the logits, the gradient of ``sum_i l_i`` holds ``dl_i/df_i`` in
+    row ``i``."""
+    f = logits.detach().clone().requires_grad_(True)
+    losses = loss_fn(f, targets)
+    assert losses.shape == (f.shape[0],), "loss_fn must return one loss per example (reduction='none')"
+    (grad,) = torch.autograd.grad(losses.sum(), f)
+    return grad.reshape(f.shape[0], -1).norm(dim=1)
 
 
 def _gini_pairwise(w: list[float]) -> float:
