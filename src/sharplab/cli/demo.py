@@ -16,7 +16,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from sharplab.cli._args import add_threads, int_in, out_dir, resolve_threads, typed
+from sharplab.cli._args import add_threads, int_in, out_dir, typed
 
 DEMO_STUDIES = ("demo_toy.toml", "demo_mechanisms.toml", "demo_fmnist.toml")
 PARALLEL = {"demo_fmnist.toml"}  # the toy studies' runs take a second: a process each would cost more
@@ -62,7 +62,7 @@ def handle(args: argparse.Namespace) -> int:
         print(f"note: skipping the FMNIST-MNIST study: {reason}")
         studies.remove("demo_fmnist.toml")
     jobs = args.jobs or (2 if (os.cpu_count() or 1) >= 2 else 1)
-    options = RunOptions(quiet=args.quiet, threads=resolve_threads(args.threads, jobs))
+    options = RunOptions(quiet=args.quiet, threads=args.threads)  # None: the runner gives cores / jobs
     for name in studies:
         with resources.as_file(resources.files("sharplab.studies") / name) as path:
             study = load_study(path)
