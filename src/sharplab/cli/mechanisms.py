@@ -150,7 +150,13 @@ def handler(args: argparse.Namespace) -> int:
 
 def _mechanisms(args: argparse.Namespace) -> int:
     from sharplab.labs.feature_quality.mechanisms import ABLATIONS, load_data, run_mechanisms
-    from sharplab.labs.feature_quality.mechanisms_plots import format_table, summary_rows, table_rows, write_figures
+    from sharplab.labs.feature_quality.mechanisms_plots import (
+        format_table,
+        recovered_note,
+        summary_rows,
+        table_rows,
+        write_figures,
+    )
 
     cfg = build_config(args)
     data = load_data(cfg)
@@ -177,6 +183,8 @@ def _mechanisms(args: argparse.Namespace) -> int:
           + (f"m={cfg.m} (each micro-batch's phantom), " if cfg.m else f"{cfg.phantom} phantom, ") +
           f"{len(args.seed)} seed(s), {seconds:.1f} s", file=stream)
     print(table, file=stream)
+    if note := recovered_note(rows, cfg.variant):
+        print(note, file=stream)
     if args.out is not None:
         from sharplab.io import atomic_write_json, atomic_write_text
 

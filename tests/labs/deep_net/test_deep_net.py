@@ -213,3 +213,42 @@ def test_sharpness_study_reuses_measures_taken_at_the_end_of_a_run(tmp_path):
     assert sharp["abc"]["m_sharpness"] == 0.3 and sharp["abc"]["hessian_top"] == 5.0
     (row,) = summarise([r], sharp)
     assert row["setting"] == "32-SAM" and row["hessian_trace"] == 40.0 and row["seeds"] == 1
+
+
+def test_paired_table_differences_and_t_intervals_by_hand():
+    from types import SimpleNamespace
+
+    from sharplab.labs.deep_net.report import paired_differences
+
+    def rec(seed, method, m, err, sharp):
+        cfg = {"method": method, "then_method": "", "rho": 0.0 if method == "erm" else 0.1, "m": m,
+               "label_noise": 0.0, "batch_size": 128}
+        return SimpleNamespace(seed=seed, config=cfg, metrics={"test_error": err, "m_sharpness": sharp})
+
+    erm, sam, small = [0.10, 0.14, 0.12], [0.09, 0.12, 0.12], [0.08, 0.13, 0.10]
+    runs = [rec(s, "erm", 0, erm[s], 1.0) for s in range(3)] + [rec(s, "m-sam", 0, sam[s], 0.5) for s in range(3)]
+    runs += [rec(s, "m-sam", 16, small[s], 0.25) for s in range(3)]
+    rows = {r["A - B"]: r for r in paired_differences(runs)}
+    assert set(rows) == {"ERM - 128-SAM (rho 0.1)", "ERM - 16-SAM (rho 0.1)", "128-SAM - 16-SAM (rho 0.1)"}
+    d = [100 * (a - b) for a, b in zip(erm, sam)]  # 1, 2, 0 points
+    mean, sd = sum(d) / 3, (sum((x - sum(d) / 3) ** 2 for x in d) / 2) ** 0.5
+    half = 4.302653 * sd / 3 ** 0.5  # t_{0.975, 2}
+    row = rows["ERM - 128-SAM (rho 0.1)"]
+    assert row["test error A - B (pts)"] == f"{mean:+.2f}" and row["seeds"] == 3
+    assert row["test error 95% CI"] == f"[{mean - half:+.2f}, {mean + half:+.2f}]"
+    assert rows["128-SAM - 16-SAM (rho 0.1)"]["m-sharpness A - B"] == "+0.25"
+
+
+def test_step_cost_benchmark_times_every_method_on_real_batches(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[3] / "benchmarks" / "deep_net_step_cost.py"
+    spec = importlib.util.spec_from_file_location("deep_net_step_cost", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--dataset", "digits", "--width", "2", "--batch", "16", "--ms", "0,8", "--steps", "1",
+                       "--warmup", "0"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(result["seconds_per_step"]) == {"ERM", "n-SAM", "16-SAM", "8-SAM"}
+    assert all(t > 0 for t in result["seconds_per_step"].values())

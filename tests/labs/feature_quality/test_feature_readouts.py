@@ -177,3 +177,12 @@ def test_selection_keeps_whole_batch_sam_apart_from_m_sharpness_and_uses_n_val()
     # rho 0.1 (0.66 %) ties with the best and, being larger, is chosen; rho 0.2 (0.90 %) is outside
     recs = [rec(a, s, v, 2000.0) for s in range(2) for a, v in vals.items()]
     assert {r["optimizer"]: r for r in selected_rows(recs)}["sam"]["selected"] == "sam rho=0.1"
+
+
+def test_validation_size_skips_the_untrained_floor_and_refuses_mixed_sizes():
+    from sharplab.labs.feature_quality.protocol import validation_size
+
+    trained = [{"arm": "sgd", "n_val": 600.0}, {"arm": "sam rho=0.1", "n_val": 600.0}]
+    assert validation_size([{"arm": "untrained"}, *trained]) == 600
+    assert validation_size([*trained, {"arm": "sgd lr=0.1", "n_val": 500.0}]) is None
+    assert validation_size([{"arm": "untrained"}]) is None

@@ -267,3 +267,15 @@ def test_report_never_pools_runs_that_differ_in_a_field_other_than_the_seed(tmp_
     assert any('phantom="batch" (1 seed)' in t for t in titles)
     assert any('phantom="per-example" (1 seed)' in t for t in titles)
     assert not any("(2 seeds)" in t for t in titles)
+
+
+def test_recovered_note_explains_an_empty_share_column():
+    from sharplab.labs.feature_quality.mechanisms_plots import recovered_note
+
+    rows = [{"optimizer": "sgd", "probe_error_hard": (0.0243, 0.0), "recovered": float("nan")},
+            {"optimizer": "sam", "probe_error_hard": (0.0241, 0.0), "recovered": float("nan")},
+            {"optimizer": "iw-only", "probe_error_hard": (0.0240, 0.0), "recovered": float("nan")}]
+    note = recovered_note(rows, "sam")
+    assert "+0.02 pts" in note and "0.5-pt floor" in note
+    rows[2]["recovered"] = 0.4
+    assert recovered_note(rows, "sam") == ""

@@ -4,8 +4,56 @@ from __future__ import annotations
 
 from typing import Any
 
+#: final metrics compared per seed in the paired table: (key, column name, factor to the shown unit)
+PAIRED = (("test_error", "test error", 100.0), ("early_stopped_test_error", "early-stopped test error", 100.0),
+          ("train_error", "training error", 100.0), ("m_sharpness", "m-sharpness", 1.0))
+
 FINAL = ["test_error", "early_stopped_test_error", "train_error", "train_loss", "m_sharpness", "hessian_top",
          "hessian_trace", "train_error_noisy", "train_error_clean", "grad_norm"]
+
+
+def paired_differences(runs: list[Any]) -> list[dict[str, Any]]:
+    """Per pair of settings (A, B) with at least two seeds in common: the per-seed difference A - B of each
+    final metric of :data:`PAIRED`, its mean and 95 % t interval (mean +- t_{0.975, k-1} sd / sqrt(k)).
+
+    Pairs: ERM against every other setting, and any two non-ERM settings at the same rho, A the earlier in
+    the summary's order (ERM, random, n-SAM, m-SAM by decreasing m, USAM). A positive test-error difference
+    means B has the lower error. Pairing by seed removes what the two runs of a seed share (data split,
+    initialisation, test images)."""
+    from sharplab.labs.deep_net.studies import SUMMARY_KEYS, label
+    from sharplab.runner.aggregate import summarize
+
+    order = {"erm": 0, "random": 1, "nsam": 2, "m-sam": 3, "usam": 4}
+    settings: dict[tuple, dict[int, Any]] = {}
+    for r in runs:
+        settings.setdefault(tuple(r.config.get(k) for k in SUMMARY_KEYS), {})[r.seed] = r
+
+    def rank(key: tuple) -> tuple:
+        cfg = next(iter(settings[key].values())).config
+        return (order.get(cfg["method"], 9), bool(cfg.get("then_method")), -(cfg.get("m") or 10**9), cfg["rho"])
+
+    keys = sorted(settings, key=rank)
+    rows = []
+    for i, a in enumerate(keys):
+        for b in keys[i + 1:]:
+            ca, cb = (next(iter(settings[k].values())).config for k in (a, b))
+            is_erm = ca["method"] == "erm" and not ca.get("then_method")
+            if not is_erm and ca["rho"] != cb["rho"]:
+                continue
+            seeds = sorted(set(settings[a]) & set(settings[b]))
+            if len(seeds) < 2:
+                continue
+            row: dict[str, Any] = {"A - B": f"{label(ca)} - {label(cb)} (rho {cb['rho']:g})", "seeds": len(seeds)}
+            for key, name, factor in PAIRED:
+                s = summarize(factor * (settings[a][k].metrics[key] - settings[b][k].metrics[key]) for k in seeds
+                              if key in settings[a][k].metrics and key in settings[b][k].metrics)
+                if s.n < 2:
+                    continue
+                unit = " (pts)" if factor == 100.0 else ""
+                row[f"{name} A - B{unit}"] = f"{s.mean:+.2f}"
+                row[f"{name} 95% CI"] = f"[{s.mean - s.ci95:+.2f}, {s.mean + s.ci95:+.2f}]"
+            rows.append(row)
+    return rows
 
 
 def report(runs: list[Any], builder: Any) -> None:
@@ -17,6 +65,10 @@ def report(runs: list[Any], builder: Any) -> None:
         return
     present = [m for m in FINAL if any(m in r.metrics for r in done)]
     add_metric_table(builder, "deep-net", done, present)
+    pairs = paired_differences(done)
+    if pairs:
+        builder.add_table("deep-net: paired differences A - B over seeds (mean, 95% t interval; errors in "
+                          "percentage points, positive = B has the lower error / sharpness)", pairs)
     rhos = {r.config.get("rho") for r in done}
     if len(rhos) > 1:
         builder.add_figure("deep-net: test error vs rho (mean, 95% CI over seeds)",
@@ -33,7 +85,7 @@ def report(runs: list[Any], builder: Any) -> None:
             builder.add_figure("deep-net: full-batch gradient norm per epoch", plot_history(with_hist, "grad_norm"))
             builder.add_figure("deep-net: full-batch training loss per epoch",
                                plot_history(with_hist, "full_train_loss"))
-    builder.add_text("Errors are fractions. n-SAM takes its ascent direction from the previous batch (the official "
+    builder.add_text("Errors in %. n-SAM takes its ascent direction from the previous batch (the official "
                      "`--sam_use_prev_batch`); m-SAM perturbs each micro-batch of m on its own "
                      "(`sharplab.optim.sam_grad(m=)`). Sharpness: m-sharpness of the official eval_sharpness.py "
                      "(20 steps of 0.1 rho), top Hessian eigenvalue (Lanczos), Hutchinson trace; eval mode.")

@@ -132,7 +132,9 @@ def plot_curves_per_arm(records: Sequence[dict[str, Any]], n_star: int | None, t
         return fig
     cols = min(4, len(shown))
     rows = math.ceil(len(shown) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.9 * rows), sharex=True, squeeze=False)
+    # at least 6.4 in wide: with one or two panels the legend and the title would be clipped otherwise
+    width = max(6.4, 3.2 * cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width, 2.9 * rows + 0.6), sharex=True, squeeze=False)
     styles = {protocol.FLOOR: dict(ls="--", color="black"), protocol.CEILING: dict(ls="--", color="grey"),
               "sgd": dict(color="tab:blue")}
     for ax, arm in zip(axes.flat, shown, strict=False):
@@ -162,9 +164,11 @@ def plot_curves_per_arm(records: Sequence[dict[str, Any]], n_star: int | None, t
     if n_star is not None:
         handles.append(plt.Line2D([], [], color="red", lw=0.8, ls=":"))
         labels.append(f"primary size n*={n_star}")
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    ncol = len(labels) if width >= 9 else min(3, len(labels))
+    legend_rows = math.ceil(len(labels) / ncol)
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
     fig.suptitle(title or f"{feature}-feature probe learning curve per configuration", fontsize=10)
-    fig.tight_layout(rect=(0, 0.06, 1, 0.95))
+    fig.tight_layout(rect=(0, 0.045 * legend_rows / rows + 0.02, 1, 0.95))
     return fig
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from sharplab.errors import SharplabError
 from sharplab.labs.feature_quality.importance import gini, lorenz_curve
-from sharplab.labs.feature_quality.mechanisms import ABLATIONS, MechanismsResult, recovered_fraction
+from sharplab.labs.feature_quality.mechanisms import ABLATIONS, MIN_GAIN, MechanismsResult, recovered_fraction
 
 METRICS: tuple[str, ...] = (
     "probe_error_easy", "probe_error_hard", "test_error", "gini_real", "gini_phantom",
@@ -62,6 +62,21 @@ def summary_rows(per_seed: Sequence[dict[str, float]], optimizers: Sequence[str]
         ok = opt in ABLATIONS and "sgd" in hard and variant in hard
         row["recovered"] = recovered_fraction(hard["sgd"], hard[variant], hard[opt]) if ok else math.nan
     return rows
+
+
+def recovered_note(rows: Sequence[dict[str, Any]], variant: str) -> str:
+    """Why the recovered-share column is empty, when it is: SAM's hard-probe gain over SGD below
+    :data:`MIN_GAIN`, or no ablation run; '' when some share is shown."""
+    if any(math.isfinite(r.get("recovered", math.nan)) for r in rows):
+        return ""
+    hard = {r["optimizer"]: r["probe_error_hard"][0] for r in rows}
+    if not any(r["optimizer"] in ABLATIONS for r in rows):
+        return ""
+    if "sgd" not in hard or variant not in hard:
+        return "recovered share: not shown (the table has no SGD or no SAM row to compare with)"
+    gain = 100 * (hard["sgd"] - hard[variant])
+    return (f"recovered share: not shown, SAM's hard-probe gain over SGD is {gain:+.2f} pts, below the "
+            f"{100 * MIN_GAIN:.1f}-pt floor under which a share of it would be a ratio of noise")
 
 
 def _fmt(ms: tuple[float, float], scale: float = 1.0, digits: int = 3) -> str:
@@ -235,6 +250,8 @@ def report(runs: Sequence[Any], builder: Any) -> None:
         rows = summary_rows(per_seed, opts, variant)
         seeds = f"{len(rs)} seed" + ("s" if len(rs) != 1 else "")
         builder.add_table(f"mechanisms: {dataset}, {variant}, rho={rho:g}{extra} ({seeds})", table_rows(rows))
+        if note := recovered_note(rows, variant):
+            builder.add_text(f"mechanisms ({dataset}, rho={rho:g}{extra}): {note}.")
         first = min(rs, key=lambda r: r.seed)
         history = getattr(first, "history", {}) or {}
         for quantity, label in (("gini", "Gini of importance weights"), ("ratio", "v_hard / v_easy")):

@@ -360,6 +360,13 @@ def check_table(runs: Sequence[Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def validation_size(records: Sequence[dict[str, Any]]) -> int | None:
+    """The validation size the trained runs share (the untrained floor and runs made before ``n_val`` was
+    recorded carry none and are skipped); ``None`` when no run records one or two runs differ."""
+    sizes = {_get(r, "n_val") for r in records if arm_label(r) != FLOOR and r.get("n_val") is not None}
+    return int(sizes.pop()) if len(sizes) == 1 and math.isfinite(next(iter(sizes))) else None
+
+
 def selected_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Secondary view: per optimizer (first word of the configuration, with its ``m=`` token when it has one:
     whole-batch SAM and m-sharpness are selected apart, as the follow-up protocol's primary comparison is
@@ -382,8 +389,7 @@ def selected_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "near_chance": any(_get(r, "near_chance") == 1.0 or is_diverged(r) for r in rs),
             "hard": _nanmean([_get(r, "probe_error_hard") for r in rs]),
         })
-    sizes = {_get(r, "n_val") for r in records}
-    n_val = int(sizes.pop()) if len(sizes) == 1 and math.isfinite(next(iter(sizes), math.nan)) else None
+    n_val = validation_size(records)
     out = []
     for opt, rows in per_opt.items():
         best = select_one_se(rows, n_val)

@@ -284,8 +284,8 @@ def _protocol_sections(runs: Sequence[Any], records: list[dict[str, Any]], build
         builder.add_text(f"{title}: combination vs each alone (hard-probe error, paired by seed): "
                          + "; ".join(lines))
     chosen = protocol.selected_rows(records)
-    n_val = {r.get("n_val") for r in records}
-    rule = ("one-standard-error rule on the runs' validation size" if len(n_val) == 1 and None not in n_val
+    n_val = protocol.validation_size(records)
+    rule = (f"one-standard-error rule on the runs' {n_val} validation examples" if n_val is not None
             else "lowest mean validation error, exact ties only (these runs do not record their validation size)")
     heading = (f"{title} (secondary view): validation-selected configuration per optimizer, whole-batch and "
                f"m-sharpness apart ({rule}; largest rho among ties; runs that did not learn never selected)")
