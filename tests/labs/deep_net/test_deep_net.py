@@ -252,3 +252,22 @@ def test_step_cost_benchmark_times_every_method_on_real_batches(capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(result["seconds_per_step"]) == {"ERM", "n-SAM", "16-SAM", "8-SAM"}
     assert all(t > 0 for t in result["seconds_per_step"].values())
+
+
+def test_settings_figure_has_one_column_per_setting_with_every_seed():
+    from types import SimpleNamespace
+
+    from sharplab.labs.deep_net.report import plot_settings
+
+    def rec(seed, method, m, err):
+        cfg = {"method": method, "then_method": "", "rho": 0.0 if method == "erm" else 0.1, "m": m,
+               "label_noise": 0.0, "batch_size": 128}
+        return SimpleNamespace(run_id=f"{method}{m}{seed}", status="done", seed=seed, config=cfg,
+                               metrics={"test_error": err})
+
+    runs = [rec(s, "erm", 0, 0.1 + 0.01 * s) for s in range(3)] + [rec(s, "m-sam", 16, 0.09) for s in range(3)]
+    ax = plot_settings(runs).axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["ERM", "16-SAM\nrho 0.1"]
+    dots = [line for line in ax.lines if line.get_marker() == "o"]
+    assert sorted(len(line.get_ydata()) for line in dots) == [3, 3]
+    assert sorted(dots[0].get_ydata()) == pytest.approx([10.0, 11.0, 12.0])

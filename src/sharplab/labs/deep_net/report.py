@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from sharplab.labs.deep_net.studies import label
+
 #: final metrics compared per seed in the paired table: (key, column name, factor to the shown unit)
 PAIRED = (("test_error", "test error", 100.0), ("early_stopped_test_error", "early-stopped test error", 100.0),
           ("train_error", "training error", 100.0), ("m_sharpness", "m-sharpness", 1.0))
@@ -20,7 +22,7 @@ def paired_differences(runs: list[Any]) -> list[dict[str, Any]]:
     the summary's order (ERM, random, n-SAM, m-SAM by decreasing m, USAM). A positive test-error difference
     means B has the lower error. Pairing by seed removes what the two runs of a seed share (data split,
     initialisation, test images)."""
-    from sharplab.labs.deep_net.studies import SUMMARY_KEYS, label
+    from sharplab.labs.deep_net.studies import SUMMARY_KEYS
     from sharplab.runner.aggregate import summarize
 
     order = {"erm": 0, "random": 1, "nsam": 2, "m-sam": 3, "usam": 4}
@@ -56,6 +58,32 @@ def paired_differences(runs: list[Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def plot_settings(runs: list[Any], metric: str = "test_error", ylabel: str = "test error (%)") -> Any:
+    """``metric`` per setting (ERM, n-SAM, 128-SAM, ...): every seed as a dot, the mean with its 95 % t
+    interval as a bar, in %, in the summary's order."""
+    from matplotlib.figure import Figure
+
+    from sharplab.labs.deep_net.studies import summarise
+    from sharplab.runner.aggregate import summarize
+
+    rows = summarise(runs)
+    fig = Figure(figsize=(max(4.5, 1.1 * len(rows) + 1.5), 3.4))
+    ax = fig.add_subplot()
+    for i, row in enumerate(rows):
+        same = [r for r in runs if label(r.config) == row["setting"] and r.config["rho"] == row["rho"]
+                and metric in r.metrics]
+        vals = [100 * r.metrics[metric] for r in same]
+        ax.plot([i] * len(vals), vals, "o", color="tab:grey", ms=3, alpha=0.7)
+        s = summarize(vals)
+        ax.errorbar([i], [s.mean], yerr=[0 if s.n < 2 else s.ci95], fmt="s", color="tab:red", capsize=4, ms=5)
+    names = [r["setting"] + ("" if r["method"] == "erm" else f"\nrho {r['rho']:g}") for r in rows]
+    ax.set_xticks(range(len(rows)), names, fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return fig
+
+
 def report(runs: list[Any], builder: Any) -> None:
     from sharplab.runner.aggregate import plot_history, plot_metric_vs
     from sharplab.runner.report import add_metric_table
@@ -69,7 +97,10 @@ def report(runs: list[Any], builder: Any) -> None:
     if pairs:
         builder.add_table("deep-net: paired differences A - B over seeds (mean, 95% t interval; errors in "
                           "percentage points, positive = B has the lower error / sharpness)", pairs)
-    rhos = {r.config.get("rho") for r in done}
+    if len({(label(r.config), r.config["rho"]) for r in done}) > 1:
+        builder.add_figure("deep-net: final test error per setting (dots = seeds, red = mean with 95% t interval)",
+                           plot_settings(done))
+    rhos = {r.config.get("rho") for r in done if r.config["method"] != "erm"}
     if len(rhos) > 1:
         builder.add_figure("deep-net: test error vs rho (mean, 95% CI over seeds)",
                            plot_metric_vs(done, "test_error", x="rho"))
