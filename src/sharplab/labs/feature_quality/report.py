@@ -271,7 +271,7 @@ def _protocol_sections(runs: Sequence[Any], records: list[dict[str, Any]], build
     add_readout_sections(records, builder, title)
     builder.add_table(
         f"{title}: paired differences SGD − X of the hard-probe error with the probe fitted on the whole "
-        "probe-train split (95 % t-interval over seeds), "
+        "probe-train split (points; positive = X has the lower error; 95 % t-interval over seeds), "
         "manipulation check (final Gini at w / at the step's phantom) and runs that did not learn",
         protocol.paired_rows(records))
     lines = []
