@@ -8,7 +8,8 @@ import pytest
 from runner_testlib import ToyConfig, sharplab_cli, write_study
 
 from sharplab.errors import ConfigError, SharplabError
-from sharplab.runner.config import config_hash, load_study, parse_study, validate_config
+from sharplab.runner.config import config_hash, load_study, parse_study
+from sharplab.runner.validation import validate_config
 
 
 def _study(**tables):

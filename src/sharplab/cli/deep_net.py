@@ -39,8 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("deep-net", help="deep-network studies: m-sharpness, sharpness, fine-tuning, label noise, "
                        "convergence (PreAct ResNet, through the runner)",
                        description="Quick CPU defaults: digits, PreAct ResNet-18 of width 8, batch 64. These are "
-                       "smoke tests: 450 test images cannot resolve the study's effects; the CPU stand-ins that can "
-                       "are examples/standins/*.toml (docs/deep_net_standins.md). GPU versions with the study's settings: examples/deep_net_*.toml (sharplab run).")
+                       "smoke tests: 450 test images cannot resolve the study's effects; the CPU stand-ins "
+                       "that can are examples/standins/*.toml (docs/deep_net_standins.md). GPU versions with the "
+                       "study's settings: examples/deep_net_*.toml (sharplab run).")
     p.add_argument("study", choices=STUDIES, help="which study")
     p.add_argument("--out", default=None, help="output folder (default runs/deep-net-STUDY)")
     p.add_argument("--json", action="store_true", help="one JSON object per run on stdout")
@@ -64,7 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     from sharplab.labs.deep_net.config import DeepNetConfig
-    from sharplab.runner.config import config_fields
+    from sharplab.runner.validation import config_fields
 
     base: dict[str, Any] = {}
     for key, opt in (("epochs", args.epochs), ("dataset", args.dataset), ("root", args.root),

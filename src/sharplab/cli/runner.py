@@ -347,7 +347,7 @@ def cmd_labs(args: argparse.Namespace) -> int:
         return 0
     import dataclasses
 
-    from sharplab.runner.config import allowed, config_fields
+    from sharplab.runner.validation import allowed, config_fields
 
     lab = get_lab(args.name)
     print(f"{lab.name}: {lab.description}\n")

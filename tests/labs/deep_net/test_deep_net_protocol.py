@@ -30,8 +30,8 @@ from sharplab.labs.deep_net.analysis import (
 )
 from sharplab.labs.deep_net.config import DeepNetConfig
 from sharplab.labs.deep_net.train import Stepper, build_net, error_and_loss, load_data, run
-from sharplab.runner.config import validate_config
 from sharplab.runner.context import RunContext
+from sharplab.runner.validation import validate_config
 
 TINY = {"dataset": "digits", "width": 4, "n_train": 128, "n_test": 64, "batch_size": 32, "epochs": 2,
         "lr": 0.05}

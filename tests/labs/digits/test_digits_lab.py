@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 from sharplab.errors import ConfigError, Diverged
 from sharplab.labs.digits import N_TEST, N_TRAIN, DigitsConfig, load_digits_tensors, run
-from sharplab.runner.config import validate_config
 from sharplab.runner.context import RunContext
+from sharplab.runner.validation import validate_config
 
 SMALL = dict(width=8, depth=1, train_size=200, batch_size=32, epochs=2, dtype="float64")
 

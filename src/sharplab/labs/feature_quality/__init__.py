@@ -31,9 +31,9 @@ from sharplab.labs.feature_quality.experiment import (
 )
 from sharplab.labs.feature_quality.report import report
 from sharplab.labs.feature_quality.train import OPTIMIZERS, TrainConfig, make_model, train
-from sharplab.runner.config import config_fields
 from sharplab.runner.context import RunContext
 from sharplab.runner.labs import Lab, register_lab
+from sharplab.runner.validation import config_fields
 
 __all__ = ["FeatureQualityConfig", "TrainConfig", "make_model", "run", "train"]
 

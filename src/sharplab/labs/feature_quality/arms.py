@@ -58,7 +58,7 @@ def arm_changes(arm: str, fields: dict[str, tuple[Any, Any]], names: tuple[str, 
         where: how messages name the arm (default: ``arm '<the string>'``).
     """
     from sharplab.labs.feature_quality.experiment import parse_value
-    from sharplab.runner.config import check_value
+    from sharplab.runner.validation import check_value
 
     if not arm.strip():
         return {}
