@@ -150,3 +150,14 @@ def test_params_make_table_and_list_values_hashable():
     runs = [SimpleNamespace(config={"opts": {"a": 1, "b": [1, 2]}, "seed": s}, nproc=1) for s in (0, 1)]
     assert params(runs[0])["opts"] == (("a", 1), ("b", (1, 2)))
     assert varying_keys(runs) == []
+
+
+def test_plots_show_error_rates_in_percent_as_the_tables():
+    from sharplab.runner.aggregate import plot_history, plot_metric_vs
+
+    runs = [_run({"rho": r}, s, {"test_error": 0.1 + r}, {1: {"test_error": 0.2}}) for r in (0.0, 0.1) for s in (0, 1)]
+    ax = plot_metric_vs(runs, "test_error", x="rho").axes[0]
+    assert ax.get_ylabel() == "test_error (%)"
+    assert list(ax.containers[0].lines[0].get_ydata()) == pytest.approx([10.0, 20.0])
+    hist = plot_history(runs, "test_error").axes[0]
+    assert hist.get_ylabel() == "test_error (%)" and list(hist.lines[0].get_ydata()) == pytest.approx([20.0])

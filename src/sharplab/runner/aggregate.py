@@ -149,29 +149,36 @@ def _label(keys: Sequence[str], values: tuple) -> str:
     return ", ".join(f"{k}={v}" for k, v in zip(keys, values)) or "all runs"
 
 
+def _unit(metric: str) -> tuple[float, str]:
+    """(factor, axis label): error rates in %, as in the tables (:func:`is_error`)."""
+    return (100.0, f"{metric} (%)") if is_error(metric) else (1.0, metric)
+
+
 def plot_metric_vs(runs: Sequence[Any], metric: str, x: str, by: Sequence[str] | None = None):
-    """A figure of ``metric`` (mean, 95% CI error bars) against config key ``x``, one line per group of
-    the other varying keys."""
+    """A figure of ``metric`` (mean, 95% CI error bars; error rates in %) against config key ``x``, one
+    line per group of the other varying keys."""
+    factor, ylabel = _unit(metric)
     by = [k for k in (varying_keys(runs) if by is None else by) if k != x]
     fig, ax = _axes()
     for key, group in group_runs(runs, by).items():
         xs = sorted({params(r).get(x) for r in group}, key=lambda v: (v is None, v))
-        stats = [summarize(r.metrics.get(metric, math.nan) for r in group if params(r).get(x) == v)
+        stats = [summarize(factor * r.metrics.get(metric, math.nan) for r in group if params(r).get(x) == v)
                  for v in xs]
         ax.errorbar(xs, [s.mean for s in stats], yerr=[0 if math.isnan(s.ci95) else s.ci95 for s in stats],
                     marker="o", capsize=3, label=_label(by, key))
-    return _finish(fig, ax, x, metric, legend=bool(by))
+    return _finish(fig, ax, x, ylabel, legend=bool(by))
 
 
 def plot_history(runs: Sequence[Any], metric: str, by: Sequence[str] | None = None):
-    """Per-epoch ``metric`` (mean over seeds, shaded 95% CI), one line per group."""
+    """Per-epoch ``metric`` (mean over seeds, shaded 95% CI; error rates in %), one line per group."""
+    factor, ylabel = _unit(metric)
     by = varying_keys(runs) if by is None else list(by)
     fig, ax = _axes()
     for key, group in group_runs(runs, by).items():
         steps = sorted({s for r in group for s in r.history if metric in r.history[s]})
-        stats = [summarize(r.history.get(s, {}).get(metric, math.nan) for r in group) for s in steps]
+        stats = [summarize(factor * r.history.get(s, {}).get(metric, math.nan) for r in group) for s in steps]
         mean = np.array([s.mean for s in stats])
         half = np.array([0 if math.isnan(s.ci95) else s.ci95 for s in stats])
         (line,) = ax.plot(steps, mean, label=_label(by, key))
         ax.fill_between(steps, mean - half, mean + half, alpha=0.2, color=line.get_color())
-    return _finish(fig, ax, "epoch", metric, legend=bool(by))
+    return _finish(fig, ax, "epoch", ylabel, legend=bool(by))
