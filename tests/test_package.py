@@ -63,3 +63,16 @@ def test_user_errors_print_one_line_and_exit_2(capsys, tmp_path):
     assert main(["run", str(tmp_path / "missing.toml")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: study file") and "not found" in err[0]
+
+
+def test_every_module_imports():
+    """A module no test imports directly (a split that left an import behind) still fails here."""
+    import importlib
+    import pkgutil
+
+    import sharplab
+
+    names = [m.name for m in pkgutil.walk_packages(sharplab.__path__, "sharplab.") if not m.name.endswith("__main__")]
+    assert len(names) > 50
+    for name in names:
+        importlib.import_module(name)

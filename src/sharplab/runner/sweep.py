@@ -40,17 +40,11 @@ from pathlib import Path
 from typing import Any
 
 from sharplab.errors import ConfigError, SharplabError
-from sharplab.runner.config import (
-    Study,
-    check_seed,
-    check_value,
-    config_fields,
-    run_spec,
-    validate_config,
-)
+from sharplab.runner.config import Study, check_seed, run_spec
 from sharplab.runner.execute import in_process_runner, run_until_claimed
 from sharplab.runner.single_run import RunOptions
 from sharplab.runner.store import check_out_dir, open_store
+from sharplab.runner.validation import check_value, config_fields, validate_config
 
 SWEEP_KEYS = ("metric", "direction", "seeds", "space")
 HEARTBEAT_S = 10
