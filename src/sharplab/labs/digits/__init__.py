@@ -25,4 +25,4 @@ __all__ = ["N_TEST", "N_TOTAL", "N_TRAIN", "DigitsConfig", "load_digits_tensors"
 
 register_lab(Lab("digits", DigitsConfig, run, report,
                  "MLP on scikit-learn's 8x8 digits with SGD or SAM (quick, offline, DDP-capable)",
-                 metrics=("train_loss", "test_loss", "test_error")))
+                 metrics=("train_loss", "test_loss", "test_error", "val_loss", "val_error")))
