@@ -119,3 +119,21 @@ def test_two_workers_share_one_study(tmp_path, capsys):
     assert main(cmd[3:]) == 0
     assert f"{len(complete)} completed trials" in capsys.readouterr().out
     assert len(optuna.load_study(study_name="shared", storage=storage).trials) == len(study.trials)
+
+
+def test_sweep_section_shows_an_error_objective_in_percent(tmp_path):
+    import json
+
+    from sharplab.runner.report import ReportBuilder, add_sweep_sections
+
+    (tmp_path / "sweeps").mkdir()
+    trials = [{"number": 0, "state": "COMPLETE", "value": 0.25, "params": {"lr": 0.1}},
+              {"number": 1, "state": "COMPLETE", "value": 0.1111, "params": {"lr": 0.2}}]
+    (tmp_path / "sweeps" / "s.json").write_text(json.dumps({
+        "study": "s", "metric": "val_error", "direction": "minimize", "seeds": [0], "trials": trials,
+        "best": {"number": 1, "value": 0.1111, "params": {"lr": 0.2}}}))
+    builder = ReportBuilder("t")
+    add_sweep_sections(builder, tmp_path)
+    md = builder.to_markdown()
+    assert "val_error (%) = 11.11, lr = 0.2" in md
+    assert "| val_error (%) |" in md and "| 25 |" in md

@@ -146,7 +146,10 @@ def _finish(fig: Any, ax: Any, xlabel: str, ylabel: str, legend: bool) -> Any:
 
 
 def _label(keys: Sequence[str], values: tuple) -> str:
-    return ", ".join(f"{k}={v}" for k, v in zip(keys, values)) or "all runs"
+    def fmt(v: Any) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    return ", ".join(f"{k}={fmt(v)}" for k, v in zip(keys, values)) or "all runs"
 
 
 def _unit(metric: str) -> tuple[float, str]:
@@ -164,8 +167,12 @@ def plot_metric_vs(runs: Sequence[Any], metric: str, x: str, by: Sequence[str] |
         xs = sorted({params(r).get(x) for r in group}, key=lambda v: (v is None, v))
         stats = [summarize(factor * r.metrics.get(metric, math.nan) for r in group if params(r).get(x) == v)
                  for v in xs]
-        ax.errorbar(xs, [s.mean for s in stats], yerr=[0 if math.isnan(s.ci95) else s.ci95 for s in stats],
-                    marker="o", capsize=3, label=_label(by, key))
+        means = np.array([s.mean for s in stats])
+        half = np.array([0 if math.isnan(s.ci95) else s.ci95 for s in stats])
+        low, high = means - half, means + half
+        if factor == 100.0:  # an error rate's interval stops at 0 and 100 %
+            low, high = np.clip(low, 0, 100), np.clip(high, 0, 100)
+        ax.errorbar(xs, means, yerr=[means - low, high - means], marker="o", capsize=3, label=_label(by, key))
     return _finish(fig, ax, x, ylabel, legend=bool(by))
 
 

@@ -23,7 +23,7 @@ from typing import Any
 from sharplab.io import atomic_write_bytes, atomic_write_text
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}
-table{border-collapse:collapse;margin:.5rem 0 1.5rem;font-size:.9rem}
+table{border-collapse:collapse;margin:.5rem 0 1.5rem;font-size:.9rem;display:block;max-width:100%;overflow-x:auto}
 th,td{border:1px solid #ccc;padding:.25rem .6rem;text-align:left}th{background:#f3f3f3}
 img{max-width:100%;border:1px solid #eee}figure{margin:1rem 0 2rem}figcaption{font-weight:600}
 pre{background:#f6f6f6;padding:.5rem}"""
@@ -183,33 +183,38 @@ def add_sweep_sections(builder: ReportBuilder, out_dir: str | os.PathLike) -> No
             builder.add_text(f"Sweep summary {path.name} could not be read; re-run `sharplab sweep` to rewrite it.")
             continue
         name, metric, direction = summary["study"], summary["metric"], summary["direction"]
+        from sharplab.runner.aggregate import is_error
+
+        factor, unit = (100.0, " (%)") if is_error(metric) else (1.0, "")
         builder.add_heading(f"Sweep: {name}")
         done = [t for t in summary["trials"] if t["state"] == "COMPLETE"]
         best = summary.get("best")
         builder.add_text(f"Objective: {direction} `{metric}` (mean over seeds {summary['seeds']}); "
                          f"{len(done)} of {len(summary['trials'])} trials completed. "
                          + ("No trial completed." if best is None else
-                            f"Best: trial {best['number']}, {metric} = {best['value']:.4g}, "
+                            f"Best: trial {best['number']}, {metric}{unit} = {factor * best['value']:.4g}, "
                             + ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}"
                                         for k, v in best["params"].items()) + "."))
         params = list(dict.fromkeys(k for t in summary["trials"] for k in t["params"]))
         rows = [{"trial": t["number"], "state": t["state"].lower(),
-                 metric: "" if t["value"] is None else f"{t['value']:.4g}",
+                 metric + unit: "" if t["value"] is None else f"{factor * t['value']:.4g}",
                  **{k: (f"{t['params'][k]:.4g}" if isinstance(t["params"].get(k), float) else t["params"].get(k, ""))
                     for k in params}} for t in summary["trials"]]
-        builder.add_table(f"Sweep {name}: trials", rows, columns=["trial", "state", metric, *params])
+        builder.add_table(f"Sweep {name}: trials", rows, columns=["trial", "state", metric + unit, *params])
         if summary.get("importances"):
             builder.add_table(f"Sweep {name}: parameter importance (Optuna fANOVA)",
                               [{"parameter": k, "importance": f"{v:.3f}"} for k, v in summary["importances"].items()])
         if done:
-            builder.add_figure(f"Sweep {name}: optimisation history", _history_figure(done, metric, direction))
+            builder.add_figure(f"Sweep {name}: optimisation history",
+                               _history_figure(done, metric, direction, factor, unit))
 
 
-def _history_figure(done: list[dict[str, Any]], metric: str, direction: str) -> Any:
+def _history_figure(done: list[dict[str, Any]], metric: str, direction: str, factor: float = 1.0,
+                    unit: str = "") -> Any:
     from matplotlib.figure import Figure
 
     xs = [t["number"] for t in done]
-    ys = [t["value"] for t in done]
+    ys = [factor * t["value"] for t in done]
     pick = min if direction == "minimize" else max
     running = [pick(ys[: i + 1]) for i in range(len(ys))]
     fig = Figure(figsize=(5.5, 3.4))
@@ -217,7 +222,7 @@ def _history_figure(done: list[dict[str, Any]], metric: str, direction: str) -> 
     ax.plot(xs, ys, "o", ms=4, label="trial")
     ax.step(xs, running, where="post", color="k", lw=1.2, label="best so far")
     ax.set_xlabel("trial")
-    ax.set_ylabel(metric)
+    ax.set_ylabel(metric + unit)
     ax.legend(frameon=False)
     fig.tight_layout()
     return fig

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+#: most lines (combinations of the other varying settings) in the test-error-vs-setting figure
+MAX_LINES = 6
 SWEPT = ("rho", "lr", "weight_decay", "momentum", "batch_size", "epochs")  # x-axis candidates, in this order
 
 
@@ -20,7 +22,11 @@ def report(runs: list[Any], builder: Any) -> None:
     add_metric_table(builder, "digits", done)
     varying = varying_keys(done)
     x = next((k for k in SWEPT if k in varying), None)
-    if x is not None:
+    lines = len({tuple(str(r.config.get(k)) for k in varying if k != x) for r in done})
+    if x is not None and lines > MAX_LINES:  # a sweep: every trial its own setting, the figure would be noise
+        builder.add_text(f"Digits: no test-error-vs-{x} figure: {lines} combinations of the other settings vary "
+                         "(a sweep); the sweep section and the table above hold every trial.")
+    elif x is not None:
         fig = plot_metric_vs(done, "test_error", x=x)
         values = [float(r.config[x]) for r in done if x in r.config]
         if min(values) > 0 and max(values) / min(values) > 20:
