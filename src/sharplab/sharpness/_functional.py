@@ -33,9 +33,23 @@ def trainable(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
 
 
+def standard_layout(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with row-major strides. A one-channel image batch permuted from NHWC counts as contiguous but
+    keeps channels-last strides; convolutions then return channels-last activations, on which
+    ``torch.func``'s forward-mode GroupNorm fails ("view size is not compatible"). A copy costs one pass."""
+    expected, step = [], 1
+    for size in reversed(x.shape):
+        expected.append(step)
+        step *= size
+    if tuple(reversed(expected)) == x.stride():
+        return x
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device).copy_(x)
+
+
 def loss_of(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor
             ) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
     """``f(params) = loss_fn(model(x; params), y)`` (other parameters and buffers as in ``model``)."""
+    x = standard_layout(x)
     fixed = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
     fixed.update({n: b for n, b in model.named_buffers()})
 
