@@ -229,3 +229,16 @@ def test_bad_configs_raise_one_line_errors(kwargs) -> None:
     with pytest.raises((ConfigError, SharplabError)) as info:
         DiagNetConfig(**kwargs)
     assert "\n" not in str(info.value)
+
+
+def test_rho_figure_averages_decade_spanning_errors_geometrically_and_narrow_ones_arithmetically():
+    from sharplab.labs.implicit_bias.plots import test_error_vs_rho
+
+    rows = [{"method": "1sam", "alpha": 0.1, "rho": r, "test_error": e, "l1_norm": n}
+            for r, e, n in ((0.0, 1e-2, 1.50), (0.0, 1e-4, 1.52), (0.1, 1e-3, 1.40), (0.1, 1e-5, 1.42))]
+    ax = test_error_vs_rho(rows, "test_error").axes[0]
+    assert ax.get_yscale() == "log"
+    assert list(ax.lines[0].get_ydata()) == pytest.approx([1e-3, 1e-4])  # geometric means
+    ax = test_error_vs_rho(rows, "l1_norm").axes[0]
+    assert ax.get_yscale() == "linear"
+    assert list(ax.lines[0].get_ydata()) == pytest.approx([1.51, 1.41])

@@ -23,7 +23,9 @@ METHOD_LABELS = {"gd": "GD", "sgd": "SGD", "nsam": "n-SAM", "1sam": "1-SAM", "m-
 
 
 def test_error_vs_rho(rows: Iterable[Mapping[str, Any]], metric: str = "test_error"):
-    """One panel per alpha: ``metric`` vs rho per method (mean over seeds; GD/SGD as horizontal lines).
+    """One panel per alpha: ``metric`` vs rho per method (GD/SGD as horizontal lines). A metric spanning
+    more than a factor 10 is drawn on a log axis and averaged over seeds geometrically (its log-scale
+    mean, as the report's ``log10`` table); otherwise linear axis and arithmetic mean.
 
     ``rows`` hold ``method``, ``rho``, ``alpha``, ``metric`` (e.g. :meth:`DiagNetResult.record` dicts).
     """
@@ -38,20 +40,24 @@ def test_error_vs_rho(rows: Iterable[Mapping[str, Any]], metric: str = "test_err
         data[float(r["alpha"])][label][float(r["rho"])].append(float(r[metric]))
     alphas = sorted(data)
     fig, axes = plt.subplots(1, max(1, len(alphas)), figsize=(4.2 * max(1, len(alphas)), 3.6), squeeze=False)
+    values = [v for curves in data.values() for curve in curves.values() for vs in curve.values() for v in vs]
+    # a quantity spanning decades is shown, and averaged over seeds, on the log scale (geometric mean)
+    log = bool(values) and min(values) > 0 and max(values) / min(values) > 10
     for ax, alpha in zip(axes[0], alphas):
         rhos_all = sorted({rho for curves in data[alpha].values() for rho in curves})
         for label, curve in sorted(data[alpha].items()):
             xs = sorted(curve)
-            ys = [np.mean(curve[x]) for x in xs]
+            ys = [float(np.exp(np.mean(np.log(curve[x])))) if log else float(np.mean(curve[x])) for x in xs]
             if len(xs) == 1 and len(rhos_all) > 1:
                 ax.axhline(ys[0], ls="--", lw=1.2, label=label, color="k" if label == "GD" else None)
             else:
                 ax.plot(xs, ys, marker="o", ms=3, label=label)
-        ax.set_yscale("log")
+        if log:
+            ax.set_yscale("log")
         ax.set_xlabel("rho")
         ax.set_title(f"alpha = {alpha:g}")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel(metric.replace("_", " "))
+    axes[0][0].set_ylabel(metric.replace("_", " ") + (" (geometric mean over seeds)" if log else " (mean over seeds)"))
     axes[0][-1].legend(fontsize=8)
     fig.tight_layout()
     return fig
