@@ -1,8 +1,8 @@
 """Typed validation of configuration values against a lab's frozen config dataclass.
 
 Every value of a study file (and of ``--set KEY=VALUE``) is coerced to its field's type (int -> float,
-list -> tuple) and checked against the field's ``metadata`` (``min``, ``max``, ``choices``,
-``allow_inf``) before anything runs; a bad one raises a one-line :class:`~sharplab.errors.ConfigError`
+list -> tuple) and checked against the field's ``metadata`` (``min``, ``gt`` (exclusive), ``max``,
+``choices``, ``allow_inf``) before anything runs; a bad one raises a one-line :class:`~sharplab.errors.ConfigError`
 naming the key, the value and what is allowed.
 """
 
@@ -63,6 +63,8 @@ def allowed(typ: Any, meta: Any) -> str:
     if "choices" in meta:
         return "one of " + ", ".join(repr(c) for c in meta["choices"])
     kind = describe_type(typ)
+    if "gt" in meta:
+        return f"{kind} > {meta['gt']}" + (f" and <= {meta['max']}" if "max" in meta else "")
     if "min" in meta and "max" in meta:
         return f"{kind} in [{meta['min']}, {meta['max']}]"
     if "min" in meta:
@@ -83,7 +85,8 @@ def check_value(name: str, value: Any, typ: Any, meta: Any) -> Any:
     items = out if isinstance(out, tuple) else (out,)
     for item in items:
         if isinstance(item, (int, float)) and not isinstance(item, bool):
-            if ("min" in meta and item < meta["min"]) or ("max" in meta and item > meta["max"]):
+            if (("min" in meta and item < meta["min"]) or ("max" in meta and item > meta["max"])
+                    or ("gt" in meta and not item > meta["gt"])):
                 raise ConfigError(f"{name} = {value!r} is out of range; allowed: {allowed(typ, meta)}")
             if item != item:  # NaN
                 raise ConfigError(f"{name} = {value!r} is not a number; allowed: {allowed(typ, meta)}")

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sharplab.data.image_classification import IMAGE_SETS
+from sharplab.labs.fields import lr_field, momentum_field, rho_field, weight_decay_field
 
 METHODS = ("erm", "random", "nsam", "m-sam", "usam")
 SCHEDULES = ("piecewise", "constant", "cosine")
@@ -45,13 +46,13 @@ class DeepNetConfig:
                    "torch (PyTorch's defaults)", choices=["official", "torch"])
     epochs: int = _f(10, "passes over the training set", min=1, max=100_000)
     batch_size: int = _f(128, "batch size", min=1, max=100_000)
-    lr: float = _f(0.1, "peak learning rate", min=0.0, max=1e6)
+    lr: float = lr_field(0.1, "peak learning rate")
     lr_schedule: str = _f("piecewise", "piecewise (1, 0.1, 0.01 at 50 % / 75 %), constant, cosine",
                           choices=list(SCHEDULES))
-    momentum: float = _f(0.9, "SGD momentum", min=0.0, max=1.0)
-    weight_decay: float = _f(5e-4, "coupled L2 weight decay of SGD (official --l2_reg 5e-4)", min=0.0)
+    momentum: float = momentum_field(0.9)
+    weight_decay: float = weight_decay_field(5e-4, "coupled L2 weight decay of SGD (official --l2_reg 5e-4)")
     method: str = _f("erm", "erm, random, nsam, m-sam, usam", choices=list(METHODS))
-    rho: float = _f(0.1, "perturbation radius", min=0.0)
+    rho: float = rho_field(0.1, "perturbation radius")
     m: int = _f(0, "m-sam micro-batch size (0 = the whole batch); must divide batch_size", min=0)
     ascent_steps: int = _f(1, "projected ascent steps of m-sam / usam, each of radius rho (official --sam_iters, "
                            "--sam_step_size_mult 1)", min=1, max=MAX_ASCENT_STEPS)

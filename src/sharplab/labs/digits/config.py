@@ -7,6 +7,7 @@ from typing import Any
 
 from sharplab.data.image_classification import DIGITS_TEST as N_TEST
 from sharplab.data.image_classification import DIGITS_TOTAL as N_TOTAL
+from sharplab.labs.fields import lr_field, momentum_field, rho_field, weight_decay_field
 
 N_TRAIN = N_TOTAL - N_TEST
 
@@ -19,10 +20,10 @@ def _f(default: Any, help: str, **meta: Any) -> Any:
 class DigitsConfig:
     optimizer: str = _f("sam", "sgd or sam (SAM wrapping the same SGD)", choices=["sgd", "sam"])
     rule: str = _f("sam", "SAM perturbation rule", choices=["sam", "usam", "asam", "random"])
-    rho: float = _f(0.05, "SAM neighbourhood radius rho", min=0.0)
-    lr: float = _f(0.1, "learning rate", min=0.0)
-    momentum: float = _f(0.9, "SGD momentum", min=0.0, max=1.0)
-    weight_decay: float = _f(5e-4, "coupled L2 weight decay of SGD", min=0.0)
+    rho: float = rho_field(0.05, "SAM neighbourhood radius rho")
+    lr: float = lr_field(0.1)
+    momentum: float = momentum_field(0.9)
+    weight_decay: float = weight_decay_field(5e-4)
     batch_size: int = _f(64, "global batch size", min=1, max=N_TRAIN)
     epochs: int = _f(10, "passes over the training set", min=1)
     width: int = _f(128, "hidden units per layer", min=1)

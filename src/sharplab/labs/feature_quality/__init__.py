@@ -31,6 +31,7 @@ from sharplab.labs.feature_quality.experiment import (
 )
 from sharplab.labs.feature_quality.report import report
 from sharplab.labs.feature_quality.train import OPTIMIZERS, TrainConfig, make_model, train
+from sharplab.labs.fields import lr_field, momentum_field, rho_field, weight_decay_field
 from sharplab.runner.context import RunContext
 from sharplab.runner.labs import Lab, register_lab
 from sharplab.runner.validation import config_fields
@@ -56,10 +57,10 @@ class FeatureQualityConfig:
         default="sgd", metadata={"choices": list(NAMES), "help": "sgd, a sharplab.optim family member (sharplab "
                                  "optim list), untrained = floor, hard-only = SGD with the easy feature shuffled"}
     )
-    rho: float = field(default=0.05, metadata={"min": 0.0, "help": "SAM radius"})
-    lr: float = field(default=0.05, metadata={"min": 1e-8, "help": "SGD learning rate"})
-    momentum: float = field(default=0.9, metadata={"min": 0.0, "max": 0.999})
-    weight_decay: float = field(default=5e-4, metadata={"min": 0.0})
+    rho: float = rho_field(0.05)
+    lr: float = lr_field(0.05, "SGD learning rate")
+    momentum: float = momentum_field(0.9)
+    weight_decay: float = weight_decay_field(5e-4)
     epochs: int = field(default=10, metadata={"min": 0})
     batch_size: int = field(default=128, metadata={"min": 1})
     model: str = field(default="auto", metadata={

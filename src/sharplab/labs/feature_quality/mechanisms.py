@@ -47,6 +47,7 @@ from sharplab.labs.feature_quality.importance import (
 )
 from sharplab.labs.feature_quality.toy_model import PathwayNet, pathway_ratio
 from sharplab.labs.feature_quality.train import TrainConfig, make_model, step_phantom, train
+from sharplab.labs.fields import lr_field, momentum_field, rho_field, weight_decay_field
 from sharplab.runner.context import RunContext
 
 #: ``f(model)`` -> the parameters a phantom perturbs (``None`` = all), or ``None`` for no phantom
@@ -65,10 +66,10 @@ class MechanismsConfig:
     phantom: str = field(default="batch", metadata={
         "choices": ["batch", "per-example"], "help": "phantom of the importance weights: batch SAM or 1-SAM"})
     ablation: str = field(default="iw-only,lr-only", metadata={"help": "comma list of mechanism-only runs"})
-    rho: float = field(default=0.3, metadata={"min": 0.0})
-    lr: float = field(default=0.05, metadata={"min": 0.0})
-    momentum: float = field(default=0.9, metadata={"min": 0.0, "max": 0.999})
-    weight_decay: float = field(default=5e-4, metadata={"min": 0.0})
+    rho: float = rho_field(0.3)
+    lr: float = lr_field(0.05)
+    momentum: float = momentum_field(0.9)
+    weight_decay: float = weight_decay_field(5e-4)
     epochs: int = field(default=10, metadata={"min": 1})
     batch_size: int = field(default=64, metadata={"min": 1})
     record_every: int = field(default=10, metadata={"min": 1, "help": "steps between recordings"})

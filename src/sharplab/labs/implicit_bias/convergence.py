@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from sharplab.errors import ConfigError, Diverged
+from sharplab.labs.fields import lr_field, rho_field
 from sharplab.registry import Registry
 
 #: Step-size / radius schedules ``s -> factor`` with ``s = t / decay_steps``: the value at step t is
@@ -49,8 +50,8 @@ class ConvergenceConfig:
     """One stochastic run on the robust-regression problem (seed: ``RunContext.seed``)."""
 
     method: str = field(default="sam", metadata={"choices": sorted(CONV_METHODS)})
-    lr: float = field(default=0.2, metadata={"min": 0.0, "help": "base step size gamma_0"})
-    rho: float = field(default=0.5, metadata={"min": 0.0, "help": "base radius rho_0"})
+    lr: float = lr_field(0.2, "base step size gamma_0")
+    rho: float = rho_field(0.5, "base radius rho_0")
     lr_schedule: str = field(default="constant", metadata={"choices": ["constant", "inv-sqrt", "inv"]})
     rho_schedule: str = field(default="constant", metadata={"choices": ["constant", "inv-sqrt", "inv"]})
     decay_steps: float = field(default=10.0, metadata={"min": 1e-9, "help": "time scale of decays"})

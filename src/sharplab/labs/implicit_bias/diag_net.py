@@ -21,6 +21,7 @@ from itertools import product
 import numpy as np
 
 from sharplab.errors import ConfigError
+from sharplab.labs.fields import lr_field, rho_field
 from sharplab.labs.implicit_bias.methods import METHODS, get_method
 
 NO_SWITCH = "none"
@@ -35,8 +36,8 @@ class DiagNetConfig:
     """
 
     method: str = field(default="1sam", metadata={"choices": sorted(METHODS), "help": "training rule"})
-    rho: float = field(default=0.0, metadata={"min": 0.0, "help": "SAM radius"})
-    lr: float = field(default=5.0 / 30, metadata={"min": 0.0, "help": "step size gamma"})
+    rho: float = rho_field(0.0)
+    lr: float = lr_field(5.0 / 30, "step size gamma")
     alpha: float = field(default=0.1, metadata={"min": 0.0, "help": "init scale u = alpha 1"})
     m: int = field(default=1, metadata={"min": 1, "help": "micro-batch size of m-sam"})
     iters: int = field(default=10_001, metadata={"min": 0, "help": "number of updates"})

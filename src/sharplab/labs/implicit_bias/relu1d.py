@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from sharplab.errors import ConfigError, Diverged
+from sharplab.labs.fields import lr_field, rho_field
 
 X_POINTS = np.arange(-5.5, 6.0, 1.0) / 4 + 0.07
 Y_POINTS = 0.345 + np.array([-2.0, 1.5, 0.0, 0.0, 2.0, 1.0, 0.0, -1.0, 0.0, 1.0, 2.0, -1.0])
@@ -53,8 +54,8 @@ class Relu1dConfig:
     """
 
     method: str = field(default="sam", metadata={"choices": list(RELU_METHODS)})
-    lr: float = field(default=5e-5, metadata={"min": 0.0, "help": "step size"})
-    rho: float = field(default=0.3, metadata={"min": 0.0, "help": "SAM radius"})
+    lr: float = lr_field(5e-5, "step size")
+    rho: float = rho_field(0.3)
     width: int = field(default=100, metadata={"min": 1})
     steps: int = field(default=1_000_000, metadata={"min": 0, "help": "most steps T (also the decay horizon)"})
     tol: float = field(default=1e-5, metadata={"min": 0.0, "help": "stop when the step's loss is below"})
