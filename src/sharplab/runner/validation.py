@@ -85,13 +85,13 @@ def check_value(name: str, value: Any, typ: Any, meta: Any) -> Any:
     items = out if isinstance(out, tuple) else (out,)
     for item in items:
         if isinstance(item, (int, float)) and not isinstance(item, bool):
-            if (("min" in meta and item < meta["min"]) or ("max" in meta and item > meta["max"])
-                    or ("gt" in meta and not item > meta["gt"])):
-                raise ConfigError(f"{name} = {value!r} is out of range; allowed: {allowed(typ, meta)}")
             if item != item:  # NaN
                 raise ConfigError(f"{name} = {value!r} is not a number; allowed: {allowed(typ, meta)}")
             if isinstance(item, float) and abs(item) == float("inf") and not meta.get("allow_inf"):
                 raise ConfigError(f"{name} = {value!r} is not finite; allowed: {allowed(typ, meta)}")
+            if (("min" in meta and item < meta["min"]) or ("max" in meta and item > meta["max"])
+                    or ("gt" in meta and not item > meta["gt"])):
+                raise ConfigError(f"{name} = {value!r} is out of range; allowed: {allowed(typ, meta)}")
             if isinstance(item, int) and abs(item) > MAX_INT:
                 raise ConfigError(f"{name} = {value!r} is too large; allowed: {allowed(typ, meta)}")
     return out
