@@ -167,8 +167,13 @@ def plot_curves_per_arm(records: Sequence[dict[str, Any]], n_star: int | None, t
     ncol = len(labels) if width >= 9 else min(3, len(labels))
     legend_rows = math.ceil(len(labels) / ncol)
     fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
-    fig.suptitle(title or f"{feature}-feature probe learning curve per configuration", fontsize=10)
-    fig.tight_layout(rect=(0, 0.045 * legend_rows / rows + 0.02, 1, 0.95))
+    import textwrap
+
+    heading = textwrap.fill(title or f"{feature}-feature probe learning curve per configuration",
+                            width=int(11 * width))  # about 11 characters per inch at 10 pt
+    fig.suptitle(heading, fontsize=10)
+    top = 0.95 - 0.05 * heading.count("\n") / rows
+    fig.tight_layout(rect=(0, 0.045 * legend_rows / rows + 0.02, 1, top))
     return fig
 
 
