@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sharplab.labs.deep_net.studies import label
+from sharplab.labs.deep_net.studies import group_settings, label
 
 #: final metrics compared per seed in the paired table: (key, column name, factor to the shown unit)
 PAIRED = (("test_error", "test error", 100.0), ("early_stopped_test_error", "early-stopped test error", 100.0),
@@ -19,22 +19,13 @@ def paired_differences(runs: list[Any]) -> list[dict[str, Any]]:
     final metric of :data:`PAIRED`, its mean and 95 % t interval (mean +- t_{0.975, k-1} sd / sqrt(k)).
 
     Pairs: ERM against every other setting, and any two non-ERM settings at the same rho, A the earlier in
-    the summary's order (ERM, random, n-SAM, m-SAM by decreasing m, USAM). A positive test-error difference
+    :func:`~sharplab.labs.deep_net.studies.setting_order`. A positive test-error difference
     means B has the lower error. Pairing by seed removes what the two runs of a seed share (data split,
     initialisation, test images)."""
-    from sharplab.labs.deep_net.studies import SUMMARY_KEYS
     from sharplab.runner.aggregate import summarize
 
-    order = {"erm": 0, "random": 1, "nsam": 2, "m-sam": 3, "usam": 4}
-    settings: dict[tuple, dict[int, Any]] = {}
-    for r in runs:
-        settings.setdefault(tuple(r.config.get(k) for k in SUMMARY_KEYS), {})[r.seed] = r
-
-    def rank(key: tuple) -> tuple:
-        cfg = next(iter(settings[key].values())).config
-        return (order.get(cfg["method"], 9), bool(cfg.get("then_method")), -(cfg.get("m") or 10**9), cfg["rho"])
-
-    keys = sorted(settings, key=rank)
+    settings = {key: {r.seed: r for r in rs} for key, rs in group_settings(runs).items()}
+    keys = list(settings)
     rows = []
     for i, a in enumerate(keys):
         for b in keys[i + 1:]:
@@ -63,21 +54,19 @@ def plot_settings(runs: list[Any], metric: str = "test_error", ylabel: str = "te
     interval as a bar, in %, in the summary's order."""
     from matplotlib.figure import Figure
 
-    from sharplab.labs.deep_net.studies import summarise
     from sharplab.runner.aggregate import summarize
 
-    rows = summarise(runs)
-    fig = Figure(figsize=(max(4.5, 1.1 * len(rows) + 1.5), 3.4))
+    groups = list(group_settings(runs).values())
+    fig = Figure(figsize=(max(4.5, 1.1 * len(groups) + 1.5), 3.4))
     ax = fig.add_subplot()
-    for i, row in enumerate(rows):
-        same = [r for r in runs if label(r.config) == row["setting"] and r.config["rho"] == row["rho"]
-                and metric in r.metrics]
-        vals = [100 * r.metrics[metric] for r in same]
+    for i, group in enumerate(groups):
+        vals = [100 * r.metrics[metric] for r in group if metric in r.metrics]
         ax.plot([i] * len(vals), vals, "o", color="tab:grey", ms=3, alpha=0.7)
         s = summarize(vals)
         ax.errorbar([i], [s.mean], yerr=[0 if s.n < 2 else s.ci95], fmt="s", color="tab:red", capsize=4, ms=5)
-    names = [r["setting"] + ("" if r["method"] == "erm" else f"\nrho {r['rho']:g}") for r in rows]
-    ax.set_xticks(range(len(rows)), names, fontsize=8)
+    configs = [g[0].config for g in groups]
+    names = [label(c) + ("" if c["method"] == "erm" else f"\nrho {c['rho']:g}") for c in configs]
+    ax.set_xticks(range(len(groups)), names, fontsize=8)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
@@ -97,7 +86,7 @@ def report(runs: list[Any], builder: Any) -> None:
     if pairs:
         builder.add_table("deep-net: paired differences A - B over seeds (mean, 95% t interval; errors in "
                           "percentage points, positive = B has the lower error / sharpness)", pairs)
-    if len({(label(r.config), r.config["rho"]) for r in done}) > 1:
+    if len(group_settings(done)) > 1:
         builder.add_figure("deep-net: final test error per setting (dots = seeds, red = mean with 95% t interval)",
                            plot_settings(done))
     rhos = {r.config.get("rho") for r in done if r.config["method"] != "erm"}

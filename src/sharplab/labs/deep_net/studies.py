@@ -73,6 +73,24 @@ def label(config: dict[str, Any]) -> str:
     return f"{name} -> {one(config['then_method'])}" if config.get("then_method") else name
 
 
+#: order of the methods in tables and figures
+METHOD_ORDER = {"erm": 0, "random": 1, "nsam": 2, "m-sam": 3, "usam": 4}
+
+
+def setting_order(config: dict[str, Any]) -> tuple:
+    """Sort key of a setting: ERM, random, n-SAM, m-SAM by decreasing m, USAM; switches after; then rho."""
+    return (METHOD_ORDER.get(config["method"], 9), bool(config.get("then_method")), -(config.get("m") or 10**9),
+            config["rho"], label(config))
+
+
+def group_settings(runs: list[Any]) -> dict[tuple, list[Any]]:
+    """The runs of each setting (same :data:`SUMMARY_KEYS`), settings in :func:`setting_order`."""
+    groups: dict[tuple, list[Any]] = {}
+    for r in runs:
+        groups.setdefault(tuple(r.config.get(k) for k in SUMMARY_KEYS), []).append(r)
+    return dict(sorted(groups.items(), key=lambda item: setting_order(item[1][0].config)))
+
+
 def summarise(records: list[Any], sharpness: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Mean and sample sd over seeds of the final metrics, per setting (method, then_method, rho, m), with
     the sharpness measures of ``sharpness`` (:func:`analyse` of the ``sharpness`` study, by run id) when given.
@@ -85,9 +103,7 @@ def summarise(records: list[Any], sharpness: dict[str, Any] | None = None) -> li
     done = [r for r in records if r.status == "done" and r.metrics]
     erm = {r.seed: r.metrics["test_error"] for r in done
            if r.config["method"] == "erm" and not r.config.get("then_method") and "test_error" in r.metrics}
-    groups: dict[tuple, list[Any]] = {}
-    for r in done:
-        groups.setdefault(tuple(r.config.get(k) for k in SUMMARY_KEYS), []).append(r)
+    groups = group_settings(done)
     rows = []
     for runs in groups.values():
         cfg = runs[0].config
@@ -105,9 +121,6 @@ def summarise(records: list[Any], sharpness: dict[str, Any] | None = None) -> li
             if diffs.n > 1:
                 row["d_test_error_ci95"] = [diffs.mean - diffs.ci95, diffs.mean + diffs.ci95]
         rows.append(row)
-    order = {"erm": 0, "random": 1, "nsam": 2, "m-sam": 3, "usam": 4}
-    rows.sort(key=lambda r: (order.get(r["method"], 9), r["setting"].count("->"), -(r["m"] or 10**9), r["rho"],
-                             r["setting"]))
     return rows
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import re
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
@@ -167,8 +168,6 @@ def plot_curves_per_arm(records: Sequence[dict[str, Any]], n_star: int | None, t
     ncol = len(labels) if width >= 9 else min(3, len(labels))
     legend_rows = math.ceil(len(labels) / ncol)
     fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
-    import textwrap
-
     heading = textwrap.fill(title or f"{feature}-feature probe learning curve per configuration",
                             width=int(11 * width))  # about 11 characters per inch at 10 pt
     fig.suptitle(heading, fontsize=10)
