@@ -5,13 +5,14 @@
 * Parts: perturbation rules (:mod:`~sharplab.optim.rules`: ``sam``, ``usam``, ``asam``, ``random``,
   :class:`MultiStep`; :mod:`~sharplab.optim.variants`: ``fsam``, ``esam``, ``momentum-sam``), combiners (GSAM,
   WSAM, LookSAM), schedules (every k, from step k, rho schedules), ESAM's data selection; SAM in part
-  (:mod:`~sharplab.optim.partial`: ``lsam``, ``iw-only``, ``lr-only``).
+  (:mod:`~sharplab.optim.partial`: ``lsam``, ``iw-only``, ``lr-only``); n-SAM's ascent from the previous
+  batch (:mod:`~sharplab.optim.nsam`).
 * :func:`create` builds a member by name; :func:`available` lists the registry (names, aliases, defaults).
 * :func:`sam_grad` -- functional form: fills ``.grad`` with a SAM gradient; m-sharpness (vectorised
   1-SAM), last-layer SAM (``perturb=``), mechanism-isolating variants (``iw_only``, ``lr_only``).
 """
 
-from sharplab.optim import partial  # noqa: F401  (registers lsam, iw-only, lr-only)
+from sharplab.optim import nsam, partial  # noqa: F401  (register nsam; lsam, iw-only, lr-only)
 from sharplab.optim.combiners import GSAM, WSAM, Combiner, LookSAM
 from sharplab.optim.factory import create
 from sharplab.optim.functional import MECHANISMS, sam_grad

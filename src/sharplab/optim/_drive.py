@@ -28,7 +28,7 @@ from sharplab.optim.rules import PerturbationRule
 
 #: SAM's own keyword arguments (everything else goes to the base optimizer class).
 SAM_OPTIONS = ("rho", "rule", "combiner", "schedule", "selection", "ascent_steps", "perturb", "bn_policy",
-               "model", "loss_fn", "m", "mechanism", "sync_ascent", "adaptive")
+               "model", "loss_fn", "m", "mechanism", "sync_ascent", "adaptive", "strategy", "ascent_batch")
 
 
 def loss_value(loss: Any) -> Any:
@@ -147,6 +147,26 @@ class SelectionPasses(ClosurePasses):
         return loss.detach()
 
 
+class PreviousBatchPasses(ClosurePasses):
+    """n-SAM's passes (``ascent_batch="previous"``): the ascent gradient at w on the previous batch, the
+    descent gradient at w + eps on this one (the first step has no previous batch: this one for both)."""
+
+    same_examples = False
+
+    def __init__(self, opt: Any, x: torch.Tensor, y: torch.Tensor, scaler: torch.amp.GradScaler | None) -> None:
+        prev = opt.previous_batch
+        xa, ya = (x, y) if prev is None else (prev[0].to(x.device), prev[1].to(y.device))
+        self.opt, self.ran = opt, None
+        self.ascent = BatchPasses(opt, xa, ya, scaler).closure
+        self.descent = BatchPasses(opt, x, y, scaler).closure
+
+    def at_w(self) -> torch.Tensor:
+        return self.opt._call(self.ascent)
+
+    def at_eps(self, ddp: Any) -> torch.Tensor:
+        return self.opt._call(self.descent)
+
+
 class PassDriver:
     """The part of :class:`~sharplab.optim.SAM` that runs the passes of a whole step: ``step(closure)`` and
     ``step(inputs=, targets=)`` (ESAM's selection, m-sharpness and the mechanism variants included) call
@@ -177,8 +197,9 @@ class PassDriver:
                 return None
             raise SharplabError("SAM.step needs a closure (forward, backward, return loss) "
                                 "or inputs=/targets= with SAM(..., model=, loss_fn=)")
-        if self.m is not None or self.mechanism != "full" or self.selection is not None:
-            raise SharplabError("m-sharpness, the mechanism variants and ESAM's data selection need the batch: "
+        if self.m is not None or self.mechanism != "full" or self.selection is not None \
+                or self.ascent_batch != "same":
+            raise SharplabError("m-sharpness, the mechanism variants, ESAM's data selection and n-SAM need the batch: "
                                 "call step(inputs=x, targets=y) and build SAM with model= and loss_fn=")
         if ran is None:
             _steps.check_fresh(self.param_groups, self._left)
@@ -276,6 +297,20 @@ class PassDriver:
             self._base_step(None)
             self.stats = {"loss": loss}
             return loss
+        if self.ascent_batch == "previous":
+            return self._previous_batch_step(inputs, targets, scaler)
         passes = (SelectionPasses(self, inputs, targets, scaler) if self.selection is not None
                   else BatchPasses(self, inputs, targets, scaler))
         return self._two_phase(passes, scaler, driver="batch")
+
+    def _previous_batch_step(self, inputs: torch.Tensor, targets: torch.Tensor,
+                             scaler: torch.amp.GradScaler | None) -> torch.Tensor:
+        """n-SAM's step; returns this batch's loss (at w + eps; at w on a step that does not ascend), since the
+        loss at w is of another batch."""
+        self._cache = None
+        ascend = self._ascends()
+        passes = (PreviousBatchPasses(self, inputs, targets, scaler) if ascend
+                  else BatchPasses(self, inputs, targets, scaler))
+        loss = self._two_phase(passes, scaler, driver="batch")
+        self.previous_batch = (inputs.detach(), targets.detach())
+        return self.stats.get("perturbed_loss", loss) if ascend else loss

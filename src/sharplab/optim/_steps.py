@@ -148,7 +148,7 @@ def batch_grad(opt: Any, inputs: torch.Tensor, targets: torch.Tensor | None) -> 
     return sam_grad(
         opt.model, opt.loss_fn, inputs, targets, rho=rhos.pop() if rhos else 0.0, m=opt.m,
         rule=opt.rule, mechanism=opt.mechanism, perturb=params, bn_policy=opt.bn_policy,
-        sync_ascent=opt.sync_ascent, step=opt.steps_taken,
+        sync_ascent=opt.sync_ascent, strategy=opt.strategy, step=opt.steps_taken,
     )
 
 

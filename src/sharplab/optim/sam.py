@@ -28,6 +28,7 @@ from torch import nn
 from sharplab.errors import SharplabError
 from sharplab.optim import _steps, registry
 from sharplab.optim._drive import PassDriver, build_base
+from sharplab.optim._msharpness import STRATEGIES
 from sharplab.optim._passes import BNGuard, Nesting, check_bn_policy
 from sharplab.optim._phases import Phases
 from sharplab.optim.combiners import Combiner
@@ -35,6 +36,9 @@ from sharplab.optim.functional import MECHANISMS, LossFn
 from sharplab.optim.rules import ASAMRule, PerturbationRule, make_rule
 from sharplab.optim.schedules import Constant, Schedule
 from sharplab.optim.selection import SharpestFraction
+
+#: where the ascent gradient comes from: this batch, or the previous one (n-SAM)
+ASCENT_BATCHES = ("same", "previous")
 
 
 class SAM(PassDriver, Phases, torch.optim.Optimizer):
@@ -94,6 +98,10 @@ class SAM(PassDriver, Phases, torch.optim.Optimizer):
         model: the model (optionally DDP-wrapped or compiled): lets SAM run the ascent under ``no_sync()``.
         loss_fn: ``loss_fn(outputs, targets)``, for ``step(inputs=, targets=)``.
         m, mechanism: m-sharpness micro-batch size and mechanism variant (batch mode only).
+        strategy: how m-sharpness computes the micro-batches' gradients (:func:`~sharplab.optim.sam_grad`:
+            ``"auto"``, ``"vmap"``, ``"func"`` or ``"loop"``; the same gradient up to rounding).
+        ascent_batch: ``"same"`` (default) or ``"previous"``: the ascent gradient from the batch of the last
+            ``step(inputs=, targets=)`` (n-SAM, ``create("nsam")``; batch mode only).
         sync_ascent: under DDP, all-reduce the ascent gradient too (default: local ascent per worker).
         adaptive: davda54/sam's ``adaptive=True``: ASAM with T = |w| (no eta), i.e. ``rule=ASAMRule(eta=0)``.
         **base_kwargs: passed to the base optimizer class (``lr``, ``momentum``, ``weight_decay``, ...).
@@ -138,6 +146,8 @@ class SAM(PassDriver, Phases, torch.optim.Optimizer):
         mechanism: str = "full",
         sync_ascent: bool = False,
         adaptive: bool = False,
+        strategy: str = "auto",
+        ascent_batch: str = "same",
         **base_kwargs: Any,
     ) -> None:
         if adaptive:
@@ -170,6 +180,17 @@ class SAM(PassDriver, Phases, torch.optim.Optimizer):
         self.bn_policy = check_bn_policy(bn_policy)
         self.model, self.loss_fn = model, loss_fn
         self.m, self.mechanism, self.sync_ascent = m, mechanism, sync_ascent
+        for name, value, allowed in (("strategy", strategy, STRATEGIES),
+                                     ("ascent_batch", ascent_batch, ASCENT_BATCHES)):
+            if value not in allowed:
+                raise SharplabError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        self.strategy, self.ascent_batch = strategy, ascent_batch
+        if ascent_batch == "previous" and (m is not None or mechanism != "full" or selection is not None
+                                           or not self.rule.needs_grad):
+            raise SharplabError("ascent_batch='previous' (n-SAM) takes a gradient rule on the whole batch: leave "
+                                "m, mechanism and selection out")
+        #: the batch of the last step(inputs=, targets=), whose gradient n-SAM's next ascent uses
+        self.previous_batch: tuple[torch.Tensor, torch.Tensor] | None = None
         if (m is not None or mechanism != "full") and not self._plain_parts():
             raise SharplabError("m-sharpness and the mechanism variants run through sam_grad, which takes the plain "
                                 "combiner, schedule and a gradient rule: leave combiner/schedule/selection out")
@@ -314,6 +335,8 @@ class SAM(PassDriver, Phases, torch.optim.Optimizer):
         state = self.base.state_dict()
         state["sam"] = {"steps_taken": self.steps_taken, "rule": self.rule.state_dict(),
                         "combiner": self.combiner.state_dict(), "schedule": self.schedule.state_dict()}
+        if self.previous_batch is not None:
+            state["sam"]["previous_batch"] = list(self.previous_batch)
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -326,6 +349,8 @@ class SAM(PassDriver, Phases, torch.optim.Optimizer):
         self.rule.load_state_dict(sam_state.get("rule", {}))
         self.combiner.load_state_dict(sam_state.get("combiner", {}))
         self.schedule.load_state_dict(sam_state.get("schedule", {}))
+        batch = sam_state.get("previous_batch")
+        self.previous_batch = None if batch is None else (batch[0], batch[1])
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if not self._built:  # called by Optimizer.__init__ while building
@@ -336,7 +361,7 @@ class SAM(PassDriver, Phases, torch.optim.Optimizer):
         self.param_groups = self.base.param_groups
 
     def __repr__(self) -> str:
-        parts = [f"rule={self.rule.name}"]
+        parts = [f"rule={self.rule.name}"] + (["ascent_batch=previous"] if self.ascent_batch != "same" else [])
         if type(self.combiner) is not Combiner:
             parts.append(f"combiner={self.combiner.name}")
         if not _plain_schedule(self.schedule):
