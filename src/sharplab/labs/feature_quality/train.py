@@ -1,8 +1,8 @@
 """The feature-quality lab's training loop: SGD or any member of the SAM family, by name.
 
 Every optimizer is an SGD base step (``torch.optim.SGD`` with momentum and coupled weight decay) applied
-to a gradient ``g``; the step builder :func:`build_optimizer` maps the name onto ``sharplab.optim``'s
-registry (:func:`sharplab.optim.create`), so every family member trains here with its keywords
+to a gradient ``g``; the labs' step builder (:func:`sharplab.labs.training.build_optimizer`) maps the name
+onto ``sharplab.optim``'s registry, so every family member trains here with its keywords
 (``TrainConfig.optimizer_options``, e.g. GSAM's ``alpha``). The ones the lab's studies use:
 
 - ``sgd``:     g = grad L(w)
@@ -11,9 +11,10 @@ registry (:func:`sharplab.optim.create`), so every family member trains here wit
 - ``iw-only``: SAM's importance weighting only (per-example loss derivatives taken at w + eps)
 - ``lr-only``: SAM's learning-rate scaling only (Jacobian taken at w + eps)
 
-The SAM family steps through :class:`sharplab.optim.SAM` in batch mode (``step(inputs=, targets=)``);
-``rho = 0`` reproduces SGD exactly. ``m > 0`` is m-sharpness (every micro-batch of ``m`` examples ascends
-on its own gradient; a last batch that ``m`` does not divide is trimmed to a multiple of ``m``),
+The SAM family steps through :class:`sharplab.optim.SAM` in batch mode (``step(inputs=, targets=)``,
+:func:`sharplab.labs.training.take_step`); ``rho = 0`` reproduces SGD exactly. ``m > 0`` is m-sharpness
+(every micro-batch of ``m`` examples ascends on its own gradient; a last batch that ``m`` does not divide
+is trimmed to a multiple of ``m``),
 ``sam_start_epoch = k`` takes plain SGD steps on the same base optimizer for the first ``k`` epochs (SAM
 switched on after an ERM warm-up; the SAM optimizer's step count, which LookSAM's every-k and GSAM's
 schedule read, starts then), and per-example loss weights (``train(weights=)``, JTT-style upweighting) make
@@ -33,13 +34,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sharplab.errors import ConfigError, Diverged, SharplabError
+from sharplab.errors import ConfigError
+from sharplab.labs import training
 from sharplab.labs.feature_quality.toy_model import PathwayNet, pathways_from_meta
-from sharplab.optim import SAM, create, registry
+from sharplab.labs.training import evaluate
+from sharplab.optim import SAM, registry
 from sharplab.runner.context import RunContext
 
-#: every name :func:`build_optimizer` accepts: plain SGD and the members of ``sharplab.optim``'s registry
-OPTIMIZERS: tuple[str, ...] = ("sgd", *registry.names())
+#: every optimizer name a run takes: plain SGD and the members of ``sharplab.optim``'s registry
+OPTIMIZERS: tuple[str, ...] = training.optimizer_names()
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,14 @@ class TrainConfig:
         for name, (ok, rule) in checks.items():
             if not ok:
                 raise ConfigError(f"{name} = {getattr(self, name)!r} is out of range; allowed: {rule}")
-        check_optimizer(self)
+        training.check_optimizer(self.spec)
+
+    @property
+    def spec(self) -> training.OptimizerSpec:
+        """The optimizer part, for the labs' step builder."""
+        return training.OptimizerSpec(self.optimizer, lr=self.lr, momentum=self.momentum,
+                                      weight_decay=self.weight_decay, rho=self.rho, m=self.m,
+                                      options=self.optimizer_options)
 
     def replace(self, **changes: Any) -> TrainConfig:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -95,29 +105,9 @@ class TrainConfig:
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """The step builder: ``torch.optim.SGD`` for ``sgd``, else ``sharplab.optim.create(cfg.optimizer, ...)``
-    around the same SGD base step, with ``rho``, ``m`` and ``cfg.optimizer_options``, driven in batch mode
-    (``model=``, ``loss_fn=`` cross-entropy; :func:`train` swaps in the weighted loss per batch)."""
-    base = {"lr": cfg.lr, "momentum": cfg.momentum, "weight_decay": cfg.weight_decay}
-    if cfg.optimizer == "sgd":
-        if cfg.optimizer_options:
-            raise ConfigError(f"sgd takes no optimizer options, got {', '.join(cfg.optimizer_options)}")
-        return torch.optim.SGD(model.parameters(), **base)
-    try:
-        return create(cfg.optimizer, model.parameters(), torch.optim.SGD, rho=cfg.rho, model=model,
-                      loss_fn=F.cross_entropy, m=cfg.m or None, **cfg.optimizer_options, **base)
-    except TypeError as exc:  # a keyword that reaches a constructor with the wrong type
-        raise ConfigError(f"{cfg.optimizer}: {exc}") from None
-
-
-def check_optimizer(cfg: TrainConfig) -> None:
-    """Build ``cfg``'s optimizer on a one-layer stand-in: every keyword is checked as a run would check it."""
-    try:
-        build_optimizer(nn.Linear(1, 1), cfg)
-    except ConfigError:
-        raise
-    except SharplabError as exc:
-        raise ConfigError(str(exc)) from None
+    """``cfg``'s optimizer for ``model`` (:func:`sharplab.labs.training.build_optimizer`; :func:`train` swaps in
+    the weighted loss per batch)."""
+    return training.build_optimizer(model, cfg.spec)
 
 
 def step_phantom(optimizer: str) -> Callable[[nn.Module], list[nn.Parameter] | None] | None:
@@ -164,26 +154,6 @@ def make_model(data: Any, model_name: str = "auto", seed: int = 0) -> nn.Module:
             return build_model(name, num_classes=k, in_channels=shape[0], init="torch")
     raise ConfigError(f"unknown model {model_name!r}; use auto, pathway, small-cnn, small-cnn-gap, mlp or "
                       "preact-resnet18")
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> tuple[float, float]:
-    """(mean cross-entropy, error rate) of ``model`` on ``(x, y)`` in eval mode; the mode is restored."""
-    if len(y) == 0:
-        return float("nan"), float("nan")
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    loss, wrong = 0.0, 0
-    try:
-        for i in range(0, len(y), batch_size):
-            out = model(x[i : i + batch_size].to(device))
-            yb = y[i : i + batch_size].to(device)
-            loss += float(F.cross_entropy(out, yb, reduction="sum"))
-            wrong += int((out.argmax(1) != yb).sum())
-    finally:
-        model.train(was_training)
-    return loss / len(y), wrong / len(y)
 
 
 def train(
@@ -234,11 +204,8 @@ def train(
     start_epoch, step, train_loss = 0, 0, float("nan")
     state = ctx.load_checkpoint() if ctx is not None else None
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])  # a SAM optimizer also reads a checkpoint of its base alone
-        order.set_state(state["order_rng"])
-        torch.set_rng_state(state["torch_rng"])
-        start_epoch, step, train_loss = int(state["epoch"]), int(state["step"]), float(state["train_loss"])
+        done = training.restore_training_state(state, model, opt, {"order": order})
+        start_epoch, step, train_loss = int(done["epoch"]), int(done["step"]), float(done["train_loss"])
 
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     quiet = ctx.quiet if ctx is not None else True
@@ -266,7 +233,8 @@ def train(
                         continue
                 u = None if weights is None else weights[idx]
                 step += 1
-                loss = _step(model, opt, sam_on, x[idx], y[idx], u, step)
+                loss = training.take_step(model, opt, x[idx], y[idx], step=step, loss_fn=weighted_ce(u),
+                                          plain=not sam_on)
                 total += loss * len(idx)
                 if callback is not None:
                     callback(epoch, step, model)
@@ -278,17 +246,8 @@ def train(
             bar.set_postfix(loss=f"{train_loss:.3g}", val_err=f"{val_error:.3g}")
             if ctx is not None:
                 ctx.log_metrics(epoch + 1, {"train_loss": train_loss, "val_loss": val_loss, "val_error": val_error})
-                ctx.save_checkpoint(
-                    {
-                        "model": model.state_dict(),
-                        "optimizer": opt.state_dict(),
-                        "order_rng": order.get_state(),
-                        "torch_rng": torch.get_rng_state(),
-                        "epoch": epoch + 1,
-                        "step": step,
-                        "train_loss": train_loss,
-                    }
-                )
+                ctx.save_checkpoint(training.training_state(model, opt, {"order": order}, epoch=epoch + 1, step=step,
+                                                            train_loss=train_loss))
     finally:
         bar.close()
     val_loss, val_error = evaluate(model, data.splits["val"].x, data.splits["val"].y)
@@ -313,27 +272,3 @@ def weighted_ce(u: torch.Tensor | None) -> Callable[[torch.Tensor, torch.Tensor]
         return (F.cross_entropy(out, t, reduction="none") * u).sum() / u.sum()
 
     return loss
-
-
-def _step(model: nn.Module, opt: torch.optim.Optimizer, sam_on: bool, xb: torch.Tensor, yb: torch.Tensor,
-          u: torch.Tensor | None, step: int) -> float:
-    """One optimizer step on the batch; returns the mini-batch loss at w (Diverged names the lab's ``step``)."""
-    loss_fn = weighted_ce(u)
-    if not sam_on:  # sgd, or the SAM optimizer's base step during the warm-up
-        base = opt.base if isinstance(opt, SAM) else opt
-        base.zero_grad(set_to_none=True)
-        loss = loss_fn(model(xb), yb)
-        loss.backward()
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise Diverged(step)
-        base.step()
-        return value
-    opt.loss_fn = loss_fn
-    try:
-        value = float(opt.step(inputs=xb, targets=yb))
-    except Diverged as exc:  # weights and optimizer state are back at w
-        raise Diverged(step, exc.what) from None
-    if not math.isfinite(value):
-        raise Diverged(step)
-    return value
