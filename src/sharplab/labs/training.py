@@ -163,9 +163,10 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return loss / len(y), wrong / len(y)
 
 
-def training_state(model: nn.Module, opt: torch.optim.Optimizer, generators: Mapping[str, torch.Generator],
+def training_state(model: nn.Module, opt: Any, generators: Mapping[str, torch.Generator],
                    **progress: Any) -> dict[str, Any]:
-    """A checkpoint of a training loop: weights, optimizer (a SAM optimizer's base and parts), the named data
+    """A checkpoint of a training loop: weights, optimizer (anything with ``state_dict``: a SAM optimizer's
+    base and parts, a lab's set of phase optimizers), the named data
     generators, every global RNG, and the loop's own ``progress`` (epoch, step, metrics, ...)."""
     from sharplab.runner.checkpoint import capture_rng
 
@@ -173,7 +174,7 @@ def training_state(model: nn.Module, opt: torch.optim.Optimizer, generators: Map
             "generators": {k: g.get_state() for k, g in generators.items()}, "rng": capture_rng(), **progress}
 
 
-def restore_training_state(state: Mapping[str, Any], model: nn.Module, opt: torch.optim.Optimizer,
+def restore_training_state(state: Mapping[str, Any], model: nn.Module, opt: Any,
                            generators: Mapping[str, torch.Generator]) -> dict[str, Any]:
     """Load :func:`training_state`'s checkpoint into the loop's objects; returns the rest (the progress)."""
     from sharplab.runner.checkpoint import restore_rng

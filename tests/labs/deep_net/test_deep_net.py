@@ -12,7 +12,8 @@ import torch
 from sharplab.cli import main
 from sharplab.labs import load_all
 from sharplab.labs.deep_net.config import DeepNetConfig
-from sharplab.labs.deep_net.train import Stepper, load_data
+from sharplab.labs.deep_net.train import Phases, load_data
+from sharplab.labs.training import take_step
 
 TINY = {"dataset": "digits", "width": 4, "n_train": 128, "n_test": 64, "batch_size": 32, "epochs": 2,
         "lr": 0.05}
@@ -55,22 +56,35 @@ def test_label_noise_in_the_data_matches_the_mask():
     assert bool((noisy[mask] != data.y_train[mask]).all()) and bool((noisy[~mask] == data.y_train[~mask]).all())
 
 
+def _applied_gradient(model, method, batches, m=0):
+    """The gradient the lab's step for ``method`` applied on the last of ``batches`` (lr 1, no momentum or
+    weight decay: g = w_before - w_after); the earlier batches are stepped on first with the same optimizer."""
+    cfg = DeepNetConfig(lr=1.0, momentum=0.0, weight_decay=0.0, batch_size=8, m=m, method=method, rho=0.1)
+    opt = Phases(cfg, model, seed=0).get(method, 0.1)
+    for i, (x, y) in enumerate(batches[:-1]):
+        take_step(model, opt, x, y, step=i)
+    before = [p.detach().clone() for p in model.parameters()]
+    take_step(model, opt, *batches[-1], step=len(batches) - 1)
+    return [b - p.detach() for b, p in zip(before, model.parameters())]
+
+
 def test_nsam_uses_the_previous_batch_for_the_ascent():
     """n-SAM's gradient = grad L_B(w + rho g'/||g'||) with g' from the previous batch (hand-computed)."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3)).double()
     x1, y1 = torch.randn(8, 4, dtype=torch.float64), torch.randint(0, 3, (8,))
     x2, y2 = torch.randn(8, 4, dtype=torch.float64), torch.randint(0, 3, (8,))
-    step = Stepper(model, seed=0)
-    step("erm", 0.0, 0, x1, y1)
-    model.zero_grad()
-    step("nsam", 0.1, 0, x2, y2)
-    got = [p.grad.clone() for p in model.parameters()]
+    opt = Phases(DeepNetConfig(lr=1.0, momentum=0.0, weight_decay=0.0, batch_size=8, method="nsam"), model,
+                 seed=0).get("nsam", 0.1)
+    opt.previous_batch = (x1, y1)  # as after a step on (x1, y1)
+    before = [p.detach().clone() for p in model.parameters()]
     g_prev = torch.autograd.grad(torch.nn.functional.cross_entropy(model(x1), y1), list(model.parameters()))
     norm = torch.sqrt(sum((g ** 2).sum() for g in g_prev))
     w_eps = {n: (p.detach() + 0.1 * g / norm).requires_grad_() for (n, p), g in zip(model.named_parameters(), g_prev)}
     loss = torch.nn.functional.cross_entropy(torch.func.functional_call(model, w_eps, (x2,)), y2)
     want = torch.autograd.grad(loss, list(w_eps.values()))
+    take_step(model, opt, x2, y2, step=1)
+    got = [b - p.detach() for b, p in zip(before, model.parameters())]
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
@@ -145,9 +159,12 @@ def test_msam_step_is_the_mean_of_per_micro_batch_sam_gradients(m):
     torch.manual_seed(1)
     model = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3)).double()
     x, y = torch.randn(8, 4, dtype=torch.float64), torch.randint(0, 3, (8,))
-    Stepper(model, seed=0)("m-sam", 0.1, 8 // m, x, y)
-    got = [p.grad.clone() for p in model.parameters()]
     params = list(model.parameters())
+    start = [p.detach().clone() for p in params]
+    got = _applied_gradient(model, "m-sam", [(x, y)], m=8 // m)
+    with torch.no_grad():
+        for p, w in zip(params, start):
+            p.copy_(w)
     want = [torch.zeros_like(p) for p in params]
     ce = torch.nn.functional.cross_entropy
     for j in range(m):

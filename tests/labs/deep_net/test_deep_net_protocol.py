@@ -29,7 +29,8 @@ from sharplab.labs.deep_net.analysis import (
     sharpness_of_run,
 )
 from sharplab.labs.deep_net.config import DeepNetConfig
-from sharplab.labs.deep_net.train import Stepper, build_net, error_and_loss, load_data, run
+from sharplab.labs.deep_net.train import Phases, build_net, load_data, run
+from sharplab.labs.training import evaluate, take_step
 from sharplab.runner.context import RunContext
 from sharplab.runner.validation import validate_config
 
@@ -141,8 +142,8 @@ def test_interpolation_reestimates_bn_at_every_point_on_augmented_training_image
                 m.momentum = 1.0  # one batch of 128: the statistics of that batch
         with torch.no_grad():
             ref(x_bn)
-        te, tl = error_and_loss(ref, data.x_test, data.y_test, torch.device("cpu"))
-        tre, trl = error_and_loss(ref, data.x_train, data.y_train, torch.device("cpu"))
+        tl, te = evaluate(ref, data.x_test, data.y_test)
+        trl, tre = evaluate(ref, data.x_train, data.y_train)
         assert row["test_error"] == te and row["train_error"] == tre
         assert row["test_loss"] == pytest.approx(tl, rel=1e-5) and row["train_loss"] == pytest.approx(trl, rel=1e-5)
 
@@ -193,9 +194,10 @@ def test_multi_step_ascent_is_the_official_projected_loop(method, rule_normalise
     model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).double()
     x, y = torch.randn(8, 4, dtype=torch.float64), torch.randint(0, 3, (8,))
     rho, k = 0.5, 3
-    Stepper(model, seed=0, ascent_steps=k)(method, rho, 0, x, y)
-    got = [p.grad.clone() for p in model.parameters()]
     w = {n: p.detach().clone() for n, p in model.named_parameters()}
+    cfg = DeepNetConfig(lr=1.0, momentum=0.0, weight_decay=0.0, batch_size=8, method=method, ascent_steps=k)
+    take_step(model, Phases(cfg, model, seed=0).get(method, rho), x, y, step=0)
+    got = [w[n] - p.detach() for n, p in model.named_parameters()]  # lr 1, plain SGD: the gradient applied
     delta = {n: torch.zeros_like(t) for n, t in w.items()}
 
     def grad_at(d):
@@ -238,9 +240,8 @@ def test_eval_every_and_eval_n(tmp_path):
     data, noisy, _ = load_data(cfg, seed=0)
     model = build_net(cfg, data.input_shape[0], data.num_classes)
     model.load_state_dict(torch.load(tmp_path / "final.pt", weights_only=True))
-    cpu = torch.device("cpu")
-    assert final["test_error"] == error_and_loss(model, data.x_test[:10], data.y_test[:10], cpu)[0]
-    assert final["train_error"] == error_and_loss(model, data.x_train[:10], noisy[:10], cpu)[0]
+    assert final["test_error"] == evaluate(model, data.x_test[:10], data.y_test[:10])[1]
+    assert final["train_error"] == evaluate(model, data.x_train[:10], noisy[:10])[1]
 
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -24,7 +24,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from sharplab.errors import SharplabError
 from sharplab.labs.deep_net.config import DeepNetConfig
-from sharplab.labs.deep_net.train import AUGMENT, build_net, error_and_loss, load_data, sharpness_metrics
+from sharplab.labs.deep_net.train import AUGMENT, EVAL_BATCH, build_net, load_data, sharpness_metrics
+from sharplab.labs.training import evaluate
 
 #: the official interpolation grid: [-1, 2] in steps of 0.05, both ends included (61 points)
 ALPHAS = np.round(np.arange(-20, 41) * 0.05, 2)
@@ -129,8 +130,8 @@ def interpolate(cfg: DeepNetConfig, run_a: Path, run_b: Path, seed: int, alphas:
                 p.copy_((1 - float(alpha)) * pa[name] + float(alpha) * pb[name])
         if x_bn is not None:
             reestimate_bn(model, x_bn)
-        te, tl = error_and_loss(model, data.x_test, data.y_test, device)
-        tre, trl = error_and_loss(model, data.x_train, data.y_train, device)
+        tl, te = evaluate(model, data.x_test, data.y_test, EVAL_BATCH)
+        trl, tre = evaluate(model, data.x_train, data.y_train, EVAL_BATCH)
         rows.append({"alpha": float(alpha), "test_error": te, "test_loss": tl, "train_error": tre,
                      "train_loss": trl})
     return rows

@@ -6,9 +6,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sharplab.data.image_classification import IMAGE_SETS
+from sharplab.errors import ConfigError
 from sharplab.labs.fields import lr_field, momentum_field, rho_field, weight_decay_field
+from sharplab.optim import registry
 
-METHODS = ("erm", "random", "nsam", "m-sam", "usam")
+#: the study's methods first; then every other ``sharplab.optim`` family member (``sam`` is ``m-sam``, m = 0)
+STUDY_METHODS = ("erm", "random", "nsam", "m-sam", "usam")
+METHODS = (*STUDY_METHODS, *(n for n in registry.names() if n not in ("sam", *STUDY_METHODS)))
 SCHEDULES = ("piecewise", "constant", "cosine")
 MODELS = ("preact-resnet18", "preact-resnet34")
 #: the most ascent steps per step (each is one more forward/backward)
@@ -28,7 +32,9 @@ class DeepNetConfig:
     ``method``: ``erm`` (plain SGD), ``random`` (gradient at w + a random direction of norm rho),
     ``nsam`` (ascent direction from the *previous* batch, the official approximation of n-SAM),
     ``m-sam`` (m-SAM: own normalised ascent per micro-batch of ``m``; ``m = 0`` or the batch size is
-    standard SAM), ``usam`` (unnormalised ascent eps = rho g, whole batch). ``ascent_steps`` k > 1 makes the
+    standard SAM), ``usam`` (unnormalised ascent eps = rho g, whole batch), or any other member of the
+    ``sharplab.optim`` family (``gsam``, ``asam``, ``looksam``, ...; ``sharplab optim list``) with its own keywords
+    in ``optimizer_options`` (e.g. ``{alpha = 0.3}`` for gsam). ``ascent_steps`` k > 1 makes the
     m-sam / usam ascent k projected steps of radius rho each onto the rho-ball (the official ``--sam_iters``
     with its default ``--sam_step_size_mult 1``).
     ``then_method`` / ``switch_epoch``: from epoch ``switch_epoch`` on, train with ``then_method``
@@ -51,7 +57,11 @@ class DeepNetConfig:
                           choices=list(SCHEDULES))
     momentum: float = momentum_field(0.9)
     weight_decay: float = weight_decay_field(5e-4, "coupled L2 weight decay of SGD (official --l2_reg 5e-4)")
-    method: str = _f("erm", "erm, random, nsam, m-sam, usam", choices=list(METHODS))
+    method: str = _f("erm", "erm, random, nsam, m-sam, usam or any sharplab.optim member (sharplab optim list)",
+                     choices=list(METHODS))
+    optimizer_options: dict = field(default_factory=dict, metadata={
+        "omit_default": True, "help": "the family members' own keywords, e.g. {alpha = 0.3} for gsam (each goes to "
+                                      "the method or then_method that takes it)"})
     rho: float = rho_field(0.1, "perturbation radius")
     m: int = _f(0, "m-sam micro-batch size (0 = the whole batch); must divide batch_size", min=0)
     ascent_steps: int = _f(1, "projected ascent steps of m-sam / usam, each of radius rho (official --sam_iters, "
@@ -82,9 +92,23 @@ class DeepNetConfig:
         if self.ascent_steps > 1 and not {self.method, self.then_method} & {"m-sam", "usam"}:
             raise ValueError(f"ascent_steps = {self.ascent_steps} needs method or then_method m-sam or usam "
                              "(erm and random take no ascent step, nsam one on the previous batch)")
+        self._check_options()
         if self.then_method and not 0 < self.switch_epoch < self.epochs:
             raise ValueError(f"switch_epoch = {self.switch_epoch} must lie strictly between 0 and "
                              f"epochs = {self.epochs} when then_method is set")
+
+    def _check_options(self) -> None:
+        from sharplab.labs.deep_net.train import method_spec
+        from sharplab.labs.training import check_optimizer
+
+        methods = [m for m in (self.method, self.then_method) if m]
+        taken = {k for m in methods for k in method_keywords(m)}
+        for key in self.optimizer_options:
+            if key not in taken:
+                raise ConfigError(f"optimizer_options: {key!r} is not a keyword of {' or '.join(methods)} (they take "
+                                  f"{', '.join(sorted(taken)) or 'none'}; rho, m and ascent_steps are fields)")
+        for m in methods:
+            check_optimizer(method_spec(self, m, self.rho, seed=0))
 
     def method_at(self, epoch: int) -> tuple[str, float]:
         """(method, rho) used in ``epoch`` (0-based)."""
@@ -102,3 +126,10 @@ class DeepNetConfig:
             return 0.5 * self.lr * (1 + math.cos(math.pi * t / self.epochs))
         frac = t / self.epochs
         return self.lr if frac < 0.5 else self.lr / 10 if frac < 0.75 else self.lr / 100
+
+
+def method_keywords(method: str) -> tuple[str, ...]:
+    """The own keywords (besides rho) of a method's family member; none for erm."""
+    if method == "erm":
+        return ()
+    return tuple(k for k in registry.get("sam" if method == "m-sam" else method).defaults if k != "rho")

@@ -1,20 +1,19 @@
 """Training loop of the ``deep-net`` lab: SGD with momentum and one weight-perturbation method per step.
 
-Per step on a batch B (Andriushchenko & Flammarion, ICML 2022, sec. 2; Foret et al., 2021):
+Per step on a batch B (Andriushchenko & Flammarion, ICML 2022, sec. 2; Foret et al., 2021), every method a
+``sharplab.optim`` family member built by the labs' step builder (:mod:`sharplab.labs.training`):
 
-* ``erm``:    g = grad L_B(w)
-* ``random``: g = grad L_B(w + eps),  eps = rho z / ||z||,  z ~ N(0, I)   (``sharplab.optim`` rule random)
+* ``erm``:    g = grad L_B(w)                                     (the SGD base step alone)
+* ``random``: g = grad L_B(w + eps),  eps = rho z / ||z||,  z ~ N(0, I)   (member ``random``)
 * ``m-sam``:   g = (1/k) sum_j grad L_{S_j}(w + rho g_j / ||g_j||),  g_j = grad L_{S_j}(w), |S_j| = m
-              (``sharplab.optim.sam_grad(m=)``; m = batch is standard SAM, "128-SAM" at batch 128)
-* ``usam``:   g = grad L_B(w + rho grad L_B(w))
-* ``nsam``:   g = grad L_B(w + rho g'/||g'||),  g' = grad L_{B_prev}(w) on the *previous* batch.
+              (member ``sam`` with ``m``; m = batch is standard SAM, "128-SAM" at batch 128)
+* ``usam``:   g = grad L_B(w + rho grad L_B(w))                   (member ``usam``)
+* ``nsam``:   g = grad L_B(w + rho g'/||g'||),  g' = grad L_{B_prev}(w) on the *previous* batch (member
+              ``nsam``: the official ``--sam_use_prev_batch``; see :mod:`sharplab.optim.nsam`)
+* any other member (``gsam``, ``asam``, ``looksam``, ...) with its keywords from ``optimizer_options``.
 
-n-SAM maximises the loss of all n training points with one perturbation, which on a deep net would need a
-full-batch gradient per step. The official code approximates it by taking the ascent direction from a
-different batch than the descent step (``deep_nets/train.py``, option ``--sam_use_prev_batch``, commented
-"MaxSum SAM"; the default branch is "closer to SumMax SAM"): the perturbation then no longer depends on
-the examples it is applied to, which is what separates n-SAM from m-SAM. ``nsam`` here does the same (the
-first step of a run uses its own batch). Then ``w <- SGD-momentum(g)`` with coupled weight decay.
+Then ``w <- SGD-momentum(g)`` with coupled weight decay; every phase of a run (fine-tuning switches method)
+steps on one SGD base, so the momentum buffer carries over the switch.
 
 Evaluation (eval mode, no augmentation) every ``eval_every`` epochs and at the last: test and validation
 error/loss; every ``train_eval_every`` epochs and at the last, the training error, with label noise on the
@@ -37,8 +36,16 @@ from torch import nn
 from sharplab.data.augment import random_crop_flip
 from sharplab.data.image_classification import ImageSet, load_image_set
 from sharplab.data.label_noise import symmetric_label_noise
-from sharplab.errors import Diverged
 from sharplab.labs.deep_net.config import DeepNetConfig
+from sharplab.labs.training import (
+    OptimizerSpec,
+    build_optimizer,
+    evaluate,
+    restore_training_state,
+    take_step,
+    training_state,
+)
+from sharplab.optim import SAM
 
 EVAL_BATCH = 512
 #: m-SAM with at most this many micro-batches per batch uses sam_grad's loop strategy, else its ``auto``
@@ -68,24 +75,6 @@ def load_data(cfg: DeepNetConfig, seed: int) -> tuple[ImageSet, torch.Tensor, to
     return data, noisy, mask
 
 
-@torch.no_grad()
-def error_and_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device
-                   ) -> tuple[float, float]:
-    """(error, mean cross-entropy) in eval mode; (nan, nan) for no examples."""
-    if len(y) == 0:
-        return math.nan, math.nan
-    was = model.training
-    model.eval()
-    wrong, loss = 0.0, 0.0
-    for i in range(0, len(y), EVAL_BATCH):
-        xb, yb = x[i:i + EVAL_BATCH].to(device), y[i:i + EVAL_BATCH].to(device)
-        out = model(xb)
-        wrong += float((out.argmax(1) != yb).sum())
-        loss += float(F.cross_entropy(out, yb, reduction="sum"))
-    model.train(was)
-    return wrong / len(y), loss / len(y)
-
-
 def full_grad_norm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device
                    ) -> tuple[float, float]:
     """(mean training loss, ||grad L(w)||_2) over all of (x, y), in train mode without BN updates."""
@@ -105,65 +94,66 @@ def full_grad_norm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: t
     return total, float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads)))
 
 
-class Stepper:
-    """Fills ``.grad`` for one batch with the configured method; keeps the previous batch for nsam."""
+def method_spec(cfg: DeepNetConfig, method: str, rho: float, seed: int) -> OptimizerSpec:
+    """The step builder's spec of one phase's method: ``erm`` the SGD base step; ``m-sam`` SAM with
+    micro-batches of ``m`` (k <= :data:`LOOP_MAX_MICRO_BATCHES` of them by the loop: few micro-batches run
+    faster as plain SAM steps than as vmap'd per-micro-batch gradients on CPU; width-8 ResNet-18, batch 64:
+    m = 32 loop 56 vs vmap 96 ms, m = 8 loop 179 vs vmap 91 ms); ``random`` seeded from the run seed; any
+    other family member by name, with the ``optimizer_options`` it takes; ``ascent_steps`` k > 1 projected
+    steps of size rho each (official ``--sam_iters``, ``--sam_step_size_mult 1``)."""
+    from sharplab.labs.deep_net.config import method_keywords
 
-    def __init__(self, model: nn.Module, seed: int, ascent_steps: int = 1) -> None:
-        from sharplab.optim import MultiStep, RandomRule
+    base = {"lr": cfg.lr, "momentum": cfg.momentum, "weight_decay": cfg.weight_decay, "rho": rho}
+    if method == "erm":
+        return OptimizerSpec("sgd", **base)
+    options = {k: v for k, v in cfg.optimizer_options.items() if k in method_keywords(method)}
+    if method == "random":
+        options.setdefault("seed", seed + 7919)
+    k = cfg.batch_size // cfg.m if cfg.m and cfg.m < cfg.batch_size else 1  # micro-batches per batch
+    if method == "m-sam":
+        return OptimizerSpec("sam", **base, m=cfg.m if k > 1 else 0, options=options, ascent_steps=cfg.ascent_steps,
+                             ascent_step_size=1.0, strategy="loop" if 1 < k <= LOOP_MAX_MICRO_BATCHES else "auto")
+    return OptimizerSpec(method, **base, options=options, ascent_steps=cfg.ascent_steps, ascent_step_size=1.0)
 
-        self.model = model
-        self.random_rule = RandomRule(seed=seed + 7919)
-        # official perturb_weights_sam: --sam_iters steps of size rho * --sam_step_size_mult (1), projected
-        self.rules = {name: name if ascent_steps == 1 else MultiStep(name, ascent_steps, step_size=1.0)
-                      for name in ("sam", "usam")}
-        self.prev: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def __call__(self, method: str, rho: float, m: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        from sharplab.optim import sam_grad
+class Phases:
+    """The optimizer of each training phase (method, rho), built on one shared SGD base step, so switching
+    method mid-run (fine-tuning) keeps the momentum buffer; ``erm`` and rho = 0 step on the base alone."""
 
-        model = self.model
-        if method == "erm" or rho == 0:
-            loss = F.cross_entropy(model(x), y)
-            loss.backward()
-        elif method == "m-sam":
-            k = len(y) // m if m and m < len(y) else 1  # micro-batches per batch
-            # few micro-batches: k plain SAM steps beat the vmap'd per-micro-batch gradients on CPU
-            # (width-8 ResNet-18, batch 64: m = 32 loop 56 vs vmap 96 ms; m = 8 loop 179 vs vmap 91 ms)
-            loss = sam_grad(model, F.cross_entropy, x, y, rho=rho, m=m if k > 1 else None, rule=self.rules["sam"],
-                            strategy="loop" if k <= LOOP_MAX_MICRO_BATCHES else "auto")
-        elif method == "usam":
-            loss = sam_grad(model, F.cross_entropy, x, y, rho=rho, rule=self.rules["usam"])
-        elif method == "random":  # one pass, at w + eps: the loss reported is the loss there
-            loss = sam_grad(model, F.cross_entropy, x, y, rho=rho, rule=self.random_rule)
-        else:  # nsam
-            loss = self._nsam(rho, x, y)
-        self.prev = (x, y)
-        return loss.detach()
+    def __init__(self, cfg: DeepNetConfig, model: nn.Module, seed: int) -> None:
+        self.cfg, self.model, self.seed = cfg, model, seed
+        self.base = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                    weight_decay=cfg.weight_decay)
+        self._built: dict[str, torch.optim.Optimizer] = {}
 
-    def _nsam(self, rho: float, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        model = self.model
-        params = [p for p in model.parameters() if p.requires_grad]
-        xa, ya = self.prev if self.prev is not None else (x, y)
-        buffers = {n: b.clone() for n, b in model.named_buffers()}
-        g = torch.autograd.grad(F.cross_entropy(model(xa), ya), params)
-        with torch.no_grad():  # the ascent pass leaves no mark on BatchNorm statistics
-            for n, b in model.named_buffers():
-                b.copy_(buffers[n])
-        norm = torch.sqrt(sum((t.double() ** 2).sum() for t in g)).to(params[0].dtype)
-        if not torch.isfinite(norm):
-            raise Diverged(-1)
-        eps = [rho * t / (norm + 1e-12) for t in g]
-        with torch.no_grad():
-            for p, e in zip(params, eps):
-                p.add_(e)
-        try:
-            loss = F.cross_entropy(model(x), y)  # reported loss: at w + eps (one pass fewer)
-            loss.backward()
-        finally:
-            with torch.no_grad():
-                for p, e in zip(params, eps):
-                    p.sub_(e)
-        return loss
+    def keys(self) -> list[tuple[str, float]]:
+        """The (method, rho) of every phase of the run."""
+        cfg = self.cfg
+        return list(dict.fromkeys(cfg.method_at(e) for e in (0, cfg.switch_epoch if cfg.then_method else 0)))
+
+    def get(self, method: str, rho: float) -> torch.optim.Optimizer:
+        key = f"{method}@{rho!r}"
+        if key not in self._built:
+            plain = method == "erm" or rho == 0
+            spec = OptimizerSpec("sgd") if plain else method_spec(self.cfg, method, rho, self.seed)
+            self._built[key] = build_optimizer(self.model, spec, base=self.base)
+        return self._built[key]
+
+    def state_dict(self) -> dict[str, Any]:
+        """The base step's state and each SAM phase's own (its step count, rule and combiner state, n-SAM's
+        previous batch)."""
+        sam = {k: o.state_dict()["sam"] for k, o in self._built.items() if isinstance(o, SAM)}
+        return {**self.base.state_dict(), "phases": sam}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        phases = state.pop("phases", {})
+        self.base.load_state_dict(state)
+        for method, rho in self.keys():
+            opt = self.get(method, rho)
+            key = f"{method}@{rho!r}"
+            if isinstance(opt, SAM) and key in phases:
+                opt.load_state_dict({**self.base.state_dict(), "sam": phases[key]})
 
 
 def epoch_metrics(cfg: DeepNetConfig, model: nn.Module, data: ImageSet, noisy: torch.Tensor,
@@ -177,17 +167,17 @@ def epoch_metrics(cfg: DeepNetConfig, model: nn.Module, data: ImageSet, noisy: t
 
     out = {"train_loss": train_loss}
     if test_set:
-        out["test_error"], out["test_loss"] = error_and_loss(model, *cap(data.x_test, data.y_test), device)
-        out["val_error"], _ = error_and_loss(model, *cap(data.x_val, data.y_val), device)
+        out["test_loss"], out["test_error"] = evaluate(model, *cap(data.x_test, data.y_test), EVAL_BATCH)
+        out["val_error"] = evaluate(model, *cap(data.x_val, data.y_val), EVAL_BATCH)[1]
     if not train_set:
         return out
     xt, yt = cap(data.x_train, noisy)
     mt = mask[: len(yt)]
-    out["train_error"], _ = error_and_loss(model, xt, yt, device)
+    out["train_error"] = evaluate(model, xt, yt, EVAL_BATCH)[1]
     if cfg.label_noise > 0:
-        out["train_error_noisy"], _ = error_and_loss(model, xt[mt], yt[mt], device)
-        out["train_error_clean"], _ = error_and_loss(model, xt[~mt], yt[~mt], device)
-        out["train_error_noisy_true"], _ = error_and_loss(model, xt[mt], data.y_train[: len(yt)][mt], device)
+        out["train_error_noisy"] = evaluate(model, xt[mt], yt[mt], EVAL_BATCH)[1]
+        out["train_error_clean"] = evaluate(model, xt[~mt], yt[~mt], EVAL_BATCH)[1]
+        out["train_error_noisy_true"] = evaluate(model, xt[mt], data.y_train[: len(yt)][mt], EVAL_BATCH)[1]
     if cfg.grad_norm:
         out["full_train_loss"], out["grad_norm"] = full_grad_norm(model, data.x_train, noisy, device)
     return out
@@ -215,7 +205,6 @@ def sharpness_metrics(cfg: DeepNetConfig, model: nn.Module, x: torch.Tensor, y: 
 def run(cfg: DeepNetConfig, ctx: Any) -> dict[str, float]:
     """Train per ``cfg``; resume from the run's checkpoint when present."""
     from sharplab.io import atomic_torch_save
-    from sharplab.runner.checkpoint import capture_rng, restore_rng
 
     device = ctx.device
     torch.manual_seed(ctx.seed)
@@ -227,23 +216,16 @@ def run(cfg: DeepNetConfig, ctx: Any) -> dict[str, float]:
 
         raise ConfigError(f"batch_size = {bs} exceeds the {n} training examples; lower it or raise n_train")
     model = build_net(cfg, data.input_shape[0], data.num_classes).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    step_fn = Stepper(model, ctx.seed, cfg.ascent_steps)
+    phases = Phases(cfg, model, ctx.seed)
     order = torch.Generator().manual_seed(ctx.seed)
     aug = torch.Generator().manual_seed(ctx.seed + 1)
+    generators = {"order": order, "aug": aug}
     steps_per_epoch = n // bs  # drop_last, as the official training loader
     epoch, metrics, hist = 0, {}, []
     ckpt = ctx.load_checkpoint()
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        order.set_state(ckpt["order"])
-        aug.set_state(ckpt["aug"])
-        step_fn.random_rule.load_state_dict(ckpt["random_rule"])
-        restore_rng(ckpt["rng"])
-        epoch, metrics, hist = ckpt["epoch"], ckpt["metrics"], ckpt["hist"]
-        if ckpt.get("prev") is not None:
-            step_fn.prev = tuple(t.to(device) for t in ckpt["prev"])
+        done = restore_training_state(ckpt, model, phases, generators)
+        epoch, metrics, hist = done["epoch"], done["metrics"], done["hist"]
         ctx.logger.info("resumed from checkpoint after epoch %d", epoch)
     x_train = data.x_train.to(device)
     y_train = noisy.to(device)
@@ -252,23 +234,18 @@ def run(cfg: DeepNetConfig, ctx: Any) -> dict[str, float]:
     bar.update(epoch)
     while epoch < cfg.epochs:
         method, rho = cfg.method_at(epoch)
+        opt = phases.get(method, rho)
         perm = torch.randperm(n, generator=order).to(device)
         loss_sum = 0.0
         for i in range(steps_per_epoch):
-            for group in opt.param_groups:
+            for group in phases.base.param_groups:
                 group["lr"] = cfg.lr_at(epoch + i / steps_per_epoch)
             idx = perm[i * bs:(i + 1) * bs]
             xb = x_train[idx]
             if cfg.augment:
                 pad, flip = AUGMENT[cfg.dataset]
                 xb = random_crop_flip(xb, aug, padding=pad, flip=flip)
-            opt.zero_grad(set_to_none=True)
-            loss = step_fn(method, rho, cfg.m, xb, y_train[idx])
-            value = float(loss)
-            if not math.isfinite(value):
-                raise Diverged(epoch * steps_per_epoch + i)
-            opt.step()
-            loss_sum += value
+            loss_sum += take_step(model, opt, xb, y_train[idx], step=epoch * steps_per_epoch + i)
         epoch += 1
         last = epoch == cfg.epochs
         metrics = epoch_metrics(cfg, model, data, noisy, mask, device, loss_sum / steps_per_epoch,
@@ -278,12 +255,7 @@ def run(cfg: DeepNetConfig, ctx: Any) -> dict[str, float]:
         ctx.log_metrics(epoch, metrics)
         if "val_error" in metrics:  # early stopping sees the evaluated epochs only
             hist.append([float(epoch), metrics["val_error"], metrics["test_error"]])
-        ctx.save_checkpoint({
-            "model": model.state_dict(), "optimizer": opt.state_dict(), "order": order.get_state(),
-            "aug": aug.get_state(), "random_rule": step_fn.random_rule.state_dict(), "rng": capture_rng(),
-            "epoch": epoch, "metrics": metrics, "hist": hist,
-            "prev": None if step_fn.prev is None else [t.detach().cpu() for t in step_fn.prev],
-        })
+        ctx.save_checkpoint(training_state(model, phases, generators, epoch=epoch, metrics=metrics, hist=hist))
         bar.update(1)
     bar.close()
     final = dict(metrics)
