@@ -36,7 +36,7 @@ from torch import nn
 from sharplab.data.augment import random_crop_flip
 from sharplab.data.image_classification import ImageSet, load_image_set
 from sharplab.data.label_noise import symmetric_label_noise
-from sharplab.labs.deep_net.config import DeepNetConfig
+from sharplab.labs.deep_net.config import DeepNetConfig, method_spec
 from sharplab.labs.training import (
     OptimizerSpec,
     build_optimizer,
@@ -48,9 +48,6 @@ from sharplab.labs.training import (
 from sharplab.optim import SAM
 
 EVAL_BATCH = 512
-#: m-SAM with at most this many micro-batches per batch uses sam_grad's loop strategy, else its ``auto``
-#: (vmap for narrow networks)
-LOOP_MAX_MICRO_BATCHES = 2
 #: (padding, flip) of the augmentation: the official CIFAR setting, scaled to the side for the stand-ins
 #: (no flip for digits, whose mirror images are other symbols)
 AUGMENT = {"cifar10": (4, True), "cifar100": (4, True), "fashion-mnist": (3, True), "digits": (1, False)}
@@ -92,28 +89,6 @@ def full_grad_norm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: t
         for n, b in model.named_buffers():
             b.copy_(buffers[n])
     return total, float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads)))
-
-
-def method_spec(cfg: DeepNetConfig, method: str, rho: float, seed: int) -> OptimizerSpec:
-    """The step builder's spec of one phase's method: ``erm`` the SGD base step; ``m-sam`` SAM with
-    micro-batches of ``m`` (k <= :data:`LOOP_MAX_MICRO_BATCHES` of them by the loop: few micro-batches run
-    faster as plain SAM steps than as vmap'd per-micro-batch gradients on CPU; width-8 ResNet-18, batch 64:
-    m = 32 loop 56 vs vmap 96 ms, m = 8 loop 179 vs vmap 91 ms); ``random`` seeded from the run seed; any
-    other family member by name, with the ``optimizer_options`` it takes; ``ascent_steps`` k > 1 projected
-    steps of size rho each (official ``--sam_iters``, ``--sam_step_size_mult 1``)."""
-    from sharplab.labs.deep_net.config import method_keywords
-
-    base = {"lr": cfg.lr, "momentum": cfg.momentum, "weight_decay": cfg.weight_decay, "rho": rho}
-    if method == "erm":
-        return OptimizerSpec("sgd", **base)
-    options = {k: v for k, v in cfg.optimizer_options.items() if k in method_keywords(method)}
-    if method == "random":
-        options.setdefault("seed", seed + 7919)
-    k = cfg.batch_size // cfg.m if cfg.m and cfg.m < cfg.batch_size else 1  # micro-batches per batch
-    if method == "m-sam":
-        return OptimizerSpec("sam", **base, m=cfg.m if k > 1 else 0, options=options, ascent_steps=cfg.ascent_steps,
-                             ascent_step_size=1.0, strategy="loop" if 1 < k <= LOOP_MAX_MICRO_BATCHES else "auto")
-    return OptimizerSpec(method, **base, options=options, ascent_steps=cfg.ascent_steps, ascent_step_size=1.0)
 
 
 class Phases:
