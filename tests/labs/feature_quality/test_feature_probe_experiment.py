@@ -8,8 +8,7 @@ import math
 import pytest
 
 from sharplab.cli import main
-from sharplab.labs.feature_quality import FeatureQualityConfig, run
-from sharplab.labs.feature_quality import near_chance
+from sharplab.labs.feature_quality import FeatureQualityConfig, near_chance, run
 from sharplab.labs.feature_quality.lr_selection import select_config
 from sharplab.labs.feature_quality.report import format_table, report, summary_rows
 from sharplab.runner.context import RunContext
