@@ -7,8 +7,9 @@ builds a grid study of this lab (:mod:`.probe_study`) and selects lr and rho on 
 records (:mod:`.lr_selection`).
 
 Modules: :mod:`.train` (the shared training loop), :mod:`.toy_model` (PathwayNet), :mod:`.experiment`
-(the protocol), :mod:`.report` (tables, figures); :mod:`.importance` and :mod:`.mechanisms` (SAM's two
-mechanisms).
+(one run: train and probe), :mod:`.probe_study` (the command's grid study), :mod:`.lr_selection`
+(validation-based selection over records), :mod:`.report` (tables, figures); :mod:`.importance` and
+:mod:`.mechanisms` (SAM's two mechanisms).
 """
 
 from __future__ import annotations
