@@ -25,7 +25,7 @@ def test_nonfinite_features_raise_diverged_not_a_sklearn_error(where, bad) -> No
     assert "\n" not in str(info.value) and "diverged" in str(info.value)
 
 
-def test_feature_probe_keeps_a_row_whose_features_are_nan(monkeypatch, capsys) -> None:
+def test_feature_probe_keeps_a_row_whose_features_are_nan(monkeypatch, capsys, tmp_path) -> None:
     import sharplab.probe.evaluate as evaluate
     from sharplab.cli import main
 
@@ -36,7 +36,7 @@ def test_feature_probe_keeps_a_row_whose_features_are_nan(monkeypatch, capsys) -
 
     monkeypatch.setattr(evaluate, "extract_features", nan_features)
     rc = main(["feature-probe", "--dataset", "toy", "--optimizer", "sgd", "--epochs", "1", "--seeds", "1",
-               "--json", "--quiet", "--data-option", "n_train=200"])
+               "--json", "--quiet", "--data-option", "n_train=200", "--out", str(tmp_path)])
     cap = capsys.readouterr()
     assert rc == 0, cap.err
     assert "Traceback" not in cap.err and "Input X contains" not in cap.err

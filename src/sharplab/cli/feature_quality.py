@@ -31,6 +31,8 @@ from sharplab.cli._args import (
 )
 from sharplab.errors import ConfigError
 
+DEFAULT_OUT = "runs/feature-probe"
+
 
 def _names(text: str) -> list[str]:
     return [v.strip().lower() for v in text.split(",") if v.strip()]
@@ -77,40 +79,59 @@ def register(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     add_threads(p)
     p.add_argument("--json", action="store_true", help="one JSON object per (dataset, optimizer, seed)")
-    p.add_argument("--out", default=None, help="folder for results.json, table.txt and PNG figures")
+    p.add_argument("--out", default=None, help=f"output folder: the runs' store (re-running resumes), results.json, "
+                   f"table.txt and PNG figures (default {DEFAULT_OUT})")
     p.add_argument("--quiet", action="store_true", help="no progress bar (also when CI is set)")
-    p.set_defaults(func=handle)
+    p.set_defaults(func=handle, needs_labs=True)
     typed(p, rho=nonneg_numbers, lr=lrs, m=nonneg_ints, sam_start_epoch=epochs, epochs=epochs,
           batch_size=size, momentum=float_in(0.0, 0.999), weight_decay=nonneg, model=text,
           data_seed=seed_type, root=existing_dir, out=out_dir)
 
 
+def _data_options(options: list[tuple[str, Any]]) -> str:
+    """``--data-option`` pairs as the lab's ``data_options`` string (``"k=v,k=v"``, read back by
+    :func:`~sharplab.labs.feature_quality.experiment.parse_options`)."""
+    for key, value in options:
+        if "," in str(value) or "=" in str(value):
+            raise ConfigError(f"--data-option {key}={value}: a value may not contain ',' or '='")
+    return ",".join(f"{key}={value}" for key, value in dict(options).items())
+
+
 def handle(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     import torch
 
-    from sharplab.labs.feature_quality.experiment import run_feature_probe
+    from sharplab.cli.deep_net import failed_runs
+    from sharplab.io import atomic_write_json, atomic_write_text
+    from sharplab.labs.feature_quality.experiment import load_data, parse_options
+    from sharplab.labs.feature_quality.probe_study import probe_result, probe_study
     from sharplab.labs.feature_quality.report import format_table, write_figures
-    from sharplab.labs.feature_quality.train import TrainConfig
+    from sharplab.runner.execute import plan_study, run_study
+    from sharplab.runner.single_run import RunOptions
+    from sharplab.runner.store import open_store
 
     if any(m < 0 or m > args.batch_size for m in args.m):
         raise ConfigError(f"--m {args.m} must be between 0 and --batch-size {args.batch_size}")
     if args.sam_start_epoch < 0:
         raise ConfigError(f"--sam-start-epoch {args.sam_start_epoch} must be >= 0")
-    torch.set_num_threads(resolve_threads(args.threads))
-    base = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, momentum=args.momentum,
-        weight_decay=args.weight_decay, model=args.model, sam_start_epoch=args.sam_start_epoch,
-    )  # fmt: skip
+    config = {
+        "dataset": args.dataset, "epochs": args.epochs, "batch_size": args.batch_size, "momentum": args.momentum,
+        "weight_decay": args.weight_decay, "model": args.model, "sam_start_epoch": args.sam_start_epoch,
+        "data_seed": args.data_seed, "root": args.root or "", "data_options": _data_options(args.data_option),
+    }  # fmt: skip
+    study = probe_study(config, args.optimizer, seeds=list(args.seed), lrs=args.lr, rhos=args.rho, ms=args.m)
+    # a data set that cannot be loaded stops here with one line; the runs (in this process) reuse the load
+    load_data(args.dataset, root=args.root, data_seed=args.data_seed, options=parse_options(config["data_options"]))
+    threads = resolve_threads(args.threads)
+    torch.set_num_threads(threads)
+    out = Path(args.out or DEFAULT_OUT)
     quiet = args.quiet or bool(os.environ.get("CI"))
-    result = run_feature_probe(
-        args.dataset, args.optimizer, seeds=list(args.seed), lrs=args.lr, rhos=args.rho, base=base,
-        root=args.root, data_seed=args.data_seed, data_options=dict(args.data_option), quiet=quiet,
-        ms=args.m,
-    )  # fmt: skip
-    # the selected configuration per optimizer; an optimizer none of whose configurations learned shows
-    # every configuration (marked selected = false) so its table column says "diverged" or near chance
-    chosen = [{**r.record(), "selected": r.selected} for r in result.rows
-              if r.selected or r.optimizer in result.unlearned]
+    new = len(plan_study(study, out))  # the runs this command trains; the others are in the store already
+    counts = run_study(study, out, options=RunOptions(quiet=quiet, threads=threads))
+    with open_store(out, create=False) as store:
+        result = probe_result(study, store.runs())
+    chosen = result.chosen()
     title = (
         f"feature-probe on {result.dataset}: {len(args.seed)} seed(s), {args.epochs} epochs, errors in % "
         f"(mean ± std over seeds); lr/rho chosen on validation error; {result.seconds:.1f} s"
@@ -124,20 +145,11 @@ def handle(args: argparse.Namespace) -> int:
             print(json.dumps(rec, sort_keys=True))
     else:
         print(table)
-    if args.out:
-        from pathlib import Path
-
-        from sharplab.io import atomic_write_json, atomic_write_text
-
-        out = Path(args.out)
-        records = [{**r.record(), "selected": r.selected} for r in result.rows]
-        atomic_write_json(out / "results.json", {"dataset": result.dataset, "seconds": result.seconds,
-                                                 "args": {k: v for k, v in vars(args).items() if k != "func"},
-                                                 "rows": records})  # fmt: skip
-        atomic_write_text(out / "table.txt", table + "\n")
-        paths = write_figures(records, out, result.dataset)
-        print(
-            f"wrote {out / 'results.json'}, {out / 'table.txt'}" + "".join(f", {p}" for p in paths),
-            file=sys.stderr,
-        )
-    return 0
+    atomic_write_json(out / "results.json", {"dataset": result.dataset, "seconds": result.seconds,
+                                             "args": {k: v for k, v in vars(args).items() if k != "func"},
+                                             "rows": result.rows})  # fmt: skip
+    atomic_write_text(out / "table.txt", table + "\n")
+    paths = write_figures(result.rows, out, result.dataset)
+    print(f"{len(result.rows)} runs in {out} ({new} new; `sharplab report {out}`); wrote {out / 'results.json'}, "
+          f"{out / 'table.txt'}" + "".join(f", {p}" for p in paths), file=sys.stderr)
+    return failed_runs(counts, len(study.runs()), out)

@@ -51,6 +51,8 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "fmnist-mnist": {"rho": 0.1, "lr": 0.05, "epochs": 3, "batch_size": 128, "record_every": 25,
                      "weight_batch": 512},
 }
+DEFAULT_OUT = "runs/mechanisms"
+STUDY = "mechanisms"  #: the study name its runs are recorded under
 _OPTIONS = ("variant", "phantom", "ablation", "rho", "lr", "momentum", "weight_decay", "epochs", "batch_size",
             "record_every", "weight_batch", "root", "data_seed", "m")
 
@@ -86,11 +88,12 @@ def register(subparsers: Any) -> None:
                    help="data set option, repeatable (e.g. --data-option hard_dims=16)")
     add_seeds(p, [0, 1, 2])
     p.add_argument("--out", type=Path,
-                   help="folder for PNG figures and mechanisms_<dataset>.json (three-feature: three_feature.json)")
+                   help="output folder: the runs' store (re-running resumes), PNG figures, mechanisms_<dataset>.json "
+                   f"(default {DEFAULT_OUT}; three-feature: three_feature.json, only with --out)")
     p.add_argument("--json", action="store_true", help="print one JSON object per (optimizer, seed)")
     add_threads(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=handler)
+    p.set_defaults(func=handler, needs_labs=True)
     typed(p, dataset=text, ablation=text, rho=nonneg, lr=lr, momentum=float_in(0.0, 0.999),
           weight_decay=nonneg, epochs=epochs, batch_size=size, m=size, record_every=steps,
           weight_batch=int_in(2, MAX_SIZE, what="--weight-batch"), root=existing_dir, data_seed=seed_type,
@@ -148,8 +151,20 @@ def handler(args: argparse.Namespace) -> int:
     return _mechanisms(args)
 
 
+def mechanisms_study(args: argparse.Namespace):
+    """The study of the runner lab ``mechanisms``: the command's config (:func:`build_config`), one run per seed."""
+    from dataclasses import asdict
+
+    from sharplab.runner.config import parse_study
+
+    cfg = build_config(args)
+    return cfg, parse_study({"lab": "mechanisms", "name": STUDY, "config": asdict(cfg),
+                             "grid": {"seed": list(args.seed)}})
+
+
 def _mechanisms(args: argparse.Namespace) -> int:
-    from sharplab.labs.feature_quality.mechanisms import ABLATIONS, load_data, run_mechanisms
+    from sharplab.cli.deep_net import failed_runs
+    from sharplab.labs.feature_quality.mechanisms import ABLATIONS, MechanismsResult, load_data
     from sharplab.labs.feature_quality.mechanisms_plots import (
         format_table,
         recovered_note,
@@ -157,44 +172,53 @@ def _mechanisms(args: argparse.Namespace) -> int:
         table_rows,
         write_figures,
     )
+    from sharplab.runner.execute import plan_study, run_study
+    from sharplab.runner.single_run import RunOptions
+    from sharplab.runner.store import open_store
 
-    cfg = build_config(args)
-    data = load_data(cfg)
-    t0 = time.perf_counter()
-    results = []
-    for seed in args.seed:
-        res = run_mechanisms(cfg, seed, data=data)
-        results.append(res)
-        if args.json:
+    cfg, study = mechanisms_study(args)
+    load_data(cfg)  # a data set that cannot be loaded stops here with one line; the runs reuse the load
+    out = args.out if args.out is not None else Path(DEFAULT_OUT)
+    threads = resolve_threads(args.threads)
+    new = len(plan_study(study, out))  # the runs this command trains; the others are in the store already
+    counts = run_study(study, out, options=RunOptions(quiet=args.quiet, threads=threads))
+    with open_store(out, create=False) as store:
+        by_id = {r.run_id: r for r in store.runs(history=False)}
+    done = [by_id[s.run_id] for s in study.runs() if by_id[s.run_id].status == "done"]
+    results = [MechanismsResult.from_json(json.loads((r.run_dir / "mechanisms.json").read_text())) for r in done]
+    if not results:
+        return failed_runs(counts, len(args.seed), out)
+    seconds = sum(float(r.seconds) for r in done)
+    if args.json:
+        for res in results:
             for opt in res.runs:
                 key = opt.replace("-", "_")
-                rec = {"dataset": cfg.dataset, "optimizer": opt, "seed": seed,
+                rec = {"dataset": cfg.dataset, "optimizer": opt, "seed": res.seed,
                        "rho": 0.0 if opt == "sgd" else cfg.rho, "m": 0 if opt == "sgd" else cfg.m,
                        "variant": cfg.variant, "phantom": cfg.phantom}
                 rec.update({k[: -len(key) - 1]: _clean(v) for k, v in res.metrics.items() if k.endswith(f"_{key}")})
                 if opt in ABLATIONS:
                     rec["recovered"] = _clean(res.metrics.get(f"recovered_{key}"))
                 print(json.dumps(rec, sort_keys=True), flush=True)
-    seconds = time.perf_counter() - t0
     rows = summary_rows([r.metrics for r in results], list(results[0].runs), cfg.variant)
     table = format_table(table_rows(rows))
     stream = sys.stderr if args.json else sys.stdout
     print(f"mechanisms on {cfg.dataset}: {cfg.variant}, rho={cfg.rho}, "
           + (f"m={cfg.m} (each micro-batch's phantom), " if cfg.m else f"{cfg.phantom} phantom, ") +
-          f"{len(args.seed)} seed(s), {seconds:.1f} s", file=stream)
+          f"{len(results)} seed(s), {seconds:.1f} s", file=stream)
     print(table, file=stream)
     if note := recovered_note(rows, cfg.variant):
         print(note, file=stream)
-    if args.out is not None:
-        from sharplab.io import atomic_write_json, atomic_write_text
+    from sharplab.io import atomic_write_json, atomic_write_text
 
-        paths = write_figures(results, args.out)
-        atomic_write_json(args.out / f"mechanisms_{cfg.dataset}.json",
-                          {"seconds": seconds, "runs": [r.to_json() for r in results]})
-        atomic_write_text(args.out / f"mechanisms_{cfg.dataset}.txt", table + "\n")
-        for path in paths:
-            print(f"wrote {path}", file=stream)
-    return 0
+    paths = write_figures(results, out)
+    atomic_write_json(out / f"mechanisms_{cfg.dataset}.json",
+                      {"seconds": seconds, "runs": [r.to_json() for r in results]})
+    atomic_write_text(out / f"mechanisms_{cfg.dataset}.txt", table + "\n")
+    for path in paths:  # on the table's stream when --out was given, as the command always did
+        print(f"wrote {path}", file=stream if args.out is not None else sys.stderr)
+    print(f"{len(results)} runs in {out} ({new} new; `sharplab report {out}`)", file=sys.stderr)
+    return failed_runs(counts, len(args.seed), out)
 
 
 def _three_feature(args: argparse.Namespace) -> int:

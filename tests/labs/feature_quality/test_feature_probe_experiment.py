@@ -8,10 +8,9 @@ import math
 import pytest
 
 from sharplab.cli import main
-from sharplab.labs.feature_quality import FeatureQualityConfig, run
-from sharplab.labs.feature_quality.experiment import ProbeRow, run_feature_probe, select_config
+from sharplab.labs.feature_quality import FeatureQualityConfig, near_chance, run
+from sharplab.labs.feature_quality.lr_selection import select_config
 from sharplab.labs.feature_quality.report import format_table, report, summary_rows
-from sharplab.labs.feature_quality.train import TrainConfig
 from sharplab.runner.context import RunContext
 from sharplab.runner.report import ReportBuilder
 
@@ -19,8 +18,11 @@ SMALL_TOY = {"n_train": 400, "n_val": 100, "n_test": 200, "n_probe_train": 400, 
 SMALL_TOY_TEXT = ",".join(f"{k}={v}" for k, v in SMALL_TOY.items())
 
 
-def _row(opt, lr, rho, seed, val_error, val_loss, **metrics):
-    return ProbeRow("d", opt, lr, rho, seed, {"val_error": val_error, "val_loss": val_loss, **metrics})
+def _row(opt, lr, rho, seed, val_error, val_loss, num_classes=2, **metrics):
+    """A finished run's record as the store holds it (``near_chance`` set by the lab)."""
+    return {"dataset": "d", "optimizer": opt, "lr": lr, "rho": rho, "seed": seed, "status": "done",
+            "val_error": val_error, "val_loss": val_loss, "near_chance": float(near_chance(val_error, num_classes)),
+            **metrics}
 
 
 def test_selection_uses_validation_error_then_the_largest_rho_within_one_standard_error():
@@ -34,13 +36,22 @@ def test_selection_uses_validation_error_then_the_largest_rho_within_one_standar
     ]
     assert select_config(rows) == (0.1, 0.2)  # exact: 0.08 beats 0.085
     assert select_config(rows, n_val=1000) == (0.1, 0.4)  # within one s.e. (0.86 pts): the larger rho
-    rows += [_row("sam", 0.1, 0.8, s, 0.08, 0.4) for s in (0, 1)]
-    rows += [_row("sam", 0.1, 1.6, s, 0.08 if s else 0.79, 9.0) for s in (0, 1)]
-    assert select_config(rows, num_classes=5) == (0.1, 0.8)  # rho 1.6 has a run at chance: never chosen
+    rows += [_row("sam", 0.1, 0.8, s, 0.08, 0.4, 5) for s in (0, 1)]
+    rows += [_row("sam", 0.1, 1.6, s, 0.08 if s else 0.79, 9.0, 5) for s in (0, 1)]
+    assert select_config(rows) == (0.1, 0.8)  # rho 1.6 has a run at chance (5 classes): never chosen
     rows += [_row("sam", 0.1, 0.5, s, float("nan"), float("nan")) for s in (0, 1)]
-    assert select_config(rows, num_classes=5) == (0.1, 0.8)  # missing validation numbers never win
-    at_chance = [_row("sam", 0.1, rho, s, 0.79, 9.0) for rho in (0.1, 0.2) for s in (0, 1)]
-    assert select_config(at_chance, num_classes=5) is None  # no fallback to configurations that did not learn
+    assert select_config(rows) == (0.1, 0.8)  # missing validation numbers never win
+    rows += [{**_row("sam", 0.1, 3.2, s, 0.0, 0.0), "status": "diverged"} for s in (0, 1)]
+    assert select_config(rows) == (0.1, 0.8)  # nor does a configuration with a diverged run
+    at_chance = [_row("sam", 0.1, rho, s, 0.79, 9.0, 5) for rho in (0.1, 0.2) for s in (0, 1)]
+    assert select_config(at_chance) is None  # no fallback to configurations that did not learn
+
+
+def _probe(tmp_path, capsys, *args: str) -> list[dict]:
+    """``sharplab feature-probe ... --json`` into ``tmp_path``: the printed rows."""
+    assert main(["feature-probe", "--dataset", "toy", "--json", "--quiet", "--threads", "1", "--out", str(tmp_path),
+                 *args]) == 0
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
 
 
 def test_summary_by_hand():
@@ -64,19 +75,18 @@ def test_summary_by_hand():
     assert "sam rho=0.1" in table and "hard-feature probe error" in table and "25.00" in table
 
 
-def test_toy_sam_learns_the_hard_feature_better_than_sgd():
+def test_toy_sam_learns_the_hard_feature_better_than_sgd(tmp_path, capsys):
     """The study's claim on the toy, seeded: per seed, SAM's hard-feature probe error is below SGD's,
     and training improves on the untrained network's probe for the hard feature. Five epochs (the lab
     default is 10): the gaps are as large (SGD - SAM 2.2 and 4.3 points, vs 1.9 and 3.9 at 10 epochs)."""
-    result = run_feature_probe("toy", ["sgd", "sam"], seeds=[0, 1], lrs=[0.05], rhos=[0.2],
-                               base=TrainConfig(epochs=5))
-    by = {(r.optimizer, r.seed): r.metrics for r in result.rows}
+    rows = _probe(tmp_path, capsys, "--optimizer", "sgd,sam", "--seeds", "2", "--rho", "0.2", "--epochs", "5")
+    by = {(r["optimizer"], r["seed"]): r for r in rows}
     for seed in (0, 1):
         sgd, sam, raw = by[("sgd", seed)], by[("sam", seed)], by[("untrained", seed)]
         assert sam["probe_error_hard"] < sgd["probe_error_hard"] < raw["probe_error_hard"]
         assert sgd["test_error"] < 0.01 and sam["test_error"] < 0.01  # both fit the task (easy feature)
         assert sgd["probe_error_easy"] < 0.01 and sam["probe_error_easy"] < 0.01
-    assert all(r.selected for r in result.rows)
+    assert len(rows) == 6 and all(r["selected"] for r in rows)
 
 
 def test_cli_json_lines_files_and_figures(tmp_path, capsys):
@@ -99,16 +109,15 @@ def test_cli_json_lines_files_and_figures(tmp_path, capsys):
     assert "hard-feature probe error" in (tmp_path / "table.txt").read_text()
 
 
-def test_rows_carry_the_manipulation_check_and_nothing_is_selected_when_no_configuration_learned(capsys):
+def test_rows_carry_the_manipulation_check_and_nothing_is_selected_when_no_configuration_learned(tmp_path, capsys):
     opts = [a for k, v in SMALL_TOY.items() for a in ("--data-option", f"{k}={v}")]
     # 2 epochs: seed 1 of every configuration is still at chance (validation error 0.48)
     assert main(["feature-probe", "--dataset", "toy", "--optimizer", "sgd,lsam", "--rho", "0.1", "--seeds", "2",
-                 "--epochs", "2", "--quiet", *opts]) == 0
+                 "--epochs", "2", "--quiet", "--out", str(tmp_path / "chance"), *opts]) == 0
     out = capsys.readouterr().out
     assert "nothing selected: sgd, lsam" in out
-    result = run_feature_probe("toy", ["sgd", "sam"], seeds=[0], rhos=[0.5], base=TrainConfig(epochs=3),
-                               data_options=SMALL_TOY)
-    rows = {r.optimizer: r.metrics for r in result.rows}
+    rows = {r["optimizer"]: r for r in _probe(tmp_path / "check", capsys, "--optimizer", "sgd,sam", "--seeds", "1",
+                                              "--rho", "0.5", "--epochs", "3", *opts)}
     for name in ("sgd", "sam"):
         assert {"gini_w", "gini_phantom", "flattening"} <= set(rows[name])
         assert rows[name]["flattening"] == rows[name]["gini_w"] - rows[name]["gini_phantom"]
@@ -117,8 +126,8 @@ def test_rows_carry_the_manipulation_check_and_nothing_is_selected_when_no_confi
     assert "gini_w" not in rows["untrained"]
 
 
-def test_cli_rejects_unknown_optimizer(capsys):
-    assert main(["feature-probe", "--optimizer", "sgd,adam", "--quiet"]) == 2
+def test_cli_rejects_unknown_optimizer(tmp_path, capsys):
+    assert main(["feature-probe", "--optimizer", "sgd,adam", "--quiet", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: unknown optimizer 'adam'") and "\n" not in err
 

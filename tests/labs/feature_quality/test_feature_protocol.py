@@ -215,10 +215,10 @@ def test_sections_split_one_study_on_other_config_and_pooling_is_refused():
         by_arm([{"arm": "sgd", "seed": 0, "study": "a"}, {"arm": "sgd", "seed": 0, "study": "b"}])
 
 
-def test_feature_probe_says_diverged_in_the_table_and_keeps_the_status_in_json(monkeypatch, capsys):
+def test_feature_probe_says_diverged_in_the_table_and_keeps_the_status_in_json(monkeypatch, capsys, tmp_path):
     import json
 
-    import sharplab.labs.feature_quality.experiment as experiment
+    import sharplab.labs.feature_quality as lab
     from sharplab.cli import main
     from sharplab.errors import Diverged
 
@@ -229,16 +229,16 @@ def test_feature_probe_says_diverged_in_the_table_and_keeps_the_status_in_json(m
         return {"val_error": 0.01, "val_loss": 0.1, "test_error": 0.02, "probe_error_easy": 0.05,
                 "probe_error_hard": err + 0.01 * seed}
 
-    monkeypatch.setattr(experiment, "run_one", fake_run_one)
+    monkeypatch.setattr(lab, "run_one", fake_run_one)  # the runner lab's training and probing
     args = ["feature-probe", "--dataset", "toy", "--optimizer", "sgd,sam", "--rho", "0.1", "--seeds", "2",
-            "--quiet", "--data-option", "n_train=200"]
+            "--quiet", "--data-option", "n_train=200", "--out", str(tmp_path)]
     assert main(args) == 0
     table = capsys.readouterr().out
     rows = {line.split("  ")[0]: line.split() for line in table.splitlines()}
     hard = rows["hard-feature probe error (%)"]
     assert hard[-1] == "diverged" and hard[-2] != "diverged"  # columns: untrained, sgd, sam rho=0.1
     assert rows["diverged runs"][2:] == ["0", "0", "2", "of", "2"]  # untrained, sgd: 0; sam: 2 of 2
-    assert main([*args, "--json"]) == 0
+    assert main([*args, "--json"]) == 0  # read back from the store: nothing runs again
     recs = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     sam = [r for r in recs if r["optimizer"] == "sam"]
     assert len(sam) == 2 and all(r["status"] == "diverged" and r["diverged"] is True for r in sam)

@@ -223,6 +223,7 @@ def test_cli_json_figures_and_errors(tmp_path, capsys, monkeypatch) -> None:
 
 
 def _cli_checks(tmp_path, capsys, main, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # a command without --out writes to runs/mechanisms
 
     out = tmp_path / "out"
     tiny = [a for k, v in TINY_TOY.items() for a in ("--data-option", f"{k}={v}")]
@@ -240,7 +241,7 @@ def _cli_checks(tmp_path, capsys, main, monkeypatch) -> None:
 
     seen = _spy_sam_grad(monkeypatch)
     assert main(["mechanisms", "--epochs", "1", "--seeds", "1", "--ablation", "", "--m", "16", "--json",
-                 "--record-every", "64", "--weight-batch", "32", "--quiet", *tiny]) == 0
+                 "--record-every", "64", "--weight-batch", "32", "--quiet", "--out", str(tmp_path / "m16"), *tiny]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(r["optimizer"], r["m"]) for r in rows] == [("sgd", 0), ("sam", 16)]
     assert seen == [("full", 16)] * (TINY_TOY["n_train"] // 64)

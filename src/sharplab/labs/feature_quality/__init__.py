@@ -2,12 +2,14 @@
 
 Registers the runner lab ``feature-quality``: one run trains one model (or leaves it untrained, the
 baseline) with one optimizer and probes its penultimate representation for each feature on the
-decorrelated probe splits. Study files: ``examples/feature_quality_*.toml``; the CLI equivalent with
-validation-based selection of lr and rho is ``sharplab feature-probe`` (:mod:`.experiment`).
+decorrelated probe splits. Study files: ``examples/feature_quality_*.toml``; ``sharplab feature-probe``
+builds a grid study of this lab (:mod:`.probe_study`) and selects lr and rho on validation error over its
+records (:mod:`.lr_selection`).
 
 Modules: :mod:`.train` (the shared training loop), :mod:`.toy_model` (PathwayNet), :mod:`.experiment`
-(the protocol), :mod:`.report` (tables, figures); :mod:`.importance` and :mod:`.mechanisms` (SAM's two
-mechanisms).
+(one run: train and probe), :mod:`.probe_study` (the command's grid study), :mod:`.lr_selection`
+(validation-based selection over records), :mod:`.report` (tables, figures); :mod:`.importance` and
+:mod:`.mechanisms` (SAM's two mechanisms).
 """
 
 from __future__ import annotations
@@ -41,11 +43,11 @@ __all__ = ["FeatureQualityConfig", "TrainConfig", "make_model", "run", "train"]
 HARD_ONLY = "hard-only"  # the ceiling: SGD on data whose easy feature is shuffled across examples
 NAMES = (*OPTIMIZERS, UNTRAINED, HARD_ONLY)  #: every optimizer name of a run
 
-# metrics a run returns to the runner, besides probe_error_<feature> (the CLI's JSON has more)
-READOUT_PREFIXES = ("probe_error_", "curve_error_", "region_error_")
+# metrics a run returns to the runner: these, and per feature the probe's error, chosen C and chance error
+READOUT_PREFIXES = ("probe_error_", "probe_C_", "probe_chance_", "curve_error_", "region_error_")
 RUN_METRICS = ("test_error", "worst_group_error", "val_error", "val_loss", "train_loss", "v_hard_over_v_easy",
                "gini_w", "gini_phantom", "v_hard_over_v_easy_phantom", "near_chance", "jtt_error_set",
-               "digit_reuse_train", "n_val")
+               "digit_reuse_train", "n_val", "epochs", "steps")
 
 
 @dataclass(frozen=True)

@@ -241,6 +241,15 @@ class MechanismsResult:
                         for o, r in self.runs.items()},
         }
 
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> MechanismsResult:
+        """The result :meth:`to_json` wrote (a runner run's ``mechanisms.json``); the optimizers' own
+        metrics are not saved there, only the seed's summary ``metrics``."""
+        cfg = MechanismsConfig(**d["config"])
+        runs = {o: _run_from_json({"optimizer": o, "metrics": {}, "trace": d["traces"][o], **d["weights"][o]})
+                for o in cfg.optimizers}  # the study's order (the file's keys may be sorted)
+        return cls(cfg, int(d["seed"]), runs, d["metrics"], float(d["seconds"]))
+
 
 def load_data(cfg: MechanismsConfig) -> Any:
     """The data set with the lab's defaults (shared with ``feature-probe``) and ``cfg.data_options``."""

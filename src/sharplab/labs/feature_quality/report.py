@@ -233,13 +233,18 @@ def report(runs: Sequence[Any], builder: Any) -> None:
         "std over seeds; gain = untrained network's probe error minus the row's. One section per study and "
         "data set (and other config): nothing is pooled or paired across sections."
     )
-    from sharplab.labs.feature_quality.lr_selection import lr_choices
+    from sharplab.labs.feature_quality.lr_selection import lr_choices, selection_rows
 
     choices = lr_choices(runs_to_records(runs))
     if choices:
         builder.add_table("feature-quality: learning rate per configuration, chosen on the final validation loss "
                           "(ties: the smaller lr; runs that diverged or did not learn never chosen; no probe or "
                           "test number enters)", choices)
+    selected = selection_rows(runs_to_records(runs))
+    if selected:
+        builder.add_table("feature-quality: lr and rho per optimizer of a grid, chosen on the mean validation error "
+                          "(one-standard-error rule: the largest rho among ties; runs that diverged or did not "
+                          "learn never chosen; no probe or test number enters)", selected)
     for title, section_runs in sections(runs):
         records = runs_to_records(section_runs)
         builder.add_heading(f"feature-quality: {title}")
