@@ -71,7 +71,7 @@ def test_one_threads_option_everywhere():
 
     found = {path: a for path, p in PARSERS.items() for a in p._actions if "--threads" in a.option_strings}
     assert {"sharplab run", "sharplab sweep", "sharplab demo", "sharplab deep-net", "sharplab feature-probe",
-            "sharplab mechanisms"} <= set(found)
+            "sharplab mechanisms", "sharplab diag-net", "sharplab relu-1d", "sharplab convergence"} <= set(found)
     for path, action in found.items():
         assert action.default is None and action.help == THREADS_HELP, path
     import os

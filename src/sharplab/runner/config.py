@@ -45,6 +45,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,30 @@ class Study:
                     seen[runs[0].run_id] = _combo(keys, combo)
                 specs.extend(runs)
         return specs
+
+
+def configs_study(lab: str, name: str, runs: Sequence[tuple[Any, int]], description: str = "") -> Study:
+    """The study of a list of ``(config object, seed)`` runs, for a command that builds its own list of
+    configurations rather than one cartesian grid: the fields every configuration shares form the base,
+    and each distinct configuration is one grid of single values with its seeds. Repeated runs are listed
+    once; :data:`MAX_RUNS` applies as to a study file."""
+    check_study_name(name)
+    seeds: dict[str, list[int]] = {}
+    configs: dict[str, dict[str, Any]] = {}
+    for cfg, seed in runs:
+        config = config_to_dict(cfg)
+        key = json.dumps(config, sort_keys=True)
+        configs.setdefault(key, config)
+        if check_seed(seed) not in seeds.setdefault(key, []):
+            seeds[key].append(seed)
+    if not configs:
+        raise ConfigError(f"study {name!r} has no runs")
+    check_grid_size({}, sum(len(s) for s in seeds.values()))
+    first, *rest = configs.values()
+    base = {k: v for k, v in first.items()
+            if all(k in c and json.dumps(c[k]) == json.dumps(v) for c in rest)}
+    grids = [({k: [v] for k, v in c.items() if k not in base}, tuple(seeds[key])) for key, c in configs.items()]
+    return Study(lab, name, base, grids[0][0], grids[0][1], {}, description, tuple(grids[1:]))
 
 
 def _combo(keys: list[str], combo: tuple[Any, ...]) -> str:

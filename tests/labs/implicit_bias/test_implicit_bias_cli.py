@@ -35,9 +35,8 @@ def test_diag_net_grid_json_and_figures(tmp_path, capsys) -> None:
         assert rec["lr"] == 5 / 30 and rec["iters"] == 300
     ref = run_grid([DiagNetConfig(method="1sam", rho=0.1, lr=5 / 30, alpha=0.1, iters=300)], [1])[0]
     (mine,) = [r for r in recs if (r["method"], r["rho"], r["alpha"], r["seed"]) == ("1sam", 0.1, 0.1, 1)]
-    # the batch's composition changes BLAS summation order only: agreement to float64 rounding
-    assert mine["test_error"] == pytest.approx(ref.test_error, rel=1e-12)
-    assert mine["l1_norm"] == pytest.approx(ref.l1_norm, rel=1e-12)
+    # each run is one configuration; the kernel gives it the same numbers in any batch, bit for bit
+    assert mine["test_error"] == ref.test_error and mine["l1_norm"] == ref.l1_norm
     assert json.loads((out / "results.json").read_text()) == recs
     for name in ("test_error_vs_rho.png", "l1_norm_vs_rho.png"):
         assert (out / name).read_bytes().startswith(PNG)
@@ -79,7 +78,7 @@ def test_relu_and_convergence_commands(tmp_path, capsys) -> None:
     assert (out / "relu_fits_seed0.png").read_bytes().startswith(PNG)
     assert (out / "relu_fits.png").read_bytes().startswith(PNG)
     assert main(["relu-1d", "--protocol", "legacy", "--method", "sam", "--steps", "5", "--width", "4", "--seed", "0",
-                 "--json", "--quiet"]) == 0
+                 "--json", "--quiet", "--out", str(tmp_path / "legacy")]) == 0
     (rec,) = _lines(capsys.readouterr().out)
     assert (rec["init"], rec["loss"], rec["lr"], rec["rho"], rec["output_bias"]) == ("normal", "mean", 6e-3, 0.1, True)
     out = tmp_path / "conv"

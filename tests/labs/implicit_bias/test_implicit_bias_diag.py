@@ -242,3 +242,19 @@ def test_rho_figure_averages_decade_spanning_errors_geometrically_and_narrow_one
     ax = test_error_vs_rho(rows, "l1_norm").axes[0]
     assert ax.get_yscale() == "linear"
     assert list(ax.lines[0].get_ydata()) == pytest.approx([1.51, 1.41])
+
+
+@pytest.mark.parametrize("seeds", [[0], [0, 1]])
+def test_a_configuration_alone_equals_it_inside_the_grid_bit_for_bit(seeds) -> None:
+    """The runner runs one configuration at a time: every product of the kernel is per row, so a
+    configuration's numbers do not depend on its batch (one GEMM over a single-seed grid used to move the
+    last digits with the grid's size)."""
+    from sharplab.labs.implicit_bias.diag_net import expand_grid, run_grid
+
+    grid = expand_grid(["gd", "sgd", "nsam", "1sam"], [0.0, 0.1], [5 / 30], [0.05, 0.1], iters=150)
+    together = run_grid(grid, seeds)
+    alone = [run_grid([c], [s])[0] for c in grid for s in seeds]
+    for a, b in zip(together, alone):
+        assert a.beta.tobytes() == b.beta.tobytes()
+        assert (a.test_error, a.train_loss, a.l1_norm, a.dist_theta) == (b.test_error, b.train_loss, b.l1_norm,
+                                                                       b.dist_theta)

@@ -49,9 +49,11 @@ def test_relu_1d_diverged_network_is_marked_and_others_kept(tmp_path, capsys) ->
     assert (out / "relu_fits.png").read_bytes().startswith(PNG)
 
 
-def test_convergence_table_marks_the_diverged_run(capsys) -> None:
+def test_convergence_table_marks_the_diverged_run(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)  # no --out: the store goes to the default runs/convergence
     assert main(["convergence", "--method", "sgd", "--lr", "0.2,1e6", "--lr-schedule", "constant",
                  "--steps", "60", "--quiet"]) == 0
+    assert (tmp_path / "runs" / "convergence" / "results.sqlite").is_file()
     lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
     assert lines[1].split()[-1] == "ok" and lines[2].split()[-1] == "diverged"
     assert lines[2].split()[:2] == ["sgd", "lr:constant"]  # the diverged row names its configuration

@@ -119,7 +119,7 @@ def test_sgd_rule_reproduces_the_notebook_with_its_random_stream() -> None:
         for i in draws[k]:
             W = np.zeros((1, 20))
             W[0, i] = 1.0
-            gU, gV = step_gradients(U, V, X, Y, zero, zero, [], W, data.X)
+            gU, gV = step_gradients(U, V, X, Y, zero, zero, [], W)
             U, V = U - lr * gU, V - lr * gV
         r = data.X_test @ (U[0] * V[0]) - data.y_test
         assert float(r @ r) / 2000 == pytest.approx(printed, rel=1e-8, abs=0)

@@ -10,6 +10,12 @@ All configurations of a grid (method, rho, alpha, step size, seed, switch point)
 float64 batch through the kernel described in :mod:`.methods` (see there for the 2x factor convention
 between ``m-sam`` with ``m = n`` and ``nsam``). The kernel uses the expansion
 ``u~ v~ = uv + s a (u^2 + v^2) + s^2 a^2 uv``, so a step costs a few ``(C, n, d)`` array operations.
+
+Every product of the kernel is a stacked (per-configuration) matrix-vector product, so a configuration's
+numbers do not depend on the rest of its batch, bit for bit: a run of one configuration (the runner's
+``diag-net`` lab) equals the same configuration inside any grid. One GEMM over all rows would be faster for
+large single-seed grids, but BLAS sums a GEMM row in another order than a one-row product, which moved the
+last digits of a configuration with the size of its grid.
 """
 
 from __future__ import annotations
@@ -48,6 +54,12 @@ class DiagNetConfig:
     d: int = field(default=30, metadata={"min": 1, "help": "dimension"})
     r: int = field(default=3, metadata={"min": 1, "help": "support size of theta"})
     n_test: int = field(default=1000, metadata={"min": 1, "help": "test examples"})
+    #: what the runner logs (the numbers do not depend on it): test error and training loss every
+    #: ``record_every`` updates (0: 100 points), plus about ``log_curves`` log-spaced update counts
+    record_every: int = field(default=0, metadata={"min": 0, "omit_default": True,
+                                                   "help": "log the losses every this many updates (0: 100 points)"})
+    log_curves: int = field(default=0, metadata={"min": 0, "omit_default": True,
+                                                 "help": "log the losses at about this many log-spaced steps"})
 
     def __post_init__(self) -> None:
         for name in (self.method,) + ((self.then,) if self.then != NO_SWITCH else ()):
@@ -65,6 +77,15 @@ class DiagNetConfig:
             raise ConfigError(f"m must divide n={self.n}, got m={self.m}; pick a divisor of n")
         if self.then == NO_SWITCH and self.switch_at:
             raise ConfigError("switch_at is set but then='none'; give the method to switch to (--then)")
+        if self.record_every < 0 or self.log_curves < 0:
+            raise ConfigError("record_every and log_curves must be >= 0; fix the config")
+
+    @property
+    def recording(self) -> tuple[int, list[int]]:
+        """``(record_every, record_at)`` of :func:`run_grid` for the runner's logged curves."""
+        if self.log_curves:
+            return self.record_every, log_steps(self.iters, self.log_curves)
+        return self.record_every or max(1, self.iters // 100), []
 
     @property
     def phases(self) -> tuple[str, str]:
@@ -206,7 +227,6 @@ def _run_batch(pairs: Sequence[tuple[DiagNetConfig, int]], record_every: int, re
         if (s, c.r) not in datas:
             datas[(s, c.r)] = make_data(s, n, d, c.r, c.n_test)
     data = [datas[(s, c.r)] for c, s in pairs]
-    shared = data[0].X if len(datas) == 1 else None
     X = np.stack([D.X for D in data])  # (C, n, d), contiguous: fast elementwise products
     Y = np.stack([D.y for D in data])  # (C, n)
     LR = np.array([[c.lr] for c in cfgs])
@@ -256,7 +276,7 @@ def _run_batch(pairs: Sequence[tuple[DiagNetConfig, int]], record_every: int, re
                 for k in ("S", "F", "M", "stoch"):
                     cur[k][switch[t]] = phases[1][k][switch[t]]
                 groups = micro_batch_groups(cur["M"], cur["S"])
-            gU, gV = step_gradients(U, V, X, Y, cur["S"], cur["F"], groups, weights(t), shared)
+            gU, gV = step_gradients(U, V, X, Y, cur["S"], cur["F"], groups, weights(t))
             U = U - LR * gU
             V = V - LR * gV
             if recording and ((record_every and (t + 1) % record_every == 0) or (t + 1) in record_at):
@@ -288,21 +308,21 @@ def micro_batch_groups(sizes: np.ndarray, S: np.ndarray) -> list[tuple[np.ndarra
 
 
 def step_gradients(U: np.ndarray, V: np.ndarray, X: np.ndarray, Y: np.ndarray, S: np.ndarray,
-                   F: np.ndarray, groups: Sequence[tuple[np.ndarray, int]], W: np.ndarray,
-                   shared: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   F: np.ndarray, groups: Sequence[tuple[np.ndarray, int]],
+                   W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The kernel's descent direction ``(g_u, g_v)`` for a batch of C configurations (see :mod:`.methods`).
 
     Shapes: ``U, V (C, d)``, ``X (C, n, d)`` (contiguous), ``Y (C, n)``, ascent scale ``S (C, 1)``,
     full-Jacobian flag ``F (C, 1)``, example weights ``W (C, n)``; ``groups`` lists ``(rows, m)`` whose
     micro-batches have ``m > 1`` consecutive examples (:func:`micro_batch_groups`; other rows: ``m = 1``).
-    ``shared``: the ``(n, d)`` matrix when every row has the same data (products become single GEMMs).
+    Every product is stacked per row, so each row's result is independent of the others (module docstring).
     """
 
     def xdot(M: np.ndarray) -> np.ndarray:  # (C, d) -> (C, n): x_k . m_c
-        return M @ shared.T if shared is not None else (X @ M[:, :, None])[:, :, 0]
+        return (X @ M[:, :, None])[:, :, 0]
 
     def xsum(Q: np.ndarray) -> np.ndarray:  # (C, n) -> (C, d): sum_k q_ck x_k
-        return Q @ shared if shared is not None else (Q[:, None, :] @ X)[:, 0, :]
+        return (Q[:, None, :] @ X)[:, 0, :]
 
     B = U * V
     R = xdot(B) - Y  # (C, n) residuals at w
@@ -334,7 +354,7 @@ def _errors(B: np.ndarray, data: Sequence[DiagNetData], *, test: bool) -> np.nda
     for rows in by_data.values():
         D = data[rows[0]]
         Xs, ys = (D.X_test, D.y_test) if test else (D.X, D.y)
-        res = B[rows] @ Xs.T - ys  # (len(rows), N)
+        res = (Xs[None] @ B[rows][:, :, None])[:, :, 0] - ys  # (len(rows), N), one product per row
         out[rows] = np.einsum("ij,ij->i", res, res) / (2 * len(ys))
     return out
 

@@ -1,8 +1,12 @@
 """Runner integration: the ``diag-net``, ``relu-1d`` and ``convergence`` labs (``run`` + ``report`` hooks).
 
-``sharplab run`` executes one configuration per run (the seed comes from the run context); studies and
-sweeps over rho, alpha, ... are grids of such runs. For whole grids in one vectorised computation use
-``sharplab diag-net`` or :func:`~sharplab.labs.implicit_bias.diag_net.run_grid` directly.
+``sharplab run`` and the commands ``sharplab diag-net``, ``relu-1d`` and ``convergence`` execute one
+configuration per run (the seed comes from the run context); studies and sweeps over rho, alpha, ... are
+grids of such runs. The vectorised kernels give a configuration the same numbers alone as inside a grid, so
+:func:`~sharplab.labs.implicit_bias.diag_net.run_grid` on a whole grid reproduces the runs exactly.
+
+Each run leaves its final parameters in its folder (``weights.npz``: diag-net ``u``, ``v``; relu-1d the
+network's ``w``, ``b``, ``a``, ``c``), from which the commands draw their figures and the interpolation.
 """
 
 from __future__ import annotations
@@ -26,14 +30,22 @@ def _done(runs: list[Any]) -> list[Any]:
 
 
 # --- diagonal linear networks ------------------------------------------------------------------------
+WEIGHTS = "weights.npz"
+
+
 def run_diag_net(cfg: DiagNetConfig, ctx: Any) -> dict[str, float]:
-    """One configuration; the test/train curve (100 points) goes to ``ctx.log_metrics``."""
-    every = max(1, cfg.iters // 100)
-    (res,) = run_grid([cfg], [ctx.seed], record_every=every, progress=not ctx.quiet)
+    """One configuration; the test/train curve (``cfg.recording``: 100 points by default) goes to
+    ``ctx.log_metrics``, the final ``u``, ``v`` to the run's ``weights.npz``."""
+    every, at = cfg.recording
+    (res,) = run_grid([cfg], [ctx.seed], record_every=every, record_at=at, progress=not ctx.quiet)
     for step, test, train in zip(res.steps, res.test_curve, res.train_curve):
         if not (math.isfinite(test) and math.isfinite(train)):
             raise Diverged(int(step))
         ctx.log_metrics(int(step), {"test_error": test, "train_loss": train})
+    if not math.isfinite(res.train_loss):
+        raise Diverged(cfg.iters)
+    if ctx.is_main:
+        np.savez(ctx.artifact(WEIGHTS), u=res.u, v=res.v)
     return {"test_error": res.test_error, "train_loss": res.train_loss, "l1_norm": res.l1_norm,
             "dist_theta": res.dist_theta}
 
@@ -56,14 +68,18 @@ def report_diag_net(runs: list[Any], builder: Any) -> None:
 
 # --- 1-D ReLU networks -------------------------------------------------------------------------------
 def run_relu_1d(cfg: Relu1dConfig, ctx: Any) -> dict[str, float]:
+    """One network (``then_gd``: its GD continuation); the loss curve goes to ``ctx.log_metrics``, the
+    final parameters to ``weights.npz``, the fit to ``relu_fit.png``."""
     bar = ctx.progress(range(cfg.steps), desc=f"relu-1d {cfg.method}")
     res = train_relu_1d(cfg, ctx.seed, progress=bar)
     for step, loss in zip(res.steps, res.loss_curve):
         ctx.log_metrics(int(step), {"train_loss": float(loss)})
     if getattr(ctx, "is_main", True):
+        net = res.net
+        np.savez(ctx.artifact(WEIGHTS), **{k: p.detach().numpy() for k, p in net.state_dict().items()})
         plots.save(plots.relu_fits([res], X_POINTS, Y_POINTS), ctx.artifact("relu_fit.png"))
     return {"train_loss": res.train_loss, "kinks": float(res.kinks), "pieces": float(res.pieces),
-            "steps_run": float(res.steps_run), "fits": float(res.fits)}
+            "steps_run": float(res.steps_run), "fits": float(res.fits), "stop_loss": res.stop_loss}
 
 
 def report_relu_1d(runs: list[Any], builder: Any) -> None:
@@ -71,9 +87,9 @@ def report_relu_1d(runs: list[Any], builder: Any) -> None:
     if not done:
         return
     builder.add_table("1-D ReLU network: kinks inside the data range", [
-        {"method": r.config.get("method"), "rho": r.config.get("rho"), "lr": r.config.get("lr"),
-         "seed": r.seed, "train_loss": r.metrics.get("train_loss"), "fits": r.metrics.get("fits"),
-         "kinks": r.metrics.get("kinks")}
+        {"method": f"{r.config.get('method')} -> gd" if r.config.get("then_gd") else r.config.get("method"),
+         "rho": r.config.get("rho"), "lr": r.config.get("lr"), "seed": r.seed,
+         "train_loss": r.metrics.get("train_loss"), "fits": r.metrics.get("fits"), "kinks": r.metrics.get("kinks")}
         for r in done])
 
 

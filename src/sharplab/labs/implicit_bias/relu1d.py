@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -66,6 +66,9 @@ class Relu1dConfig:
     loss: str = field(default="half-sum", metadata={"choices": list(LOSSES)})
     output_bias: bool = field(default=False, metadata={"help": "train an output bias c (init 0)"})
     lr_decay: str = field(default="notebook", metadata={"choices": list(LR_DECAYS)})
+    then_gd: bool = field(default=False, metadata={
+        "omit_default": True, "help": "continue the SAM/USAM solution with GD (same lr, steps, tol): the "
+        "run's results are the continuation's (are the fewer kinks kept once the data are interpolated?)"})
 
     def __post_init__(self) -> None:
         for key, allowed in (("method", RELU_METHODS), ("init", INITS), ("loss", LOSSES),
@@ -78,6 +81,8 @@ class Relu1dConfig:
             raise ConfigError("width and record_every must be >= 1 and steps >= 0; fix the config")
         if not (math.isfinite(self.tol) and math.isfinite(self.slope_tol)) or self.tol < 0 or self.slope_tol < 0:
             raise ConfigError(f"tol and slope_tol must be finite and >= 0, got {self.tol}, {self.slope_tol}")
+        if self.then_gd and self.method == "gd":
+            raise ConfigError("then_gd continues a SAM or USAM run with GD; method 'gd' has nothing to continue")
 
     @property
     def decays(self) -> bool:
@@ -249,11 +254,24 @@ def train_relu_batch(configs: Sequence[Relu1dConfig], seeds: Iterable[int] = (0,
 
 
 def train_relu_1d(cfg: Relu1dConfig, seed: int = 0, progress=None) -> Relu1dResult:
-    """One run (a batch of one); raises :class:`~sharplab.errors.Diverged` if the loss is not finite."""
-    (res,) = train_relu_batch([cfg], [seed], progress=progress)
+    """One run (a batch of one); raises :class:`~sharplab.errors.Diverged` if the loss is not finite.
+
+    With ``cfg.then_gd`` the SAM/USAM solution is continued by GD (:func:`gd_continuation`) and the
+    continuation's result is returned."""
+    first = replace(cfg, then_gd=False)
+    (res,) = train_relu_batch([first], [seed], progress=progress)
     if res.diverged:
         raise Diverged(res.steps_run)
+    if cfg.then_gd:
+        (res,) = train_relu_batch([gd_continuation(first)], [seed], start=[res.net])
+        if res.diverged:
+            raise Diverged(res.steps_run)
     return res
+
+
+def gd_continuation(cfg: Relu1dConfig) -> Relu1dConfig:
+    """The GD run that continues a solution of ``cfg`` (same lr, steps and tol)."""
+    return replace(cfg, method="gd", rho=0.0, then_gd=False)
 
 
 def compare(seeds: Iterable[int] = (0, 1, 2, 3, 4), **kwargs) -> list[Relu1dResult]:
