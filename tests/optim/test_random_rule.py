@@ -106,11 +106,15 @@ def test_sam_optimizer_random_runs_one_pass_per_step(path):
 
 
 def test_deep_net_random_method_is_one_pass():
-    from sharplab.labs.deep_net.train import Stepper
+    """The deep-net lab's ``random`` step (the labs' step builder, member ``random``): one forward, one backward."""
+    from sharplab.labs.deep_net.config import DeepNetConfig
+    from sharplab.labs.deep_net.train import Phases
+    from sharplab.labs.training import take_step
 
     model, (x, y) = Counted(), batch()
+    opt = Phases(DeepNetConfig(method="random", rho=RHO, batch_size=len(y)), model, seed=0).get("random", RHO)
     _Counter.backward_calls = 0
-    Stepper(model, seed=0)("random", RHO, 0, x, y)
+    take_step(model, opt, x, y, step=0)
     assert (model.forwards, _Counter.backward_calls) == (1, 1)
 
 

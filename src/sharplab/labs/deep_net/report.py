@@ -89,6 +89,11 @@ def report(runs: list[Any], builder: Any) -> None:
     if len(group_settings(done)) > 1:
         builder.add_figure("deep-net: final test error per setting (dots = seeds, red = mean with 95% t interval)",
                            plot_settings(done))
+        noisy = any(r.config.get("label_noise") for r in done)
+        if noisy and any("early_stopped_test_error" in r.metrics for r in done):
+            builder.add_figure("deep-net: best test error per setting (early-stopped on the noisy validation "
+                               "labels; dots = seeds, red = mean with 95% t interval)",
+                               plot_settings(done, "early_stopped_test_error", "early-stopped test error (%)"))
     rhos = {r.config.get("rho") for r in done if r.config["method"] != "erm"}
     if len(rhos) > 1:
         builder.add_figure("deep-net: test error vs rho (mean, 95% CI over seeds)",
