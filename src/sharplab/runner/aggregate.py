@@ -89,8 +89,9 @@ def group_runs(runs: Sequence[Any], by: Sequence[str] | None = None) -> dict[tup
 
 
 def is_error(metric: str) -> bool:
-    """Error rates are stored as fractions and shown in % (one unit in every report): ``*_error``, ``*_err``."""
-    return metric.endswith(("_error", "_err")) or metric == "error"
+    """Error rates are stored as fractions and shown in % (one unit in every report): ``*_error``, ``*_err``
+    and the parts of the training error (``train_error_noisy``, ``train_error_clean``, ...)."""
+    return metric.endswith(("_error", "_err")) or metric.startswith("train_error_") or metric == "error"
 
 
 def metric_table(runs: Sequence[Any], metrics: Sequence[str],
