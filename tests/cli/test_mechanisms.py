@@ -65,3 +65,33 @@ def test_every_flag_of_the_command_still_parses(tmp_path):
         5, 64, str(tmp_path), 3, ["hard_dims=8"], [0, 1])
     assert (args.out, args.json, args.threads, args.quiet) == (tmp_path / "o", True, 1, True)
     assert build_parser().parse_args(["mechanisms", "--study", "three-feature", "--seed", "0,4"]).seed == [0, 4]
+
+
+def test_three_feature_study_runs_in_the_store_resumes_and_reports(tmp_path, capsys):
+    """``--study three-feature``: SGD and SAM per seed as runs of lab ``three-feature``; the JSON lines are
+    the stored runs' numbers; a re-run trains nothing and prints the same table; the report has the section."""
+    from sharplab.labs.feature_quality.three_feature import ThreeFeatureConfig, run_one
+
+    out = tmp_path / "tf"
+    args = ["mechanisms", "--study", "three-feature", "--seed", "0,1", "--epochs", "1", "--threads", "1",
+            "--quiet", "--out", str(out)]
+    threads = torch.get_num_threads()
+    try:
+        assert main(args) == 0
+        first = capsys.readouterr()
+        assert main([*args, "--json"]) == 0
+        second = capsys.readouterr()
+        direct = run_one(ThreeFeatureConfig(optimizer="sam", epochs=1), seed=1)  # no runner, no checkpoints
+    finally:
+        torch.set_num_threads(threads)
+    assert "(4 new;" in first.err and "(0 new;" in second.err
+    assert second.err.splitlines()[1:4] == first.out.splitlines()[1:4]  # the table, on stderr with --json
+    lines = [json.loads(line) for line in second.out.splitlines()]
+    assert [(r["seed"], r["optimizer"]) for r in lines] == [(0, "sgd"), (0, "sam"), (1, "sgd"), (1, "sam")]
+    assert lines[3]["probe_error_hard"] == direct["probe_error_hard"] and lines[3]["v_ratio"] == direct["v_ratio"]
+    with open_store(out, create=False) as store:
+        runs = store.runs()
+    assert {r.lab for r in runs} == {"three-feature"} and all(r.status == "done" for r in runs)
+    assert main(["report", str(out)]) == 0
+    capsys.readouterr()
+    assert "## Lab: three-feature" in (out / "report.md").read_text()

@@ -17,7 +17,6 @@ import argparse
 import json
 import math
 import sys
-import time
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -52,6 +51,7 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
                      "weight_batch": 512},
 }
 DEFAULT_OUT = "runs/mechanisms"
+THREE_FEATURE_OUT = "runs/three-feature"  #: --study three-feature's default output folder
 STUDY = "mechanisms"  #: the study name its runs are recorded under
 _OPTIONS = ("variant", "phantom", "ablation", "rho", "lr", "momentum", "weight_decay", "epochs", "batch_size",
             "record_every", "weight_batch", "root", "data_seed", "m")
@@ -89,7 +89,7 @@ def register(subparsers: Any) -> None:
     add_seeds(p, [0, 1, 2])
     p.add_argument("--out", type=Path,
                    help="output folder: the runs' store (re-running resumes), PNG figures, mechanisms_<dataset>.json "
-                   f"(default {DEFAULT_OUT}; three-feature: three_feature.json, only with --out)")
+                   f"(default {DEFAULT_OUT}; three-feature: {THREE_FEATURE_OUT}, three_feature.json)")
     p.add_argument("--json", action="store_true", help="print one JSON object per (optimizer, seed)")
     add_threads(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -222,24 +222,42 @@ def _mechanisms(args: argparse.Namespace) -> int:
 
 
 def _three_feature(args: argparse.Namespace) -> int:
+    """SGD and SAM per seed on the three-feature toy, as a study of the runner lab ``three-feature`` into
+    ``--out`` (default ``runs/three-feature``; a re-run finds the runs finished and trains nothing)."""
+    from dataclasses import replace
+
+    from sharplab.cli.deep_net import failed_runs
     from sharplab.labs.feature_quality.mechanisms_plots import format_table, mean_std
-    from sharplab.labs.feature_quality.three_feature import DEFAULT_TRAIN, FEATURES3, run_three_feature
+    from sharplab.labs.feature_quality.three_feature import FEATURES3, ThreeFeatureConfig
+    from sharplab.runner.config import configs_study, run_spec
+    from sharplab.runner.execute import plan_study, run_study
+    from sharplab.runner.single_run import RunOptions
+    from sharplab.runner.store import open_store
 
     changes = {k: getattr(args, k) for k in ("rho", "lr", "momentum", "weight_decay", "epochs", "batch_size", "m")
                if getattr(args, k) is not None}
-    cfg = DEFAULT_TRAIN.replace(**changes)
-    if cfg.m and cfg.batch_size % cfg.m:
-        raise ConfigError(f"--m {cfg.m} must be a divisor of the batch size {cfg.batch_size} (--batch-size)")
-    t0 = time.perf_counter()
-    rows = run_three_feature(list(args.seed), ("sgd", "sam"), cfg, **data_options(args.data_option))
-    seconds = time.perf_counter() - t0
+    base = ThreeFeatureConfig(**changes, data_options=data_options(args.data_option))
+    if base.m and base.batch_size % base.m:
+        raise ConfigError(f"--m {base.m} must be a divisor of the batch size {base.batch_size} (--batch-size)")
+    runs = [(replace(base, optimizer=opt, rho=0.0 if opt == "sgd" else base.rho), seed)
+            for seed in args.seed for opt in ("sgd", "sam")]
+    study = configs_study("three-feature", "mechanisms-three-feature", runs)
+    out = args.out if args.out is not None else Path(THREE_FEATURE_OUT)
+    new = len(plan_study(study, out))
+    counts = run_study(study, out, options=RunOptions(quiet=args.quiet, threads=resolve_threads(args.threads)))
+    with open_store(out, create=False) as store:
+        by_id = {r.run_id: r for r in store.runs(history=False)}
+    records = [(cfg, seed, by_id[run_spec("three-feature", cfg, seed).run_id]) for cfg, seed in runs]
+    rows = [{"dataset": "toy3", "optimizer": cfg.optimizer, "seed": seed, "rho": cfg.rho, **rec.metrics}
+            for cfg, seed, rec in records if rec.status == "done"]
+    seconds = sum(float(rec.seconds) for _, _, rec in records if rec.status == "done")
     if args.json:
         for row in rows:
             print(json.dumps({k: _clean(v) for k, v in row.items()}, sort_keys=True))
     table = []
     for opt in ("sgd", "sam"):
         rs = [r for r in rows if r["optimizer"] == opt]
-        line = {"optimizer": opt if opt == "sgd" else f"sam rho={cfg.rho:g}"}
+        line = {"optimizer": opt if opt == "sgd" else f"sam rho={base.rho:g}"}
         for f in (*FEATURES3, "test"):
             key = "test_error" if f == "test" else f"probe_error_{f}"
             m, s = mean_std([r[key] for r in rs])
@@ -249,13 +267,13 @@ def _three_feature(args: argparse.Namespace) -> int:
     stream = sys.stderr if args.json else sys.stdout
     print(f"three-feature toy: SGD vs SAM, {len(args.seed)} seed(s), {seconds:.1f} s", file=stream)
     print(format_table(table), file=stream)
-    if args.out is not None:
-        from sharplab.io import atomic_write_json, atomic_write_text
+    from sharplab.io import atomic_write_json, atomic_write_text
 
-        atomic_write_json(args.out / "three_feature.json", {"seconds": seconds, "rows": rows})
-        atomic_write_text(args.out / "three_feature.txt", format_table(table) + "\n")
-        _three_feature_figure(rows, args.out / "three_feature.png")
-    return 0
+    atomic_write_json(out / "three_feature.json", {"seconds": seconds, "rows": rows})
+    atomic_write_text(out / "three_feature.txt", format_table(table) + "\n")
+    _three_feature_figure(rows, out / "three_feature.png")
+    print(f"{len(runs)} runs in {out} ({new} new; `sharplab report {out}`)", file=sys.stderr)
+    return failed_runs(counts, len(runs), out)
 
 
 def _three_feature_figure(rows: list[dict[str, Any]], path: Path) -> None:

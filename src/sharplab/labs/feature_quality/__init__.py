@@ -234,3 +234,4 @@ register_lab(
 )
 
 from sharplab.labs.feature_quality import mechanisms_lab as _mechanisms_lab  # noqa: E402,F401  (registers "mechanisms")
+from sharplab.labs.feature_quality import three_feature_lab as _three_feature_lab  # noqa: E402,F401  ("three-feature")

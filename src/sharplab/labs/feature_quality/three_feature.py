@@ -14,9 +14,10 @@ only by ``1/sqrt(dims)``: training has to find it). In ``train``/``val``/``test`
 ``s``; in ``probe_train``/``probe_test`` the three signs are independent and every one of the 8 sign
 patterns occurs equally often, so a probe cannot read one feature through another.
 
-:func:`run_three_feature` trains the lab's :class:`~sharplab.labs.feature_quality.toy_model.PathwayNet`
-(one tanh unit per feature, ``h_k = tanh(w_k . x_k + b_k)``, linear head on ``(h_easy, h_medium, h_hard)``)
-with the lab's training loop, and probes its penultimate layer for each feature.
+:func:`run_one` (the runner lab ``three-feature``: one optimizer, one seed) trains the lab's
+:class:`~sharplab.labs.feature_quality.toy_model.PathwayNet` (one tanh unit per feature,
+``h_k = tanh(w_k . x_k + b_k)``, linear head on ``(h_easy, h_medium, h_hard)``) with the lab's training
+loop, and probes its penultimate layer for each feature.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from torch import Tensor
 
 from sharplab.errors import ConfigError
 from sharplab.labs.feature_quality.toy_model import pathway_ratio
-from sharplab.labs.feature_quality.train import TrainConfig, make_model, train
+from sharplab.labs.feature_quality.train import OPTIMIZERS, TrainConfig, make_model, train
+from sharplab.labs.fields import lr_field, momentum_field, rho_field, weight_decay_field
 
 FEATURES3: tuple[str, ...] = ("easy", "medium", "hard")
 SPLIT_SIZES: dict[str, int] = {"train": 2000, "val": 400, "test": 1000, "probe_train": 1600, "probe_test": 1600}
@@ -100,7 +102,54 @@ def make_three_feature(
     return ThreeFeatureData(splits=splits, meta={**meta, "margins": list(margins), "noise": noise})
 
 
-DEFAULT_TRAIN = TrainConfig(rho=0.3, lr=0.05, momentum=0.9, weight_decay=0.0, epochs=20, batch_size=64)
+@dataclass(frozen=True)
+class ThreeFeatureConfig:
+    """One run of the three-feature toy: an optimizer trained on it and probed on each feature (runner lab
+    ``three-feature``; the seed, from the runner, draws the data and the weights)."""
+
+    optimizer: str = field(default="sgd", metadata={"choices": list(OPTIMIZERS),
+                                                    "help": "sgd or a sharplab.optim family member"})
+    rho: float = rho_field(0.3)
+    lr: float = lr_field(0.05, "SGD learning rate")
+    momentum: float = momentum_field(0.9)
+    weight_decay: float = weight_decay_field(0.0)
+    epochs: int = field(default=20, metadata={"min": 0, "max": 100_000})
+    batch_size: int = field(default=64, metadata={"min": 1, "max": 100_000})
+    m: int = field(default=0, metadata={"min": 0, "help": "m-sharpness micro-batch (0 = whole batch)"})
+    data_options: dict = field(default_factory=dict, metadata={
+        "omit_default": True, "help": "make_three_feature options: margins (3 numbers), noise, dims"})
+
+    def __post_init__(self) -> None:
+        self.train_config  # noqa: B018  (validates the optimizer part in one line)
+        unknown = set(self.data_options) - {"margins", "noise", "dims", "sizes"}
+        if unknown:
+            raise ConfigError(f"data_options: unknown {', '.join(sorted(unknown))}; the three-feature toy takes "
+                              "margins, noise, dims, sizes")
+
+    @property
+    def train_config(self) -> TrainConfig:
+        """The lab's training configuration of this run."""
+        return TrainConfig(optimizer=self.optimizer, rho=self.rho, lr=self.lr, momentum=self.momentum,
+                           weight_decay=self.weight_decay, epochs=self.epochs, batch_size=self.batch_size, m=self.m)
+
+
+DEFAULT_TRAIN = ThreeFeatureConfig().train_config
+
+
+def run_one(cfg: ThreeFeatureConfig, seed: int, ctx: Any = None) -> dict[str, float]:
+    """Train ``cfg.optimizer`` on the toy drawn from ``seed`` (checkpointed through ``ctx`` when given) and probe
+    its penultimate layer for each feature: ``probe_error_{easy,medium,hard}``, ``test_error``, ``v_ratio``
+    (``||v_hard|| / ||v_easy||``)."""
+    from sharplab.probe import probe_model
+
+    data = make_three_feature(seed=seed, **cfg.data_options)
+    model = make_model(data, "auto", seed)
+    metrics = train(model, data, cfg.train_config, seed=seed, ctx=ctx)
+    report = probe_model(model, data, features=list(FEATURES3), seed=seed)
+    out = {f"probe_error_{f}": float(report.probes[f].error) for f in FEATURES3}
+    out["test_error"] = float(metrics["test_error"])
+    out["v_ratio"] = float(pathway_ratio(model, "hard", "easy"))
+    return out
 
 
 def run_three_feature(
@@ -109,25 +158,16 @@ def run_three_feature(
     cfg: TrainConfig = DEFAULT_TRAIN,
     **data_options: Any,
 ) -> list[dict[str, Any]]:
-    """Train each optimizer per seed and probe each of the three features on the decorrelated splits.
-
-    ``data_options`` go to :func:`make_three_feature`. Returns one row per (optimizer, seed):
-    ``probe_error_{easy,medium,hard}``, ``test_error``, ``v_ratio`` (``||v_hard|| / ||v_easy||``) and the
-    configuration.
-    """
-    from sharplab.probe import probe_model
-
+    """Train each optimizer per seed and probe each of the three features (:func:`run_one`); one row per
+    (optimizer, seed) with the configuration. ``data_options`` go to :func:`make_three_feature`."""
     rows = []
     for seed in seeds:
-        data = make_three_feature(seed=seed, **data_options)
         for opt in optimizers:
-            model = make_model(data, "auto", seed)
-            metrics = train(model, data, cfg.replace(optimizer=opt), seed=seed)
-            report = probe_model(model, data, features=list(FEATURES3), seed=seed)
+            run = ThreeFeatureConfig(optimizer=opt, rho=cfg.rho, lr=cfg.lr, momentum=cfg.momentum,
+                                     weight_decay=cfg.weight_decay, epochs=cfg.epochs, batch_size=cfg.batch_size,
+                                     m=cfg.m, data_options=dict(data_options))
             row: dict[str, Any] = {"dataset": "toy3", "optimizer": opt, "seed": seed,
                                    "rho": cfg.rho if opt != "sgd" else 0.0}
-            row.update({f"probe_error_{f}": report.probes[f].error for f in FEATURES3})
-            row["test_error"] = metrics["test_error"]
-            row["v_ratio"] = pathway_ratio(model, "hard", "easy")
+            row.update(run_one(run, seed))
             rows.append(row)
     return rows
