@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from sharplab.errors import ConfigError, Diverged, SharplabError
 from sharplab.labs.feature_quality.toy_model import PathwayNet, pathway_ratio, pathway_weights, pathways_from_meta
-from sharplab.labs.feature_quality.train import TrainConfig, evaluate, make_model, train
+from sharplab.labs.feature_quality.train import TrainConfig, make_model, train
+from sharplab.labs.training import evaluate
 from sharplab.runner.context import RunContext
 
 

@@ -25,7 +25,8 @@ from typing import Any
 
 from sharplab.errors import ConfigError
 from sharplab.labs.feature_quality.toy_model import PathwayNet, pathway_ratio
-from sharplab.labs.feature_quality.train import TrainConfig, evaluate, make_model, train
+from sharplab.labs.feature_quality.train import TrainConfig, make_model, train
+from sharplab.labs.training import evaluate
 from sharplab.runner.context import RunContext
 
 UNTRAINED = "untrained"
