@@ -18,6 +18,12 @@ SCHEDULES = ("piecewise", "constant", "cosine")
 #: m-SAM with at most this many micro-batches per batch uses sam_grad's loop strategy, else its ``auto``
 #: (vmap for narrow networks)
 LOOP_MAX_MICRO_BATCHES = 2
+#: the study's rule methods, stepped with ``m`` set (the batch size for the whole batch): their gradient comes
+#: from :func:`sharplab.optim.sam_grad`, which evaluates w + eps with ``functional_call`` and never moves w, the
+#: path these methods have always taken in this lab. ``SAM``'s other path (w moved in place, then restored from
+#: its saved copy) gives the same gradient up to float32 rounding, which training amplifies; keeping one path per
+#: method keeps recorded runs reproducible.
+FUNCTIONAL_METHODS = ("m-sam", "usam", "random")
 MODELS = ("preact-resnet18", "preact-resnet34")
 #: the most ascent steps per step (each is one more forward/backward)
 MAX_ASCENT_STEPS = 100
@@ -150,7 +156,9 @@ def method_spec(cfg: DeepNetConfig, method: str, rho: float, seed: int) -> Optim
     if method == "random":
         options.setdefault("seed", seed + 7919)
     k = cfg.batch_size // cfg.m if cfg.m and cfg.m < cfg.batch_size else 1  # micro-batches per batch
-    if method == "m-sam":
-        return OptimizerSpec("sam", **base, m=cfg.m if k > 1 else 0, options=options, ascent_steps=cfg.ascent_steps,
-                             ascent_step_size=1.0, strategy="loop" if 1 < k <= LOOP_MAX_MICRO_BATCHES else "auto")
+    if method in FUNCTIONAL_METHODS:  # m = the batch: sam_grad's whole-batch path (see FUNCTIONAL_METHODS)
+        m = cfg.m if method == "m-sam" and k > 1 else cfg.batch_size
+        return OptimizerSpec("sam" if method == "m-sam" else method, **base, m=m, options=options,
+                             ascent_steps=cfg.ascent_steps, ascent_step_size=1.0,
+                             strategy="loop" if 1 < k <= LOOP_MAX_MICRO_BATCHES else "auto")
     return OptimizerSpec(method, **base, options=options, ascent_steps=cfg.ascent_steps, ascent_step_size=1.0)
