@@ -212,12 +212,18 @@ def add_sections(study: str, analysis: dict[str, Any], builder: Any, summary: li
         fig.tight_layout()
         builder.add_figure("Test error against each sharpness measure", fig)
     if study == "finetune" and analysis:
-        fig, ax = plt.subplots(figsize=(5, 3.6))
-        for curve in analysis.values():
-            ax.plot([p["alpha"] for p in curve], [p["test_error"] for p in curve], "o-", color="C0", alpha=0.7)
-            ax.plot([p["alpha"] for p in curve], [p["train_error"] for p in curve], "s--", color="C1", alpha=0.7)
-        ax.set_xlabel("alpha: (1 - alpha) w_ERM + alpha w_ERM->SAM")
-        ax.set_ylabel("error (o test, s train)")
+        fig, ax = plt.subplots(figsize=(5.5, 3.8))
+        for i, curve in enumerate(analysis.values()):
+            alphas = [p["alpha"] for p in curve]
+            ax.plot(alphas, [100 * p["test_error"] for p in curve], "-", color="C0", alpha=0.7,
+                    label="test" if i == 0 else None)
+            ax.plot(alphas, [100 * p["train_error"] for p in curve], "--", color="C1", alpha=0.7,
+                    label="training" if i == 0 else None)
+        ax.axvline(0, color="grey", lw=0.6)
+        ax.axvline(1, color="grey", lw=0.6)
+        ax.set_xlabel("alpha: (1 - alpha) w_ERM + alpha w_ERM->SAM (one line per seed)")
+        ax.set_ylabel("error (%)")
+        ax.legend(fontsize=8)
         fig.tight_layout()
         builder.add_figure("Linear interpolation between the ERM and ERM -> SAM weights", fig)
         first = next(iter(analysis.values()))
